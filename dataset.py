@@ -1,0 +1,160 @@
+"""Context windows of utterances over the preprocessing cache (no audio decoding while training).
+
+A sample is the last utterance of a dialogue window plus the `ws - 1` utterances before it (the
+dialogue start is padded); its targets are the last utterance's labels. Batches are built whole
+(`__getitem__` takes a list of window indices): the distinct utterances of a batch are cropped
+from the memory-mapped spectrogram array once, and the windows refer to them by index, since
+neighbouring windows share `ws - 1` utterances.
+"""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from constants import EMOTION_INDEX, EMOTIONS, MAX_FRAMES, NUM_RATERS, NUM_SESSIONS
+from text_encoder import embedding_paths, load_embeddings
+
+
+def parse_sessions(text: str, flag: str = "--test_split") -> list[int]:
+    """'[13,14,15,16]' or '13,14,15,16' -> [13, 14, 15, 16]; anything else is a one-line error."""
+    items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
+    try:
+        sessions = [int(s) for s in items]
+    except ValueError:
+        raise SystemExit(f"error: {flag} '{text}' is not a list of session numbers like 13,14,15,16") from None
+    bad = [s for s in sessions if not 1 <= s <= NUM_SESSIONS]
+    if not sessions or bad:
+        raise SystemExit(f"error: {flag} '{text}' must name sessions from 1 to {NUM_SESSIONS}"
+                         + (f" (got {bad})" if bad else " (got none)"))
+    return sorted(set(sessions))
+
+
+def _labels_to_multi_hot(cells: pd.Series) -> np.ndarray:
+    out = np.zeros((len(cells), len(EMOTIONS)), dtype=np.float32)
+    for i, cell in enumerate(cells):
+        for name in filter(None, str(cell).split(";")):
+            out[i, EMOTION_INDEX[name]] = 1.0
+    return out
+
+
+def context_windows(dialogues: np.ndarray, ws: int) -> np.ndarray:
+    """(N, ws) row indices: window i ends at row i and holds earlier rows of the same dialogue; -1 pads.
+
+    Rows must be in dialogue order (preprocessing sorts them by dialogue and start time).
+    """
+    n = len(dialogues)
+    _, first_row = np.unique(dialogues, return_index=True)
+    start_of = np.maximum.accumulate(np.isin(np.arange(n), first_row) * np.arange(n))
+    rows = np.arange(n)[:, None] - np.arange(ws - 1, -1, -1)[None, :]
+    return np.where(rows >= start_of[:, None], rows, -1)
+
+
+class Corpus:
+    """Everything a run needs from the preprocessing outputs of one role, aligned by table row."""
+
+    def __init__(self, data_dir: str | Path, role: str, text_dim: int):
+        data_dir = Path(data_dir)
+        self.table = pd.read_csv(data_dir / f"df_{role}.csv", keep_default_na=False)
+        meta = json.loads((data_dir / "features" / "logmel.json").read_text(encoding="utf-8"))
+        self.frames = np.load(data_dir / "features" / "logmel.npy", mmap_mode="r")
+        position = {seg: i for i, seg in enumerate(meta["ids"])}
+        rows = self.table["Segment ID"].map(position).to_numpy()
+        self.offsets = np.asarray(meta["offsets"], dtype=np.int64)[rows]
+        self.lengths = np.asarray(meta["lengths"], dtype=np.int64)[rows]
+        npy_path = embedding_paths(data_dir, text_dim)[0]
+        embeddings = load_embeddings(npy_path)
+        zero = np.zeros(text_dim, dtype=np.float32)
+        self.text = np.stack([np.asarray(embeddings.get(s, zero), dtype=np.float32)
+                              for s in self.table["Segment ID"]])
+        if self.text.shape[1] != text_dim:
+            raise SystemExit(f"error: {npy_path} holds {self.text.shape[1]}-d embeddings, not --text_dim {text_dim}")
+        self.labels = _labels_to_multi_hot(self.table["Emotion"])
+        self.first_label = np.array([EMOTION_INDEX[c.split(";")[0]] for c in self.table["Emotion"]])
+        # Soft target: share of the raters choosing each emotion (a rater's tie splits evenly).
+        soft = np.zeros_like(self.labels)
+        for k in range(1, NUM_RATERS + 1):
+            votes = _labels_to_multi_hot(self.table[f"Emotion.{k}"])
+            soft += votes / np.maximum(votes.sum(1, keepdims=True), 1)
+        no_votes = soft.sum(1) == 0
+        soft[no_votes] = self.labels[no_votes]
+        self.soft = soft / soft.sum(1, keepdims=True)
+        self.arousal_valence = self.table[["Arousal", "Valence"]].to_numpy(dtype=np.float32)
+        self.sessions = self.table["Session"].to_numpy()
+        self.dialogues = self.table["dialogue"].to_numpy()
+
+    def mel_statistics(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-mel mean and std over the frames of `rows` (the training utterances)."""
+        total, total_sq, count = 0.0, 0.0, 0
+        for offset, length in zip(self.offsets[rows], self.lengths[rows]):
+            chunk = np.asarray(self.frames[offset:offset + length], dtype=np.float64)
+            total, total_sq, count = total + chunk.sum(0), total_sq + (chunk ** 2).sum(0), count + length
+        mean = total / count
+        return mean.astype(np.float32), np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-8)).astype(np.float32)
+
+
+class WindowDataset(Dataset):
+    """Windows ending at the rows of `sessions`; item = a whole batch, built from a list of window indices."""
+
+    def __init__(self, corpus: Corpus, sessions: list[int], ws: int, train: bool, seed: int = 0):
+        self.corpus, self.train, self.seed, self.epoch = corpus, train, seed, 0
+        self.windows = context_windows(corpus.dialogues, ws)[np.isin(corpus.sessions, sessions)]
+        if len(self.windows) == 0:
+            raise SystemExit(f"error: sessions {sessions} have no utterances in the {len(corpus.table)}-row table")
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        c = self.corpus
+        windows = self.windows[np.asarray(indices)]
+        utterances, inverse = np.unique(windows[windows >= 0], return_inverse=True)
+        slots = np.full(windows.shape, -1)
+        slots[windows >= 0] = inverse
+        lengths = c.lengths[utterances]
+        take = np.minimum(lengths, MAX_FRAMES)
+        if self.train:  # random 10 s crop of longer clips; seeded by (seed, epoch, batch) for reproducibility
+            rng = np.random.default_rng((self.seed, self.epoch, int(indices[0])))
+            starts = c.offsets[utterances] + (rng.random(len(utterances)) * (lengths - take + 1)).astype(np.int64)
+        else:  # evaluation: always the first 10 s
+            starts = c.offsets[utterances]
+        width = int(take.max())
+        frame_index = starts[:, None] + np.arange(width)[None, :]
+        valid = np.arange(width)[None, :] < take[:, None]
+        spec = np.asarray(c.frames[np.where(valid, frame_index, 0).ravel()], dtype=np.float32)
+        spec = spec.reshape(len(utterances), width, -1)
+        last = windows[:, -1]
+        return {
+            "spec": torch.from_numpy(spec), "spec_lengths": torch.from_numpy(take),
+            "text": torch.from_numpy(c.text[utterances]), "slots": torch.from_numpy(slots),
+            "soft": torch.from_numpy(c.soft[last]), "labels": torch.from_numpy(c.labels[last]),
+            "first_label": torch.from_numpy(c.first_label[last]),
+            "arousal_valence": torch.from_numpy(c.arousal_valence[last]), "rows": torch.from_numpy(last),
+        }
+
+
+class ChunkBatchSampler(Sampler):
+    """Batches of shuffled chunks of `chunk` consecutive windows (training), or in order (evaluation).
+
+    Consecutive windows share most utterances, so a batch of chunks holds ~2x fewer distinct
+    utterances per window than one drawn window by window: the audio encoder runs that much less.
+    """
+
+    def __init__(self, n_windows: int, batch_size: int, chunk: int, shuffle: bool, seed: int = 0):
+        self.n, self.batch_size, self.chunk, self.shuffle, self.seed, self.epoch = \
+            n_windows, batch_size, max(1, chunk), shuffle, seed, 0
+
+    def __iter__(self):
+        order = np.arange(self.n)
+        if self.shuffle:
+            chunks = np.array_split(order, int(np.ceil(self.n / self.chunk)))
+            perm = np.random.default_rng((self.seed, self.epoch)).permutation(len(chunks))
+            order = np.concatenate([chunks[i] for i in perm])
+        for start in range(0, self.n, self.batch_size):
+            yield order[start:start + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return int(np.ceil(self.n / self.batch_size))

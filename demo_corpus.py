@@ -1,0 +1,247 @@
+"""Generator of a small synthetic corpus in the exact on-disk layout of KEMDy19.
+
+KEMDy19 needs a licence from ETRI, so tests and the default run use this instead. The emotion
+is learnable from both modalities but not trivially: audio carries it through prosody (pitch
+level/range, energy, speaking rate, voice quality) over speaker-specific voices; the transcript
+through emotion words mixed into neutral sentences; ten simulated raters disagree. It also
+carries the dirt of the real corpus (markers, a blank row, a missing cell, a missing wav, an
+empty transcript, the "disqust" spelling, a cp949 transcript).
+"""
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from constants import DEMO_MARKER_FILE, EMOTIONS, NUM_RATERS, SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Prosody:
+    pitch: float  # f0 multiplier over the speaker's base
+    pitch_range: float  # relative f0 excursion within a syllable
+    energy: float  # amplitude multiplier
+    rate: float  # syllables per second
+    breath: float  # share of aspiration noise
+    tilt: float  # harmonic roll-off exponent: low = bright/tense, high = dark/soft
+    jitter: float  # slow random f0 wobble (tremor, creak)
+    rise: float  # f0 slope over the utterance (surprise rises, disgust falls)
+
+
+PROSODY = {
+    "neutral": Prosody(1.00, 0.10, 1.00, 4.2, 0.05, 1.6, 0.01, -0.05),
+    "happy": Prosody(1.18, 0.30, 1.30, 4.8, 0.04, 1.2, 0.01, 0.05),
+    "surprise": Prosody(1.32, 0.40, 1.25, 4.0, 0.06, 1.3, 0.02, 0.35),
+    "angry": Prosody(1.10, 0.22, 1.90, 5.2, 0.02, 0.8, 0.02, -0.10),
+    "sad": Prosody(0.88, 0.05, 0.55, 2.9, 0.25, 2.2, 0.02, -0.15),
+    "disgust": Prosody(0.93, 0.18, 0.90, 3.3, 0.10, 1.8, 0.06, -0.25),
+    "fear": Prosody(1.25, 0.15, 0.75, 5.4, 0.20, 1.5, 0.08, 0.10),
+}
+# Centres on the 1-5 scale (arousal, valence): the ratings correlate with the emotion.
+AROUSAL_VALENCE = {
+    "neutral": (2.8, 3.0), "happy": (3.7, 4.3), "surprise": (4.0, 3.4), "angry": (4.3, 1.7),
+    "sad": (2.0, 1.8), "disgust": (3.2, 1.6), "fear": (3.8, 1.9),
+}
+# Raters confuse emotions of similar arousal more often than others.
+CONFUSABLE = {
+    "happy": ["surprise"], "surprise": ["happy", "fear"], "angry": ["disgust"], "sad": ["fear"],
+    "disgust": ["angry", "sad"], "fear": ["surprise", "sad"], "neutral": ["sad", "happy"],
+}
+NEUTRAL_SENTENCES = [
+    "오늘 회의는 세 시에 시작해요.", "그 책은 책상 위에 있어.", "내일 아침에 다시 전화할게.",
+    "버스가 조금 늦게 온대.", "점심은 김밥으로 먹었어.", "창문 좀 닫아 줄래?",
+    "주말에 시장에 가 보려고.", "서류는 이메일로 보냈어요.", "지하철 이 호선을 타면 돼.",
+    "그 사람은 서울에서 일해.", "우산은 현관 옆에 뒀어.", "다음 주에 이사를 한다고 했지.",
+    "커피 한 잔 마실래?", "숙제는 다 끝냈어.", "은행은 아홉 시에 문을 열어.",
+    "동생이 학교에서 돌아왔어.", "냉장고에 우유가 있어.", "이 길로 쭉 가면 역이 나와.",
+    "저녁에는 비가 온대요.", "그 영화는 두 시간짜리야.", "회사까지 삼십 분 걸려.",
+    "편지는 어제 도착했어.", "가방을 의자 위에 놓았어.", "오후에 친구를 만나기로 했어.",
+]
+EMOTION_PHRASES = {
+    "happy": ["정말 기뻐요", "너무 좋다", "신난다", "행복해", "최고야", "진짜 고마워"],
+    "surprise": ["어머 깜짝이야", "진짜야?", "세상에", "정말 놀랐어", "말도 안 돼", "이게 웬일이야"],
+    "angry": ["화가 나", "짜증나 죽겠어", "그만 좀 해", "어이가 없네", "열받아", "왜 자꾸 그래"],
+    "sad": ["너무 슬퍼", "눈물이 나", "속상해", "외로워", "우울해", "마음이 아파"],
+    "disgust": ["역겨워", "더러워", "징그러워", "토할 것 같아", "보기 싫어", "끔찍해"],
+    "fear": ["무서워", "겁이 나", "떨려", "불안해", "소름 돋아", "어떡해"],
+}
+DIRT = {2: "long", 3: "empty", 4: "nowav", 5: "cp949"}
+MARKERS = ["c/", "n/", "N/", "u/", "l/", "b/", "o/"]
+ANNOTATION_GROUPS = ["Numb", "Wav", "", "ECG", "", "E4-EDA", "", "E4-TEMP", "", "Segment ID",
+                     "Total Evaluation", "", ""]
+ANNOTATION_SUBHEADERS = ["", "start", "end", "start", "end", "start", "end", "start", "end", "",
+                         "Emotion", "Valence", "Arousal"]
+
+
+def _dialogue_states(rng: np.random.Generator, n_turns: int) -> dict[str, list[str]]:
+    """Each actor's emotion at every turn: sticky, drawn towards the scene's theme and each other."""
+    theme = rng.choice(EMOTIONS[1:])
+    states = {"F": ["neutral"], "M": ["neutral"]}
+    for _ in range(n_turns - 1):
+        for actor, other in (("F", "M"), ("M", "F")):
+            u = rng.random()
+            if u < 0.55:
+                nxt = states[actor][-1]
+            elif u < 0.70:
+                nxt = states[other][-1]  # emotional contagion: the listener follows the speaker
+            elif u < 0.85:
+                nxt = "neutral"
+            elif u < 0.95:
+                nxt = theme
+            else:
+                nxt = rng.choice(EMOTIONS)
+            states[actor].append(str(nxt))
+    return states
+
+
+def _transcript(rng: np.random.Generator, emotion: str) -> str:
+    sentence = str(rng.choice(NEUTRAL_SENTENCES))
+    if emotion != "neutral" and rng.random() < 0.55:
+        sentence = f"{rng.choice(EMOTION_PHRASES[emotion])}. {sentence}"
+    elif emotion == "neutral" and rng.random() < 0.08:  # misleading word: text alone is not enough
+        sentence = f"{rng.choice(EMOTION_PHRASES[str(rng.choice(EMOTIONS[1:]))])}. {sentence}"
+    if rng.random() < 0.2:
+        sentence = f"{rng.choice(MARKERS)} 어 {sentence}"
+    if rng.random() < 0.1:
+        sentence = sentence.replace(" ", "* ", 1) + "+"
+    if rng.random() < 0.05:
+        sentence = sentence.replace(" ", " / ", 1)
+    return sentence
+
+
+def _synthesize(rng: np.random.Generator, voice: dict, prosody: Prosody, strength: float,
+                n_syllables: int) -> np.ndarray:
+    """A voiced harmonic signal with syllable envelopes; `strength` blends neutral and `prosody`."""
+    neutral = PROSODY["neutral"]
+    p = {k: (1 - strength) * getattr(neutral, k) + strength * getattr(prosody, k)
+         for k in Prosody.__dataclass_fields__}
+    rate = p["rate"] * voice["rate"] * rng.uniform(0.9, 1.1)
+    duration = n_syllables / rate + 0.15
+    n = int(duration * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    syllable_phase = t * rate
+    slow_noise = np.interp(t, np.linspace(0, duration, 32), rng.standard_normal(32))
+    f0 = (voice["f0"] * p["pitch"] * rng.uniform(0.95, 1.05)
+          * (1 + p["pitch_range"] * np.sin(np.pi * (syllable_phase % 1.0)))
+          * (1 + p["rise"] * t / duration) * (1 + p["jitter"] * slow_noise))
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    harmonics = np.arange(1, 25)[:, None]
+    freqs = harmonics * f0[None, :]
+    formants = sum(np.exp(-0.5 * ((freqs - fc) / 250.0) ** 2) for fc in voice["formants"])
+    amplitude = harmonics.astype(float) ** -p["tilt"] * (0.3 + formants) * (freqs < 7500)
+    voiced = (amplitude * np.sin(harmonics * phase[None, :])).sum(axis=0)
+    envelope = np.sin(np.pi * (syllable_phase % 1.0)) ** 2 * np.clip(rate * (duration - 0.15 - t) * 4, 0, 1)
+    stress = np.repeat(rng.uniform(0.7, 1.2, n_syllables + 1), int(np.ceil(n / (n_syllables + 1))))[:n]
+    breath = p["breath"] * rng.standard_normal(n) * 2.0
+    signal = (voiced * (1 - p["breath"]) + breath) * envelope * stress
+    signal *= 0.05 * p["energy"] * voice["gain"] / (np.std(signal) + 1e-8)
+    signal += 0.002 * rng.standard_normal(n)  # room noise
+    return np.clip(signal, -1.0, 1.0).astype(np.float32)
+
+
+def _spell(emotion: str, rng: np.random.Generator) -> str:
+    return "disqust" if emotion == "disgust" and rng.random() < 0.3 else emotion
+
+
+def _ratings(rng: np.random.Generator, emotion: str, strength: float) -> tuple[list, str, float, float]:
+    """Ten raters' (emotion, valence, arousal) and the totals: majority (ties `;`) and means."""
+    agree = 0.45 + 0.45 * strength
+    arousal_c, valence_c = (np.array(AROUSAL_VALENCE["neutral"]) + strength
+                            * (np.array(AROUSAL_VALENCE[emotion]) - np.array(AROUSAL_VALENCE["neutral"])))
+    arousal_c += rng.normal(0, 0.2)
+    valence_c += rng.normal(0, 0.2)
+    raters = []
+    for _ in range(NUM_RATERS):
+        u = rng.random()
+        if u < agree:
+            label = emotion
+        elif u < agree + (1 - agree) * 0.5:
+            label = str(rng.choice(CONFUSABLE[emotion]))
+        else:
+            label = "neutral" if emotion != "neutral" else str(rng.choice(EMOTIONS))
+        valence = int(np.clip(np.rint(valence_c + rng.normal(0, 0.6)), 1, 5))
+        arousal = int(np.clip(np.rint(arousal_c + rng.normal(0, 0.6)), 1, 5))
+        raters.append([label, valence, arousal])
+    labels = [r[0] for r in raters]
+    counts = {e: labels.count(e) for e in dict.fromkeys(labels)}
+    top = max(counts.values())
+    total = ";".join(_spell(e, rng) for e, c in counts.items() if c == top)
+    valence_mean = round(float(np.mean([r[1] for r in raters])), 1)
+    arousal_mean = round(float(np.mean([r[2] for r in raters])), 1)
+    return [[_spell(r[0], rng), r[1], r[2]] for r in raters], total, valence_mean, arousal_mean
+
+
+def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int = 20, n_scripts: int = 1,
+                     n_impros: int = 1, n_turns: int = 20) -> Path:
+    """Write a demo corpus under `root` (raw KEMDy19 layout) and return its path."""
+    root = Path(root)
+    if (root / "annotation").exists():
+        raise SystemExit(f"{root}/annotation already exists: refusing to overwrite a corpus; "
+                         "remove it or choose another folder")
+    (root / "annotation").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    session_seeds = rng.integers(0, 2**31, size=n_sessions)
+    for s in tqdm(range(1, n_sessions + 1), desc="demo corpus", unit="session"):
+        srng = np.random.default_rng(session_seeds[s - 1])
+        voices = {
+            "F": {"f0": srng.uniform(180, 250), "formants": srng.uniform([600, 1600, 2700], [900, 2300, 3200]),
+                  "rate": srng.uniform(0.85, 1.15), "gain": srng.uniform(0.7, 1.4)},
+            "M": {"f0": srng.uniform(95, 145), "formants": srng.uniform([450, 1200, 2400], [750, 1900, 2900]),
+                  "rate": srng.uniform(0.85, 1.15), "gain": srng.uniform(0.7, 1.4)},
+        }
+        rows = {"F": [], "M": []}
+        dialogues = [f"script{i:02d}" for i in range(1, n_scripts + 1)] + \
+                    [f"impro{i:02d}" for i in range(1, n_impros + 1)]
+        for script in dialogues:
+            dialogue = f"Sess{s:02d}_{script}"
+            wav_dir = root / "wav" / f"Session{s:02d}" / dialogue
+            wav_dir.mkdir(parents=True, exist_ok=True)
+            states = _dialogue_states(srng, n_turns)
+            clock = srng.uniform(1, 5)
+            sequence = {"F": 0, "M": 0}
+            speaker = str(srng.choice(["F", "M"]))
+            for turn in range(n_turns):
+                if srng.random() < 0.85:  # mostly alternating turns
+                    speaker = "M" if speaker == "F" else "F"
+                sequence[speaker] += 1
+                seg_id = f"{dialogue}_{speaker}{sequence[speaker]:03d}"
+                emotion = states[speaker][turn]
+                strength = srng.uniform(0.35, 1.0) if emotion != "neutral" else 1.0
+                # One instance of each kind of dirt, on the first segment of sessions 2-5.
+                dirt = DIRT.get(s) if turn == 0 and script == dialogues[0] else None
+                text = _transcript(srng, emotion)
+                if dirt == "long":  # a clip longer than the 10 s crop
+                    text = " ".join([text] + list(srng.choice(NEUTRAL_SENTENCES, 4)))
+                elif dirt == "empty":  # a transcript of markers only
+                    text = "b/ n/ *"
+                n_syllables = int(np.clip(sum("가" <= ch <= "힣" for ch in text) * 0.6, 2, 60))
+                audio = _synthesize(srng, voices[speaker], PROSODY[emotion], strength, n_syllables)
+                duration = len(audio) / SAMPLE_RATE
+                if dirt != "nowav":
+                    sf.write(wav_dir / f"{seg_id}.wav", audio, SAMPLE_RATE, subtype="PCM_16")
+                encoding = "cp949" if dirt == "cp949" else "utf-8"
+                (wav_dir / f"{seg_id}.txt").write_bytes((text + "\n").encode(encoding))
+                start, end = clock, clock + duration
+                clock = end + srng.uniform(0.2, 1.5)
+                for actor in ("F", "M"):  # each actor's file labels that actor (speaking or listening)
+                    actor_emotion = states[actor][turn]
+                    actor_strength = strength if actor == speaker else srng.uniform(0.35, 1.0)
+                    raters, total, valence, arousal = _ratings(srng, actor_emotion, actor_strength)
+                    times = [round(start, 4), round(end, 4)] * 4
+                    rows[actor].append(times + [seg_id, total, valence, arousal]
+                                       + [v for r in raters for v in r])
+        for actor in ("F", "M"):
+            table = [[i + 1] + r for i, r in enumerate(rows[actor])]
+            if s == 1 and actor == "F":
+                table[3][13 + 3 * 6 + 1] = ""  # a missing rater cell
+                table.insert(5, [""] * len(table[0]))  # a blank row
+            header1 = ANNOTATION_GROUPS + [x for i in range(1, NUM_RATERS + 1) for x in (f"Eval{i:02d}", "", "")]
+            header2 = ANNOTATION_SUBHEADERS + ["Emotion", "Valence", "Arousal"] * NUM_RATERS
+            with open(root / "annotation" / f"Session{s:02d}_{actor}_res.csv", "w", newline="",
+                      encoding="utf-8") as f:
+                csv.writer(f).writerows([header1, header2] + table)
+    (root / DEMO_MARKER_FILE).write_text(
+        f"Synthetic demo corpus in the KEMDy19 layout (seed {seed}); not KEMDy19.\n", encoding="utf-8")
+    return root

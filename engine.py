@@ -1,0 +1,71 @@
+"""One training epoch and one evaluation pass; each returns a dict of figures."""
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from loss import EmotionLoss
+from metric import emotion_metrics
+
+MODEL_INPUTS = ("spec", "spec_lengths", "text", "slots")
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA needs no gradient scaler; CPU runs stay in float32 (deterministic).
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: EmotionLoss,
+                    optimizer: torch.optim.Optimizer, device: torch.device, epoch: int) -> dict:
+    model.train()
+    sums = {"loss": 0.0, "emotion": 0.0, "arousal": 0.0, "valence": 0.0}
+    n, data_wait, start = 0, 0.0, time.perf_counter()
+    fetch_start = time.perf_counter()
+    for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False), 1):
+        data_wait += time.perf_counter() - fetch_start
+        batch = _to(batch, device)
+        with _autocast(device):
+            logits, av = model(*(batch[k] for k in MODEL_INPUTS))
+        loss, parts = loss_fn(logits, av, batch["soft"], batch["arousal_valence"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        size = len(logits)
+        n += size
+        sums["loss"] += loss.item() * size
+        for key, value in parts.items():
+            sums[key] += value * size
+        fetch_start = time.perf_counter()
+    seconds = time.perf_counter() - start
+    return {**{f"train_{k}": v / n for k, v in sums.items()}, "train_seconds": seconds,
+            "train_data_wait": data_wait / seconds}
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+             desc: str = "eval") -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics over the whole split and the per-utterance outputs (rows, probabilities, arousal/valence)."""
+    model.eval()
+    outputs = {k: [] for k in ("rows", "probs", "av", "labels", "first_label", "av_true")}
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        batch = _to(batch, device)
+        with _autocast(device):
+            logits, av = model(*(batch[k] for k in MODEL_INPUTS))
+        outputs["rows"].append(batch["rows"])
+        outputs["probs"].append(torch.softmax(logits.float(), dim=1))
+        outputs["av"].append(av.float())
+        outputs["labels"].append(batch["labels"])
+        outputs["first_label"].append(batch["first_label"])
+        outputs["av_true"].append(batch["arousal_valence"])
+    out = {k: torch.cat(v).cpu().numpy() for k, v in outputs.items()}
+    metrics = emotion_metrics(out["probs"], out["av"], out["labels"], out["first_label"], out["av_true"])
+    return metrics, out

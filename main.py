@@ -1,0 +1,275 @@
+"""Train or evaluate the multimodal emotion model on KEMDy19 (or the synthetic demo corpus).
+
+    python main.py --SorL speaker                     # train; a new folder under exp/
+    python main.py --test_only exp/<run folder>       # evaluate a saved run
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from constants import DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, NUM_SESSIONS, SAMPLE_RATE
+from dataset import ChunkBatchSampler, Corpus, WindowDataset, parse_sessions
+from engine import evaluate, train_one_epoch
+from loss import EmotionLoss, class_balanced_weights
+from metric import selection_score
+from model import EmotionModel
+from preprocess import CorpusError, is_demo_corpus, preprocess
+from utils import (append_jsonl, atomic_torch_save, make_run_dir, plot_confusion, plot_curves, set_seed,
+                   summary_table, write_json)
+
+# Arguments that define the model's shape: --test_only rebuilds exactly these from the checkpoint.
+MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat", "dropout")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--gpu_id", type=int, default=0, help="CUDA device index (default: %(default)s)")
+    a("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = CUDA when present (default: %(default)s)")
+    a("--save_path", default="exp", help="folder that holds the run folders (default: %(default)s)")
+    a("--data_dir", default=DEFAULT_DATA_DIR,
+      help="KEMDy19 folder; if it is the default and empty, the synthetic demo corpus is made there (default: %(default)s)")
+    a("--text_encoder", default=None, help="sentence encoder for preprocessing: skt/kobert-base-v1 (default for "
+                                           "KEMDy19), a Hugging Face id or folder, or tfidf (default for the demo)")
+    a("--backbone", choices=["lstm", "gru"], default="lstm", help="recurrent backbone over the window (default: %(default)s)")
+    a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
+    a("--audio_dim", type=int, default=256, help="audio encoder output size; conv widths are dim/8..dim (default: %(default)s)")
+    a("--hidden_size", type=int, default=512, help="recurrent hidden size (default: %(default)s)")
+    a("--num_layers", type=int, default=4, help="recurrent layers (default: %(default)s)")
+    a("--dropout", type=float, default=0.2, help="dropout in fusion, recurrent and arousal/valence layers (default: %(default)s)")
+    a("--bidirectional", action="store_true", help="bidirectional recurrent backbone (default: off)")
+    a("--no_cat", action="store_true", help="ablation: do not feed emotion probabilities to the arousal/valence trunk")
+    a("--ws", type=int, default=8, help="window size: the utterance and ws-1 before it (default: %(default)s)")
+    a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
+    a("--sr", type=int, default=SAMPLE_RATE, help="audio sampling rate of the feature cache (default: %(default)s)")
+    a("--test_split", default="13,14,15,16", help="test sessions, e.g. [13,14,15,16] or 13,14,15,16 (default: %(default)s)")
+    a("--val_split", default="auto", help="validation sessions held out of training: a list, 'auto' (the two sessions "
+                                          "before the test split) or 'none' (published protocol: keep the last epoch) "
+                                          "(default: %(default)s)")
+    a("--batch_size", type=int, default=64, help="windows per batch (default: %(default)s)")
+    a("--optim", choices=["sgd", "adam", "adagrad"], default="adam", help="optimizer (default: %(default)s)")
+    a("--loss", choices=["normal", "cbloss"], default="normal", help="normal = KLDiv + MSE; cbloss = class-balanced "
+                                                                     "emotion term (default: %(default)s)")
+    a("--lam", type=float, default=0.66, help="weight of the emotion loss; 1-lam goes to arousal+valence (default: %(default)s)")
+    a("--beta", type=float, default=0.99, help="class-balanced loss beta (default: %(default)s)")
+    a("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
+    a("--lr_decay", type=float, default=0.98, help="learning rate multiplier applied after every epoch (default: %(default)s)")
+    a("--weight_decay", type=float, default=0.0, help="L2 weight decay (default: %(default)s)")
+    a("--epochs", type=int, default=100, help="training epochs (default: %(default)s)")
+    a("--num_workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
+    a("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    a("--test_only", nargs="?", const="", default=None, metavar="RUN",
+      help="evaluate a saved run (a folder under --save_path, or a path) instead of training")
+    a("--test_path", default=None, help="the run to evaluate with --test_only (same as --test_only RUN)")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    checks = [(args.ws >= 1, "--ws must be at least 1"), (0.0 <= args.lam <= 1.0, "--lam must be in [0, 1]"),
+              (0.0 <= args.beta < 1.0, "--beta must be in [0, 1)"), (args.batch_size >= 1, "--batch_size must be >= 1"),
+              (args.epochs >= 1, "--epochs must be >= 1"), (args.lr > 0, "--lr must be > 0"),
+              (args.sr == SAMPLE_RATE, f"--sr: the feature cache is computed at {SAMPLE_RATE} Hz"),
+              (args.audio_dim % 8 == 0 and args.audio_dim >= 8, "--audio_dim must be a multiple of 8")]
+    for ok, message in checks:
+        if not ok:
+            raise SystemExit(f"error: {message}")
+
+
+def resolve_device(args: argparse.Namespace) -> torch.device:
+    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda but no CUDA device is available")
+        return torch.device(f"cuda:{args.gpu_id}")
+    return torch.device("cpu")
+
+
+def split_sessions(args: argparse.Namespace) -> tuple[list[int], list[int], list[int]]:
+    test = parse_sessions(args.test_split, "--test_split")
+    if args.val_split == "none":
+        val = []
+    elif args.val_split == "auto":  # the two sessions just before the test fold, wrapping around
+        before = [(test[0] - 1 - k - 1) % NUM_SESSIONS + 1 for k in range(NUM_SESSIONS)]
+        val = sorted([s for s in before if s not in test][:2])
+    else:
+        val = parse_sessions(args.val_split, "--val_split")
+        if set(val) & set(test):
+            raise SystemExit(f"error: --val_split {val} overlaps --test_split {test}")
+    train = [s for s in range(1, NUM_SESSIONS + 1) if s not in test and s not in val]
+    return train, val, test
+
+
+def prepare_data(args: argparse.Namespace) -> Path:
+    """Make the demo corpus if the default folder is empty, then preprocess (a no-op when up to date)."""
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "annotation").exists() and args.data_dir == DEFAULT_DATA_DIR:
+        from demo_corpus import make_demo_corpus
+        print(f"No KEMDy19 corpus in {data_dir}: making the synthetic DEMO corpus there. Results on it say "
+              "nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
+        make_demo_corpus(data_dir, seed=0)
+    try:
+        preprocess(data_dir, args.text_encoder, args.text_dim)
+    except CorpusError as error:
+        raise SystemExit(f"error: {error}") from None
+    if is_demo_corpus(data_dir):
+        print("NOTE: training on the synthetic demo corpus, not KEMDy19.")
+    return data_dir
+
+
+def make_loader(corpus: Corpus, sessions: list[int], args: argparse.Namespace, train: bool,
+                device: torch.device) -> DataLoader:
+    dataset = WindowDataset(corpus, sessions, args.ws, train=train, seed=args.seed)
+    sampler = ChunkBatchSampler(len(dataset), args.batch_size, chunk=args.ws, shuffle=train, seed=args.seed)
+    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=args.num_workers,
+                      pin_memory=device.type == "cuda")
+
+
+def build_model(args: argparse.Namespace | dict) -> EmotionModel:
+    a = vars(args) if isinstance(args, argparse.Namespace) else args
+    return EmotionModel(text_dim=a["text_dim"], audio_dim=a["audio_dim"], hidden_size=a["hidden_size"],
+                        num_layers=a["num_layers"], bidirectional=a["bidirectional"], backbone=a["backbone"],
+                        emotion_concat=not a["no_cat"], dropout=a["dropout"])
+
+
+def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    params, wd = model.parameters(), args.weight_decay
+    if args.optim == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=wd)
+    if args.optim == "adagrad":
+        return torch.optim.Adagrad(params, lr=args.lr, weight_decay=wd)
+    return torch.optim.Adam(params, lr=args.lr, weight_decay=wd)
+
+
+def write_test_outputs(run_dir: Path, corpus: Corpus, metrics: dict, outputs: dict, results_name: str,
+                       extra: dict) -> None:
+    rows = outputs["rows"]
+    table = pd.DataFrame({"Segment ID": corpus.table["Segment ID"].to_numpy()[rows],
+                          "emotion": corpus.table["Emotion"].to_numpy()[rows]})
+    for i, name in enumerate(EMOTIONS):
+        table[name] = outputs["probs"][:, i]
+    table["arousal_true"], table["arousal_pred"] = outputs["av_true"][:, 0], outputs["av"][:, 0]
+    table["valence_true"], table["valence_pred"] = outputs["av_true"][:, 1], outputs["av"][:, 1]
+    table.to_csv(run_dir / results_name.replace("results", "predictions").replace(".json", ".csv"), index=False)
+    write_json(run_dir / results_name, {"test": metrics, **extra})
+    plot_confusion(metrics["confusion"], run_dir / results_name.replace("results", "confusion").replace(".json", ".png"),
+                   f"test confusion ({run_dir.name})")
+
+
+def train(args: argparse.Namespace) -> Path:
+    device = resolve_device(args)
+    set_seed(args.seed)
+    train_sessions, val_sessions, test_sessions = split_sessions(args)
+    data_dir = prepare_data(args)
+    corpus = Corpus(data_dir, args.SorL, args.text_dim)
+    train_loader = make_loader(corpus, train_sessions, args, True, device)
+    val_loader = make_loader(corpus, val_sessions, args, False, device) if val_sessions else None
+    test_loader = make_loader(corpus, test_sessions, args, False, device)
+    run_dir = make_run_dir(args.save_path, f"{args.backbone}_{args.SorL}_{args.optim}_{args.ws}")
+    print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
+    write_json(run_dir / "args.json", vars(args))
+
+    model = build_model(args)
+    train_rows = np.flatnonzero(np.isin(corpus.sessions, train_sessions))
+    mean, std = corpus.mel_statistics(train_rows)
+    model.audio.mel_mean.copy_(torch.from_numpy(mean))
+    model.audio.mel_std.copy_(torch.from_numpy(std))
+    model.to(device)
+    class_weights = None
+    if args.loss == "cbloss":
+        class_weights = class_balanced_weights(corpus.labels[train_rows].sum(0), args.beta)
+        print("class-balanced weights:", dict(zip(EMOTIONS, class_weights.round(decimals=3).tolist())))
+    loss_fn = EmotionLoss(args.lam, class_weights).to(device)
+    optimizer = make_optimizer(model, args)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+
+    log, best_score, best_epoch, best_val = [], -np.inf, 0, {}
+    for epoch in range(1, args.epochs + 1):
+        train_loader.sampler.epoch = train_loader.dataset.epoch = epoch
+        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        try:
+            record.update(train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch))
+        except FloatingPointError as error:
+            raise SystemExit(f"error: {error}. The last good checkpoint is {run_dir / 'checkpoint.pth'}; "
+                             "train again with a lower --lr") from None
+        scheduler.step()
+        improved = val_loader is None
+        if val_loader is not None:
+            val_metrics, _ = evaluate(model, val_loader, device, desc=f"epoch {epoch} val")
+            score = selection_score(val_metrics)
+            record.update({f"val_{k}": v for k, v in val_metrics.items() if not isinstance(v, (dict, list))})
+            record["val_score"] = score
+            improved = score > best_score
+        if improved:
+            best_score, best_epoch = record.get("val_score", 0.0), epoch
+            best_val = {k: v for k, v in record.items() if k.startswith("val_")}
+        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars(args),
+                      "best_score": best_score, "best_epoch": best_epoch}
+        atomic_torch_save(checkpoint, run_dir / "checkpoint.pth")
+        if improved:
+            atomic_torch_save(checkpoint, run_dir / "best.pth")
+        record["seconds"] = record["train_seconds"]
+        append_jsonl(run_dir / "log.jsonl", record)
+        log.append(record)
+        val_text = f", val macro-F1 {record['val_macro_f1']:.3f} score {record['val_score']:.3f}" if val_loader else ""
+        print(f"epoch {epoch}: loss {record['train_loss']:.4f}{val_text}{' *' if improved and val_loader else ''}")
+    plot_curves(log, run_dir / "curves.png")
+
+    model.load_state_dict(torch.load(run_dir / "best.pth", map_location=device, weights_only=True)["model"])
+    metrics, outputs = evaluate(model, test_loader, device, desc="test")
+    write_test_outputs(run_dir, corpus, metrics, outputs, "results.json",
+                       {"best_epoch": best_epoch, "val": best_val, "sessions": {
+                           "train": train_sessions, "val": val_sessions, "test": test_sessions}})
+    print(f"best epoch {best_epoch} (by {'validation score' if val_loader else 'last epoch, --val_split none'})")
+    print(summary_table(metrics, f"test {test_sessions}"))
+    print(f"results: {run_dir / 'results.json'}")
+    return run_dir
+
+
+def find_run(args: argparse.Namespace) -> Path:
+    name = args.test_only or args.test_path
+    if not name:
+        raise SystemExit("error: --test_only needs a run folder: --test_only exp/<run> or --test_path <run>")
+    run_dir = Path(name) if Path(name).exists() else Path(args.save_path) / name
+    missing = [f for f in ("args.json", "best.pth") if not (run_dir / f).exists()]
+    if not run_dir.is_dir() or missing:
+        raise SystemExit(f"error: {run_dir} is not a finished run folder (missing {', '.join(missing) or 'folder'})")
+    return run_dir
+
+
+def test_only(args: argparse.Namespace) -> dict:
+    run_dir = find_run(args)
+    device = resolve_device(args)
+    checkpoint = torch.load(run_dir / "best.pth", map_location=device, weights_only=True)
+    saved = argparse.Namespace(**{**vars(get_parser().parse_args([])), **checkpoint["args"]})
+    unknown = [k for k in MODEL_ARGS if k not in checkpoint["args"]]
+    if unknown:
+        raise SystemExit(f"error: {run_dir / 'best.pth'} lacks the model arguments {unknown}; "
+                         "it was saved by an incompatible version")
+    _, _, test_sessions = split_sessions(saved)
+    corpus = Corpus(prepare_data(saved), saved.SorL, saved.text_dim)
+    model = build_model(saved).to(device)
+    model.load_state_dict(checkpoint["model"])
+    metrics, outputs = evaluate(model, make_loader(corpus, test_sessions, saved, False, device), device, desc="test")
+    write_test_outputs(run_dir, corpus, metrics, outputs, "results_test_only.json",
+                       {"best_epoch": checkpoint["best_epoch"]})
+    print(summary_table(metrics, f"test {test_sessions} ({run_dir.name})"))
+    print(f"results: {run_dir / 'results_test_only.json'}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    check_args(args)
+    if args.test_only is not None or args.test_path:
+        test_only(args)
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

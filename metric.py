@@ -1,0 +1,53 @@
+"""Emotion scores (the contest's instance-level P/R/F1 and standard per-utterance scores) and CCC."""
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from constants import EMOTIONS
+
+
+def instance_prf(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """The published "F1": P = share of utterances whose top-1 class is among the true (tied) labels,
+    R = hits / number of true labels, F1 = 2PR / (P + R)."""
+    hits = labels[np.arange(len(probs)), probs.argmax(1)]
+    precision = float(hits.mean())
+    recall = float(hits.sum() / labels.sum())
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return precision, recall, f1
+
+
+def resolve_ties(pred: np.ndarray, labels: np.ndarray, first_label: np.ndarray) -> np.ndarray:
+    """One true class per utterance: the prediction if it is one of the tied labels, else the first written."""
+    return np.where(labels[np.arange(len(pred)), pred] > 0, pred, first_label)
+
+
+def ccc(target: np.ndarray, pred: np.ndarray) -> float:
+    """Concordance correlation coefficient with population moments; 0 when undefined (constant inputs)."""
+    target, pred = np.asarray(target, dtype=np.float64), np.asarray(pred, dtype=np.float64)
+    covariance = np.mean((target - target.mean()) * (pred - pred.mean()))
+    denominator = target.var() + pred.var() + (target.mean() - pred.mean()) ** 2
+    return float(2 * covariance / denominator) if denominator > 0 else 0.0
+
+
+def emotion_metrics(probs: np.ndarray, av_pred: np.ndarray, labels: np.ndarray, first_label: np.ndarray,
+                    av_true: np.ndarray) -> dict:
+    """Every test metric of results.json; arrays hold one row per utterance, av columns (arousal, valence)."""
+    pred = probs.argmax(1)
+    true = resolve_ties(pred, labels, first_label)
+    classes = list(range(len(EMOTIONS)))
+    precision, recall, f1, support = precision_recall_fscore_support(true, pred, labels=classes, zero_division=0)
+    instance_p, instance_r, instance_f = instance_prf(probs, labels)
+    return {
+        "instance_precision": instance_p, "instance_recall": instance_r, "instance_f1": instance_f,
+        "accuracy": float(accuracy_score(true, pred)),
+        "macro_f1": float(f1_score(true, pred, labels=classes, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(true, pred, labels=classes, average="weighted", zero_division=0)),
+        "ccc_arousal": ccc(av_true[:, 0], av_pred[:, 0]), "ccc_valence": ccc(av_true[:, 1], av_pred[:, 1]),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(EMOTIONS)},
+        "confusion": confusion_matrix(true, pred, labels=classes).tolist(),
+    }
+
+
+def selection_score(metrics: dict) -> float:
+    """Validation score that picks the best epoch: mean of macro-F1 and the two CCCs."""
+    return (metrics["macro_f1"] + metrics["ccc_arousal"] + metrics["ccc_valence"]) / 3

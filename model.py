@@ -1,0 +1,87 @@
+"""Audio + text fusion over a dialogue window, recurrent backbone, emotion and arousal/valence heads.
+
+Differs from the published model where it was wrong: one audio encoder is shared by all window
+steps (the published CNN mixed the window's utterances across channels, so step i was not
+utterance i), and padded steps get a zero vector plus a mask bit.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from constants import EMOTIONS, N_MELS
+
+
+def _time_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class AudioEncoder(nn.Module):
+    """Log-mel (U, T, mels) -> (U, dim): strided conv blocks, then mean+max pooling over valid frames.
+
+    Padded frames are zeroed after every block, so an utterance's encoding does not depend on
+    how long the other clips of its batch are (in eval mode).
+    """
+
+    def __init__(self, dim: int, n_mels: int = N_MELS):
+        super().__init__()
+        self.register_buffer("mel_mean", torch.zeros(n_mels))
+        self.register_buffer("mel_std", torch.ones(n_mels))
+        widths = [1] + [dim // 8, dim // 4, dim // 2, dim]
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+            for c_in, c_out in zip(widths[:-1], widths[1:]))
+        self.proj = nn.Linear(2 * dim, dim)
+
+    def forward(self, spec: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = _time_mask(lengths, spec.shape[1])
+        x = ((spec - self.mel_mean) / self.mel_std) * mask[..., None]
+        x = x.transpose(1, 2).unsqueeze(1)  # (U, 1, mels, T)
+        for block in self.blocks:
+            x = block(x)
+            lengths = (lengths - 1) // 2 + 1
+            x = x * _time_mask(lengths, x.shape[-1])[:, None, None, :]
+        x = x.mean(dim=2)  # over frequency: (U, C, T')
+        mask = _time_mask(lengths, x.shape[-1])[:, None, :]
+        mean = (x * mask).sum(-1) / lengths[:, None]
+        peak = x.masked_fill(~mask, float("-inf")).amax(-1)
+        return self.proj(torch.cat([mean, peak], dim=1))
+
+
+class EmotionModel(nn.Module):
+    def __init__(self, text_dim: int = 768, audio_dim: int = 256, hidden_size: int = 512, num_layers: int = 4,
+                 bidirectional: bool = False, backbone: str = "lstm", emotion_concat: bool = True,
+                 dropout: float = 0.2):
+        super().__init__()
+        self.audio = AudioEncoder(audio_dim)
+        self.text_norm = nn.LayerNorm(text_dim)
+        self.fuse = nn.Sequential(nn.Linear(audio_dim + text_dim, hidden_size), nn.ReLU(inplace=True),
+                                  nn.Dropout(dropout))
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[backbone]
+        self.rnn = rnn(hidden_size + 1, hidden_size, num_layers=num_layers, batch_first=True,
+                       bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
+        out_dim = hidden_size * (2 if bidirectional else 1)
+        self.emotion_head = nn.Linear(out_dim, len(EMOTIONS))
+        self.emotion_concat = emotion_concat
+        trunk_in = out_dim + (len(EMOTIONS) if emotion_concat else 0)
+        self.av_trunk = nn.Sequential(nn.Linear(trunk_in, hidden_size // 2), nn.ReLU(inplace=True),
+                                      nn.Dropout(dropout))
+        self.arousal_head = nn.Linear(hidden_size // 2, 1)
+        self.valence_head = nn.Linear(hidden_size // 2, 1)
+
+    def forward(self, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor,
+                slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """spec/text: the batch's distinct utterances; slots (B, ws): index into them, -1 = padding.
+
+        Returns emotion logits (B, 7) and arousal/valence (B, 2) in [1, 5].
+        """
+        steps = self.fuse(torch.cat([self.audio(spec, spec_lengths), self.text_norm(text)], dim=1))
+        valid = (slots >= 0).unsqueeze(-1).to(steps.dtype)
+        window = steps[slots.clamp(min=0)] * valid  # (B, ws, hidden): each utterance encoded once per batch
+        out, _ = self.rnn(torch.cat([window, valid], dim=-1))
+        last = out[:, -1]
+        logits = self.emotion_head(last)
+        trunk_in = torch.cat([last, F.softmax(logits, dim=1)], dim=1) if self.emotion_concat else last
+        trunk = self.av_trunk(trunk_in)
+        av = torch.cat([self.arousal_head(trunk), self.valence_head(trunk)], dim=1)
+        return logits, 1 + 4 * torch.sigmoid(av)

@@ -1,0 +1,362 @@
+"""Raw KEMDy19 folder -> annotation tables, sentence embeddings and a log-mel spectrogram cache.
+
+    python preprocess.py --make_demo data/KEMDy19        # synthetic corpus in the real layout
+    python preprocess.py --data_dir data/KEMDy19 [--text_encoder NAME]
+
+Outputs go next to the corpus (the published layout): annotation.csv, df_speaker.csv,
+df_listener.csv, embedding_<dim>.npy (+ .json with ids), features/logmel.npy (+ .json). Every
+output is written to a temporary name and renamed, and a second run reuses what is up to date.
+"""
+import argparse
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+import torchaudio
+from tqdm import tqdm
+
+from constants import (DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO, DEFAULT_TEXT_ENCODER_REAL,
+                       DEMO_MARKER_FILE, EMOTION_ALIASES, EMOTIONS, F_MAX, F_MIN, HOP_LENGTH, LOG_OFFSET, N_FFT,
+                       N_MELS, NUM_RATERS, RATING_RANGE, SAMPLE_RATE)
+from text_encoder import embedding_paths, fit_tfidf, save_tfidf, tfidf_embeddings, transformer_embeddings
+
+ANNOTATION_COLUMNS = 13 + 3 * NUM_RATERS  # Numb, 4x(start,end), Segment ID, 3 totals, 10 raters x 3
+SEGMENT_ID = re.compile(r"^Sess(\d{2})_((?:script|impro)\d{2})_([FM])(\d{3})$")
+MARKER = re.compile(r"(?<![A-Za-z])[cnNulbo]/|[*+/]")
+TABLE_COLUMNS = (["start", "end", "Segment ID", "Emotion", "Valence", "Arousal"]
+                 + [f"{k}.{i}" for k in ("Emotion", "Valence", "Arousal") for i in range(1, NUM_RATERS + 1)]
+                 + ["speaker", "text", "role", "Session", "script", "sequence", "dialogue"])
+
+
+class CorpusError(ValueError):
+    """Bad input in the corpus: the message names the file/row and what was expected."""
+
+
+def is_demo_corpus(data_dir: str | Path) -> bool:
+    return (Path(data_dir) / DEMO_MARKER_FILE).exists()
+
+
+def decode_text(raw: bytes, path: Path) -> str:
+    """UTF-8 (with or without BOM), else cp949 (the sister corpus KEMDy20's encoding)."""
+    for encoding in ("utf-8-sig", "cp949"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise CorpusError(f"{path}: text is neither UTF-8 nor cp949")
+
+
+def clean_transcript(text: str) -> str:
+    """Strip the annotation markers (c/ n/ N/ u/ l/ b/ o/, *, +, bare /) and collapse spaces."""
+    return " ".join(MARKER.sub(" ", text).split())
+
+
+def parse_emotions(cell: str, where: str) -> list[str]:
+    """'neutral;happy' -> ['neutral', 'happy'] with the 'disqust' spelling mapped to 'disgust'."""
+    labels = []
+    for part in str(cell).split(";"):
+        name = EMOTION_ALIASES.get(part.strip().lower(), part.strip().lower())
+        if name not in EMOTIONS:
+            raise CorpusError(f"{where}: unknown emotion '{part.strip()}' (expected one of {', '.join(EMOTIONS)})")
+        labels.append(name)
+    return labels
+
+
+def _rating(cell: str, where: str, allow_blank: bool) -> float:
+    if cell.strip() == "" and allow_blank:
+        return float("nan")
+    try:
+        value = float(cell)
+    except ValueError:
+        value = float("nan")
+    if not RATING_RANGE[0] <= value <= RATING_RANGE[1]:
+        raise CorpusError(f"{where}: rating '{cell}' is not a number from {RATING_RANGE[0]:g} to {RATING_RANGE[1]:g}")
+    return value
+
+
+def read_annotation_file(path: str | Path) -> tuple[pd.DataFrame, int]:
+    """One `SessionNN_{F|M}_res.csv`, read positionally (two header rows) -> (rows, blank rows dropped)."""
+    path = Path(path)
+    match = re.match(r"Session(\d{2})_([FM])_res\.csv$", path.name)
+    if not match:
+        raise CorpusError(f"{path}: annotation file name is not SessionNN_F_res.csv or SessionNN_M_res.csv")
+    actor = match.group(2)
+    raw = pd.read_csv(io.StringIO(decode_text(path.read_bytes(), path)), header=None, skiprows=2, dtype=str,
+                      keep_default_na=False, skip_blank_lines=False)
+    if raw.shape[1] != ANNOTATION_COLUMNS:
+        raise CorpusError(f"{path}: {raw.shape[1]} columns, expected {ANNOTATION_COLUMNS} "
+                          f"(Numb, 4 start/end pairs, Segment ID, 3 totals, {NUM_RATERS} raters x 3)")
+    blank = raw.apply(lambda r: "".join(r).strip() == "", axis=1)
+    records, seen = [], {}
+    for index, cells in raw[~blank].iterrows():
+        line = index + 3  # 1-based line in the file, after the two header rows
+        where = f"{path} line {line}"
+        seg_id = cells[9].strip()
+        parts = SEGMENT_ID.match(seg_id)
+        if not parts:
+            raise CorpusError(f"{where}: Segment ID '{seg_id}' is not SessNN_{{scriptNN|improNN}}_{{F|M}}NNN")
+        if seg_id in seen:
+            raise CorpusError(f"{where}: Segment ID {seg_id} repeats line {seen[seg_id]}")
+        seen[seg_id] = line
+        record = {"start": float(cells[1] or "nan"), "end": float(cells[2] or "nan"), "Segment ID": seg_id,
+                  "Emotion": ";".join(parse_emotions(cells[10], where)),
+                  "Valence": _rating(cells[11], where, allow_blank=False),
+                  "Arousal": _rating(cells[12], where, allow_blank=False)}
+        for rater in range(NUM_RATERS):
+            emotion, valence, arousal = (cells[13 + 3 * rater + k] for k in range(3))
+            record[f"Emotion.{rater + 1}"] = ";".join(parse_emotions(emotion, where)) if emotion.strip() else ""
+            record[f"Valence.{rater + 1}"] = _rating(valence, where, allow_blank=True)
+            record[f"Arousal.{rater + 1}"] = _rating(arousal, where, allow_blank=True)
+        session, script, speaker, sequence = parts.groups()
+        record.update(speaker=speaker, text="", role="speaker" if speaker == actor else "listener",
+                      Session=int(session), script=script, sequence=int(sequence),
+                      dialogue=f"Sess{session}_{script}")
+        records.append(record)
+    return pd.DataFrame.from_records(records, columns=TABLE_COLUMNS), int(blank.sum())
+
+
+def segment_path(data_dir: Path, seg_id: str, suffix: str) -> Path:
+    session, script = SEGMENT_ID.match(seg_id).group(1, 2)
+    return data_dir / "wav" / f"Session{session}" / f"Sess{session}_{script}" / f"{seg_id}{suffix}"
+
+
+def check_corpus(data_dir: Path) -> list[Path]:
+    """The annotation files, or one line saying where the corpus goes and how to make the demo."""
+    files = sorted((data_dir / "annotation").glob("Session*_res.csv"))
+    if not files:
+        raise SystemExit(f"error: no KEMDy19 corpus at {data_dir} (expected {data_dir}/annotation/SessionNN_F_res.csv "
+                         f"and {data_dir}/wav/). Put the licensed corpus there, or make the demo corpus with "
+                         f"`python preprocess.py --make_demo {data_dir}`")
+    return files
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """Changes when any file is added, removed or modified (name, size, mtime)."""
+    digest = hashlib.sha1()
+    for p in sorted(paths):
+        st = p.stat()
+        digest.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def load_audio(path: Path) -> np.ndarray:
+    """Mono float32 at 16 kHz; stereo is averaged, other rates resampled. Raises CorpusError if unusable."""
+    try:
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise CorpusError(f"{path}: unreadable audio ({error})") from None
+    audio = audio.mean(axis=1)
+    if audio.size == 0:
+        raise CorpusError(f"{path}: audio has no samples")
+    if not np.isfinite(audio).all():
+        raise CorpusError(f"{path}: audio has NaN or infinite samples")
+    if rate != SAMPLE_RATE:
+        audio = torchaudio.functional.resample(torch.from_numpy(audio), rate, SAMPLE_RATE).numpy()
+    return audio
+
+
+@lru_cache(maxsize=1)
+def _mel_transform() -> torchaudio.transforms.MelSpectrogram:
+    return torchaudio.transforms.MelSpectrogram(sample_rate=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH,
+                                                n_mels=N_MELS, f_min=F_MIN, f_max=F_MAX, power=2.0)
+
+
+def log_mel(audio: np.ndarray) -> np.ndarray:
+    """(frames, n_mels) float16 log-mel spectrogram with the published settings."""
+    with torch.inference_mode():
+        mel = _mel_transform()(torch.from_numpy(np.ascontiguousarray(audio)))
+    return torch.log(mel + LOG_OFFSET).T.numpy().astype(np.float16)
+
+
+def feature_settings() -> dict:
+    return {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": N_MELS,
+            "f_min": F_MIN, "f_max": F_MAX, "log_offset": LOG_OFFSET}
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    tmp.replace(path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def build_spectrogram_cache(data_dir: Path, seg_ids: list[str]) -> dict[str, str]:
+    """Write features/logmel.npy: all utterances' frames concatenated, one memory-mappable array.
+
+    Returns {Segment ID: reason} for the wavs that could not be used (skipped, not fatal).
+    """
+    out_dir = data_dir / "features"
+    out_dir.mkdir(exist_ok=True)
+    chunks, ids, failed = [], [], {}
+    for seg_id in tqdm(seg_ids, desc="log-mel spectrograms", unit="utt"):
+        try:
+            chunks.append(log_mel(load_audio(segment_path(data_dir, seg_id, ".wav"))))
+            ids.append(seg_id)
+        except CorpusError as error:
+            failed[seg_id] = str(error)
+    lengths = [len(c) for c in chunks]
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if lengths else []
+    frames = np.concatenate(chunks) if chunks else np.zeros((0, N_MELS), np.float16)
+    _atomic_save_npy(out_dir / "logmel.npy", frames)
+    atomic_write_text(out_dir / "logmel.json", json.dumps(
+        {"settings": feature_settings(), "ids": ids, "offsets": offsets, "lengths": lengths, "failed": failed}))
+    return failed
+
+
+def build_tables(data_dir: Path, files: list[Path]) -> tuple[pd.DataFrame, Counter]:
+    """All rows of all annotation files with their cleaned transcripts; rows without wav/txt dropped."""
+    tables, dropped = [], Counter()
+    for path in tqdm(files, desc="annotation files", unit="file"):
+        table, blank = read_annotation_file(path)
+        dropped["blank row"] += blank
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True)
+    texts, missing = {}, {}
+    for seg_id in tqdm(table["Segment ID"].unique(), desc="transcripts", unit="utt"):
+        txt = segment_path(data_dir, seg_id, ".txt")
+        if not segment_path(data_dir, seg_id, ".wav").exists():
+            missing[seg_id] = "no wav"
+        elif not txt.exists():
+            missing[seg_id] = "no txt"
+        else:
+            try:
+                texts[seg_id] = clean_transcript(decode_text(txt.read_bytes(), txt))
+            except CorpusError:
+                missing[seg_id] = "unreadable txt"
+    unusable = table["Segment ID"].isin(missing)
+    dropped.update(table.loc[unusable, "Segment ID"].map(missing))
+    table = table[~unusable].copy()
+    table["text"] = table["Segment ID"].map(texts)
+    return table, dropped
+
+
+def default_text_encoder(data_dir: str | Path) -> str:
+    return DEFAULT_TEXT_ENCODER_DEMO if is_demo_corpus(data_dir) else DEFAULT_TEXT_ENCODER_REAL
+
+
+def build_embeddings(data_dir: Path, table: pd.DataFrame, text_encoder: str, text_dim: int, seed: int) -> None:
+    """embedding_<dim>.npy (+ .json): one sentence embedding per Segment ID."""
+    npy_path, meta_path, tfidf_path = embedding_paths(data_dir, text_dim)
+    texts_by_id = table.drop_duplicates("Segment ID").set_index("Segment ID")["text"]
+    ids, texts = texts_by_id.index.tolist(), texts_by_id.fillna("").tolist()
+    if text_encoder == "tfidf":
+        pipeline = fit_tfidf(texts, text_dim, seed)
+        vectors = tfidf_embeddings(texts, pipeline, text_dim)
+        save_tfidf(pipeline, tfidf_path)
+    else:
+        vectors = transformer_embeddings(texts, text_encoder)
+        if vectors.shape[1] != text_dim:
+            raise SystemExit(f"error: --text_encoder {text_encoder} gives {vectors.shape[1]}-d embeddings, "
+                             f"not --text_dim {text_dim}; pass --text_dim {vectors.shape[1]}")
+    _atomic_save_npy(npy_path, vectors)
+    atomic_write_text(meta_path, json.dumps({"encoder": text_encoder, "dim": text_dim, "ids": ids}))
+
+
+def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
+               text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0) -> dict:
+    """Run every step that is not up to date; return the summary (rows per role, classes, drops)."""
+    data_dir = Path(data_dir)
+    files = check_corpus(data_dir)
+    text_encoder = text_encoder or default_text_encoder(data_dir)
+    wav_dir = data_dir / "wav"
+    sources = fingerprint(files + list(wav_dir.rglob("*.wav")) + list(wav_dir.rglob("*.txt")))
+    manifest_path = data_dir / "preprocess_manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
+    outputs = [data_dir / n for n in ("annotation.csv", "df_speaker.csv", "df_listener.csv",
+                                      "features/logmel.npy", "features/logmel.json")]
+    if (manifest.get("sources") == sources and manifest.get("features") == feature_settings()
+            and all(p.exists() for p in outputs)):
+        print(f"annotation tables and spectrogram cache in {data_dir} are up to date")
+        table = None
+    else:
+        table, dropped = build_tables(data_dir, files)
+        failed = build_spectrogram_cache(data_dir, sorted(table["Segment ID"].unique()))
+        for reason in failed.values():
+            print(f"skipped: {reason}")
+        unusable = table["Segment ID"].isin(failed)
+        dropped["unusable wav"] += int(unusable.sum())
+        table = table[~unusable].sort_values(["Session", "dialogue", "start", "Segment ID"], kind="stable")
+        for name, rows in (("annotation.csv", table), ("df_speaker.csv", table[table.role == "speaker"]),
+                           ("df_listener.csv", table[table.role == "listener"])):
+            atomic_write_text(data_dir / name, rows.to_csv(index=False))
+        manifest = {"sources": sources, "features": feature_settings(), "summary": summarize(table, dropped)}
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    npy_path, meta_path, _ = embedding_paths(data_dir, text_dim)
+    wanted = {"encoder": text_encoder, "sources": sources}
+    if npy_path.exists() and not meta_path.exists():
+        print(f"using {npy_path} as given (not made by this repo; e.g. the contest's KoBERT embeddings)")
+    elif manifest.get("embedding", {}).get(str(text_dim)) == wanted and npy_path.exists():
+        print(f"{npy_path.name} ({text_encoder}) is up to date")
+    else:
+        if table is None:
+            table = pd.read_csv(data_dir / "annotation.csv", keep_default_na=False)
+        build_embeddings(data_dir, table, text_encoder, text_dim, seed)
+        manifest.setdefault("embedding", {})[str(text_dim)] = wanted
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    print_summary(manifest["summary"], data_dir)
+    return manifest["summary"]
+
+
+def summarize(table: pd.DataFrame, dropped: Counter) -> dict:
+    summary = {"rows": len(table), "utterances": int(table["Segment ID"].nunique()),
+               "dropped_rows": {k: int(v) for k, v in dropped.items() if v}, "roles": {}}
+    for role in ("speaker", "listener"):
+        rows = table[table.role == role]
+        tied = rows["Emotion"].str.contains(";")
+        counts = rows.loc[~tied, "Emotion"].value_counts()
+        summary["roles"][role] = {"rows": len(rows), "tied": int(tied.sum()),
+                                  "classes": {e: int(counts.get(e, 0)) for e in EMOTIONS}}
+    return summary
+
+
+def print_summary(summary: dict, data_dir: Path) -> None:
+    demo = " (synthetic demo corpus, not KEMDy19)" if is_demo_corpus(data_dir) else ""
+    print(f"{data_dir}{demo}: {summary['rows']} rows, {summary['utterances']} utterances")
+    for role, info in summary["roles"].items():
+        classes = ", ".join(f"{e} {n}" for e, n in info["classes"].items())
+        print(f"  {role:8s} {info['rows']} rows: {classes}, tied {info['tied']}")
+    dropped = ", ".join(f"{reason} {n}" for reason, n in summary["dropped_rows"].items()) or "none"
+    print(f"  dropped rows: {dropped}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="raw KEMDy19 folder (default: %(default)s)")
+    parser.add_argument("--make_demo", metavar="DIR", help="write a synthetic demo corpus to DIR and exit")
+    parser.add_argument("--text_encoder", default=None,
+                        help=f"'{DEFAULT_TEXT_ENCODER_REAL}' (default for KEMDy19), another Hugging Face id or "
+                             f"local folder, or 'tfidf' (offline; default for the demo corpus)")
+    parser.add_argument("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="embedding size (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="demo corpus and tf-idf seed (default: %(default)s)")
+    parser.add_argument("--sessions", type=int, default=20, help="demo: sessions (default: %(default)s)")
+    parser.add_argument("--scripts", type=int, default=1, help="demo: scripted dialogues per session (default: %(default)s)")
+    parser.add_argument("--impros", type=int, default=1, help="demo: improvised dialogues per session (default: %(default)s)")
+    parser.add_argument("--turns", type=int, default=20, help="demo: utterances per dialogue (default: %(default)s)")
+    args = parser.parse_args()
+    try:
+        if args.make_demo:
+            from demo_corpus import make_demo_corpus
+            make_demo_corpus(args.make_demo, args.seed, args.sessions, args.scripts, args.impros, args.turns)
+            print(f"demo corpus written to {args.make_demo}; next: python preprocess.py --data_dir {args.make_demo}")
+        else:
+            preprocess(args.data_dir, args.text_encoder, args.text_dim, args.seed)
+    except CorpusError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

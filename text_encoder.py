@@ -1,0 +1,162 @@
+"""Sentence embeddings of the transcripts: KoBERT (published), any Hugging Face encoder, or offline TF-IDF.
+
+A sentence embedding is the mean of the encoder's token states under the attention mask; an
+empty transcript gets the zero vector, as in the published method.
+"""
+import json
+import pickle
+import unicodedata
+from pathlib import Path
+
+import joblib
+import numpy as np
+import sentencepiece as spm
+import torch
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.pipeline import Pipeline
+from tqdm import tqdm
+
+from constants import TEXT_MAX_LENGTH
+
+SPIECE_UNDERLINE = "\u2581"
+
+
+class KoBertTokenizer:
+    """The ids of `kobert_tokenizer.KoBERTTokenizer` (an XLNetTokenizer over KoBERT's spiece.model).
+
+    That package is only distributed from git, so this reproduces its rules: XLNet's text
+    preprocessing (collapse spaces, NFKD without combining marks, case kept), sentencepiece
+    pieces with XLNet's split of "<digits>," pieces, and `[CLS] pieces [SEP]`.
+    """
+
+    def __init__(self, spiece_model: str | Path, max_length: int = TEXT_MAX_LENGTH):
+        self.sp = spm.SentencePieceProcessor(model_file=str(spiece_model))
+        self.max_length = max_length
+        self.cls_id, self.sep_id, self.pad_id = (self.sp.piece_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+
+    @staticmethod
+    def preprocess(text: str) -> str:
+        text = " ".join(text.strip().split()).replace("``", '"').replace("''", '"')
+        text = unicodedata.normalize("NFKD", text)
+        return "".join(c for c in text if not unicodedata.combining(c))
+
+    def pieces(self, text: str) -> list[str]:
+        out = []
+        for piece in self.sp.encode(self.preprocess(text), out_type=str):
+            if len(piece) > 1 and piece[-1] == "," and piece[-2].isdigit():
+                sub = self.sp.encode(piece[:-1].replace(SPIECE_UNDERLINE, ""), out_type=str)
+                if piece[0] != SPIECE_UNDERLINE and sub[0][0] == SPIECE_UNDERLINE:
+                    sub = sub[1:] if len(sub[0]) == 1 else [sub[0][1:]] + sub[1:]
+                out.extend(sub + [piece[-1]])
+            else:
+                out.append(piece)
+        return out
+
+    def encode(self, text: str) -> list[int]:
+        ids = [self.sp.piece_to_id(p) for p in self.pieces(text)][: self.max_length - 2]
+        return [self.cls_id] + ids + [self.sep_id]
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        encoded = [self.encode(t) for t in texts]
+        width = max(len(e) for e in encoded)
+        input_ids = torch.full((len(texts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(texts), width), dtype=torch.long)
+        for i, ids in enumerate(encoded):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            attention_mask[i, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "token_type_ids": torch.zeros_like(input_ids)}
+
+
+def _is_kobert(name: str) -> bool:
+    return "kobert" in Path(name).name.lower()
+
+
+def load_transformer(name: str, device: torch.device):
+    """(tokenizer, model) for a Hugging Face id or a local folder; one clear error if unavailable."""
+    from transformers import AutoModel, AutoTokenizer
+    from huggingface_hub import hf_hub_download
+    try:
+        if _is_kobert(name):
+            spiece = Path(name) / "spiece.model" if Path(name).is_dir() else hf_hub_download(name, "spiece.model")
+            tokenizer = KoBertTokenizer(spiece)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModel.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(
+            f"error: cannot load text encoder '{name}' ({first_line}). Download it where the "
+            f"Hugging Face hub is reachable (`hf download {name} --local-dir DIR`) and pass "
+            "--text_encoder DIR, or use the offline --text_encoder tfidf") from None
+    return tokenizer, model.to(device).eval()
+
+
+@torch.inference_mode()
+def transformer_embeddings(texts: list[str], name: str, batch_size: int = 64,
+                           device: torch.device | None = None) -> np.ndarray:
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer, model = load_transformer(name, device)
+    hidden = model.config.hidden_size
+    out = np.zeros((len(texts), hidden), dtype=np.float32)
+    nonempty = [i for i, t in enumerate(texts) if t.strip()]
+    for start in tqdm(range(0, len(nonempty), batch_size), desc=f"embed {Path(name).name}", unit="batch"):
+        rows = nonempty[start:start + batch_size]
+        if isinstance(tokenizer, KoBertTokenizer):
+            batch = tokenizer([texts[i] for i in rows])
+        else:
+            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                              max_length=TEXT_MAX_LENGTH, return_tensors="pt")
+        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        states = model(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        out[rows] = ((states * mask).sum(1) / mask.sum(1)).cpu().numpy()
+    return out
+
+
+def fit_tfidf(texts: list[str], dim: int, seed: int = 0) -> Pipeline:
+    """Character n-gram TF-IDF + truncated SVD: an offline encoder for the demo (no download)."""
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True)
+    features = vectorizer.fit_transform([t for t in texts if t.strip()])
+    # SVD rank is bounded by the corpus; columns past it are zero-filled in tfidf_embeddings.
+    rank = max(1, min(dim, features.shape[0] - 1, features.shape[1] - 1))
+    return Pipeline([("tfidf", vectorizer), ("svd", TruncatedSVD(rank, random_state=seed))]).fit(
+        [t for t in texts if t.strip()])
+
+
+def tfidf_embeddings(texts: list[str], pipeline: Pipeline, dim: int) -> np.ndarray:
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    nonempty = [i for i, t in enumerate(texts) if t.strip()]
+    if nonempty:
+        reduced = pipeline.transform([texts[i] for i in nonempty])
+        out[nonempty, : reduced.shape[1]] = reduced
+    return out
+
+
+def embedding_paths(data_dir: str | Path, dim: int) -> tuple[Path, Path, Path]:
+    """(vectors .npy, metadata .json with ids and encoder, fitted tf-idf .joblib)."""
+    base = Path(data_dir) / f"embedding_{dim}"
+    return base.with_suffix(".npy"), base.with_suffix(".json"), base.with_suffix(".tfidf.joblib")
+
+
+def save_tfidf(pipeline: Pipeline, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    joblib.dump(pipeline, tmp)
+    tmp.replace(path)
+
+
+def load_embeddings(npy_path: str | Path) -> dict[str, np.ndarray]:
+    """Segment ID -> embedding, from this repo's file or the contest's pickled dict {"<SegID>.txt": vec}."""
+    npy_path = Path(npy_path)
+    meta_path = npy_path.with_suffix(".json")
+    if meta_path.exists():
+        ids = json.loads(meta_path.read_text(encoding="utf-8"))["ids"]
+        return dict(zip(ids, np.load(npy_path, mmap_mode="r")))
+    try:
+        # The contest file is a pickle: only load one you trust.
+        contest = np.load(npy_path, allow_pickle=True).item()
+    except (ValueError, pickle.UnpicklingError, AttributeError) as error:
+        raise SystemExit(f"error: {npy_path} has no {meta_path.name} and is not the contest's "
+                         f"pickled dict of embeddings ({error})") from None
+    return {Path(k).stem: np.asarray(v, dtype=np.float32).reshape(-1) for k, v in contest.items()}

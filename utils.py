@@ -1,0 +1,100 @@
+"""Run folders, atomic writes, seeding, plots and the printed summary."""
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+
+matplotlib.use("Agg")  # plots are files; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+
+from constants import EMOTIONS  # noqa: E402
+
+SUMMARY_METRICS = ["instance_precision", "instance_recall", "instance_f1", "accuracy", "macro_f1",
+                   "weighted_f1", "ccc_arousal", "ccc_valence"]
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_run_dir(save_path: str, name: str) -> Path:
+    """A new folder save_path/name_<time>[-k]; never an existing one."""
+    root = Path(save_path)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        run_dir = root / (f"{name}_{stamp}" + (f"-{k}" if k else ""))
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise SystemExit(f"error: could not create a new run folder under {root}")
+
+
+def atomic_torch_save(obj: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash leaves the old file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def plot_confusion(confusion: list[list[int]], path: Path, title: str) -> None:
+    counts = np.asarray(confusion)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(EMOTIONS)):
+        for j in range(len(EMOTIONS)):
+            ax.text(j, i, counts[i, j], ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
+    ax.set(xticks=range(len(EMOTIONS)), yticks=range(len(EMOTIONS)), xticklabels=EMOTIONS, yticklabels=EMOTIONS,
+           xlabel="predicted", ylabel="true (ties resolved)", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(log: list[dict], path: Path) -> None:
+    epochs = [r["epoch"] for r in log]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("train_loss", "train_emotion", "train_arousal", "train_valence"):
+        left.plot(epochs, [r[key] for r in log], label=key.removeprefix("train_"))
+    left.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    left.legend()
+    for key in ("macro_f1", "instance_f1", "ccc_arousal", "ccc_valence"):
+        if f"val_{key}" in log[0]:
+            right.plot(epochs, [r[f"val_{key}"] for r in log], label=key)
+    right.set(xlabel="epoch", ylabel="score", title="validation")
+    if right.lines:
+        right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summary_table(metrics: dict, title: str) -> str:
+    lines = [f"| {title} | value |", "| --- | --- |"]
+    lines += [f"| {name} | {metrics[name]:.3f} |" for name in SUMMARY_METRICS]
+    lines += [f"| F1 {name} | {scores['f1']:.3f} (n={scores['support']}) |"
+              for name, scores in metrics["per_class"].items()]
+    return "\n".join(lines)
