@@ -241,7 +241,7 @@ def find_run(args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def test_only(args: argparse.Namespace) -> dict:
+def evaluate_run(args: argparse.Namespace) -> dict:
     run_dir = find_run(args)
     device = resolve_device(args)
     checkpoint = torch.load(run_dir / "best.pth", map_location=device, weights_only=True)
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     check_args(args)
     if args.test_only is not None or args.test_path:
-        test_only(args)
+        evaluate_run(args)
     else:
         train(args)
 

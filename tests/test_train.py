@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+
+from conftest import TEXT_DIM
+from dataset import context_windows, parse_sessions
+from loss import EmotionLoss, class_balanced_weights
+from main import evaluate_run, get_parser, main, train
+from metric import ccc, emotion_metrics, instance_prf, resolve_ties
+from model import EmotionModel
+
+TINY = ["--text_dim", str(TEXT_DIM), "--hidden_size", "16", "--num_layers", "1", "--audio_dim", "16",
+        "--batch_size", "16", "--epochs", "2", "--ws", "4"]
+
+
+def test_instance_prf_and_ties_by_hand():
+    labels = np.array([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=float)
+    probs = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.6, 0.1], [0.1, 0.5, 0.1, 0.3]])
+    precision, recall, f1 = instance_prf(probs, labels)
+    assert precision == pytest.approx(2 / 3) and recall == pytest.approx(2 / 4) and f1 == pytest.approx(4 / 7)
+    np.testing.assert_array_equal(resolve_ties(probs.argmax(1), labels, np.array([0, 1, 3])), [0, 2, 3])
+
+
+def test_metrics_agree_with_scikit_learn():
+    rng = np.random.default_rng(0)
+    n = 200
+    probs = rng.dirichlet(np.ones(7), n)
+    first = rng.integers(0, 7, n)
+    labels = np.eye(7)[first]
+    labels[:20, (first[:20] + 1) % 7] = 1  # some ties
+    av_true, av_pred = rng.uniform(1, 5, (n, 2)), rng.uniform(1, 5, (n, 2))
+    metrics = emotion_metrics(probs, av_pred, labels, first, av_true)
+    pred = probs.argmax(1)
+    true = np.where(labels[np.arange(n), pred] > 0, pred, first)
+    assert metrics["macro_f1"] == pytest.approx(f1_score(true, pred, average="macro", labels=range(7)))
+    assert metrics["weighted_f1"] == pytest.approx(f1_score(true, pred, average="weighted", labels=range(7)))
+    assert metrics["accuracy"] == pytest.approx((true == pred).mean())
+    assert np.sum(metrics["confusion"]) == n and np.trace(metrics["confusion"]) == (true == pred).sum()
+    assert metrics["ccc_arousal"] == pytest.approx(ccc(av_true[:, 0], av_pred[:, 0]))
+
+
+def test_ccc_by_hand():
+    assert ccc([1, 2, 3], [1, 2, 4]) == pytest.approx(6 / 7)
+    assert ccc([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+    assert ccc([3, 3, 3], [3, 3, 3]) == 0.0  # undefined -> 0, not NaN
+    assert ccc([1, 2, 3], [2, 3, 4]) == pytest.approx(2 * (2 / 3) / (2 / 3 + 2 / 3 + 1))
+
+
+def test_class_balanced_weights_follow_the_formula():
+    counts, beta = np.array([100, 10, 1, 0]), 0.9
+    raw = (1 - beta) / (1 - beta ** np.maximum(counts, 1))
+    np.testing.assert_allclose(class_balanced_weights(counts, beta).numpy(), raw / raw.sum() * 4, rtol=1e-6)
+    assert class_balanced_weights(np.array([5, 5, 5]), 0.99).tolist() == pytest.approx([1, 1, 1])
+
+
+def test_loss_parts_and_lam_weighting():
+    torch.manual_seed(0)
+    logits, av = torch.randn(5, 7), 1 + 4 * torch.rand(5, 2)
+    soft = torch.softmax(torch.randn(5, 7), 1)
+    av_true = 1 + 4 * torch.rand(5, 2)
+    total, parts = EmotionLoss(0.66)(logits, av, soft, av_true)
+    kl = F.kl_div(F.log_softmax(logits, 1), soft, reduction="batchmean")
+    assert parts["emotion"] == pytest.approx(kl.item(), rel=1e-5)
+    assert parts["arousal"] == pytest.approx(F.mse_loss(av[:, 0], av_true[:, 0]).item(), rel=1e-5)
+    assert total.item() == pytest.approx(0.66 * parts["emotion"] + 0.34 * (parts["arousal"] + parts["valence"]), rel=1e-5)
+    zero, _ = EmotionLoss(1.0)(torch.log(soft), av, soft, av_true)
+    assert zero.item() == pytest.approx(0.0, abs=1e-6)  # the soft target itself: no emotion loss
+    one_hot = torch.eye(7)[[0, 2, 2, 4, 6]]
+    weights = torch.arange(1.0, 8.0)
+    weighted, parts = EmotionLoss(1.0, weights)(logits, av, one_hot, av_true)
+    ce = F.cross_entropy(logits, one_hot.argmax(1), reduction="none")
+    assert weighted.item() == pytest.approx((ce * weights[one_hot.argmax(1)]).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("ws", [1, 8])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_model_shapes_and_ranges(ws, bidirectional):
+    torch.manual_seed(0)
+    model = EmotionModel(text_dim=12, audio_dim=16, hidden_size=8, num_layers=2, bidirectional=bidirectional).eval()
+    lengths = torch.tensor([40, 313, 7])
+    spec = torch.randn(3, 313, 229)
+    slots = torch.full((1, ws), -1)
+    slots[0, -min(ws, 3):] = torch.arange(3)[-min(ws, 3):]
+    logits, av = model(spec, lengths, torch.randn(3, 12), slots)  # batch size 1
+    assert logits.shape == (1, 7) and av.shape == (1, 2)
+    assert ((av >= 1) & (av <= 5)).all()
+    batch_logits, _ = model(spec, lengths, torch.randn(3, 12), slots.repeat(4, 1))
+    assert batch_logits.shape == (4, 7)
+
+
+def test_audio_encoding_does_not_depend_on_batch_padding():
+    torch.manual_seed(0)
+    encoder = EmotionModel(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1).audio.eval()
+    clip = torch.randn(1, 50, 229)
+    alone = encoder(clip, torch.tensor([50]))
+    padded = torch.cat([clip, torch.randn(1, 250, 229)], dim=1)
+    together = encoder(torch.cat([padded, torch.randn(1, 300, 229)]), torch.tensor([50, 300]))
+    torch.testing.assert_close(alone[0], together[0], rtol=1e-4, atol=1e-5)
+
+
+def test_windows_at_dialogue_starts():
+    windows = context_windows(np.array(["a", "a", "a", "b", "b"]), 3)
+    np.testing.assert_array_equal(windows, [[-1, -1, 0], [-1, 0, 1], [0, 1, 2], [-1, -1, 3], [-1, 3, 4]])
+
+
+def test_test_split_parsing_and_errors():
+    assert parse_sessions("[13,14,15,16]") == parse_sessions("13,14,15,16") == [13, 14, 15, 16]
+    for bad, message in [("0,1", "from 1 to 20"), ("", "got none"), ("a,b", "not a list"), ("[21]", "got \\[21\\]")]:
+        with pytest.raises(SystemExit, match=f"--test_split .*{message}"):
+            parse_sessions(bad)
+
+
+def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
+    argv = ["--data_dir", str(demo_dir), "--save_path", str(tmp_path / "exp"), "--seed", "3"] + TINY
+    run_dir = train(get_parser().parse_args(argv))
+    for name in ("args.json", "log.jsonl", "checkpoint.pth", "best.pth", "results.json", "predictions.csv",
+                 "confusion.png", "curves.png"):
+        assert (run_dir / name).exists(), name
+    results = json.loads((run_dir / "results.json").read_text())["test"]
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and "val_macro_f1" in log[0]
+    checkpoint = torch.load(run_dir / "checkpoint.pth", weights_only=True)
+    assert checkpoint["args"]["num_layers"] == 1 and checkpoint["epoch"] == 2
+
+    metrics = evaluate_run(get_parser().parse_args(["--test_only", str(run_dir)]))
+    for key in ("instance_f1", "macro_f1", "weighted_f1", "accuracy", "ccc_arousal", "ccc_valence"):
+        assert metrics[key] == pytest.approx(results[key], abs=1e-6), key
+    assert metrics["confusion"] == results["confusion"]
+
+    again = train(get_parser().parse_args(argv))
+    assert again != run_dir
+    assert json.loads((again / "results.json").read_text())["test"] == results
+
+
+def test_bad_test_path_and_split_messages(demo_dir, tmp_path):
+    with pytest.raises(SystemExit, match="is not a finished run folder"):
+        main(["--test_only", str(tmp_path / "missing"), "--save_path", str(tmp_path)])
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "args.json").write_text("{}")
+    with pytest.raises(SystemExit, match="missing best.pth"):
+        main(["--test_only", "--test_path", "half", "--save_path", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--test_split '30' must name sessions from 1 to 20"):
+        main(["--data_dir", str(demo_dir), "--test_split", "30"] + TINY)
+    with pytest.raises(SystemExit, match="--lam must be in"):
+        main(["--lam", "1.5"])
