@@ -111,29 +111,39 @@ class WindowDataset(Dataset):
     def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         c = self.corpus
         windows = self.windows[np.asarray(indices)]
-        utterances, inverse = np.unique(windows[windows >= 0], return_inverse=True)
-        slots = np.full(windows.shape, -1)
-        slots[windows >= 0] = inverse
-        lengths = c.lengths[utterances]
-        take = np.minimum(lengths, MAX_FRAMES)
-        if self.train:  # random 10 s crop of longer clips; seeded by (seed, epoch, batch) for reproducibility
-            rng = np.random.default_rng((self.seed, self.epoch, int(indices[0])))
-            starts = c.offsets[utterances] + (rng.random(len(utterances)) * (lengths - take + 1)).astype(np.int64)
-        else:  # evaluation: always the first 10 s
-            starts = c.offsets[utterances]
-        width = int(take.max())
-        frame_index = starts[:, None] + np.arange(width)[None, :]
-        valid = np.arange(width)[None, :] < take[:, None]
-        spec = np.asarray(c.frames[np.where(valid, frame_index, 0).ravel()], dtype=np.float32)
-        spec = spec.reshape(len(utterances), width, -1)
+        # Random 10 s crops of longer clips in training, seeded by (seed, epoch, batch) for reproducibility.
+        rng = np.random.default_rng((self.seed, self.epoch, int(indices[0]))) if self.train else None
+        batch = assemble_batch(c.frames, c.offsets, c.lengths, c.text, windows, rng)
         last = windows[:, -1]
-        return {
-            "spec": torch.from_numpy(spec), "spec_lengths": torch.from_numpy(take),
-            "text": torch.from_numpy(c.text[utterances]), "slots": torch.from_numpy(slots),
-            "soft": torch.from_numpy(c.soft[last]), "labels": torch.from_numpy(c.labels[last]),
-            "first_label": torch.from_numpy(c.first_label[last]),
-            "arousal_valence": torch.from_numpy(c.arousal_valence[last]), "rows": torch.from_numpy(last),
-        }
+        batch.update(soft=torch.from_numpy(c.soft[last]), labels=torch.from_numpy(c.labels[last]),
+                     first_label=torch.from_numpy(c.first_label[last]),
+                     arousal_valence=torch.from_numpy(c.arousal_valence[last]), rows=torch.from_numpy(last))
+        return batch
+
+
+def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, text: np.ndarray,
+                   windows: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Model inputs for `windows` (B, ws) of utterance indices (-1 = padding).
+
+    The distinct utterances are cropped once from `frames` (all utterances' frames concatenated;
+    utterance i is frames[offsets[i]:offsets[i] + lengths[i]]): a random 10 s crop with `rng`,
+    else the first 10 s. `slots` maps each window step to its row in `spec`/`text`.
+    """
+    utterances, inverse = np.unique(windows[windows >= 0], return_inverse=True)
+    slots = np.full(windows.shape, -1)
+    slots[windows >= 0] = inverse
+    lengths = lengths[utterances]
+    take = np.minimum(lengths, MAX_FRAMES)
+    starts = offsets[utterances]
+    if rng is not None:
+        starts = starts + (rng.random(len(utterances)) * (lengths - take + 1)).astype(np.int64)
+    width = int(take.max())
+    frame_index = starts[:, None] + np.arange(width)[None, :]
+    valid = np.arange(width)[None, :] < take[:, None]
+    spec = np.asarray(frames[np.where(valid, frame_index, 0).ravel()], dtype=np.float32)
+    return {"spec": torch.from_numpy(spec.reshape(len(utterances), width, -1)),
+            "spec_lengths": torch.from_numpy(take), "text": torch.from_numpy(np.asarray(text[utterances])),
+            "slots": torch.from_numpy(slots)}
 
 
 class ChunkBatchSampler(Sampler):

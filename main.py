@@ -4,7 +4,10 @@
     python main.py --test_only exp/<run folder>       # evaluate a saved run
 """
 import argparse
+import copy
+import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +15,15 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from constants import DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, NUM_SESSIONS, SAMPLE_RATE
+from constants import CV_FOLDS, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, NUM_SESSIONS, SAMPLE_RATE
 from dataset import ChunkBatchSampler, Corpus, WindowDataset, parse_sessions
 from engine import evaluate, train_one_epoch
 from loss import EmotionLoss, class_balanced_weights
 from metric import selection_score
 from model import EmotionModel
 from preprocess import CorpusError, is_demo_corpus, preprocess
-from utils import (append_jsonl, atomic_torch_save, make_run_dir, plot_confusion, plot_curves, set_seed,
-                   summary_table, write_json)
+from utils import (SUMMARY_METRICS, append_jsonl, atomic_torch_save, make_run_dir, plot_confusion, plot_curves,
+                   set_seed, summary_table, write_json)
 
 # Arguments that define the model's shape: --test_only rebuilds exactly these from the checkpoint.
 MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat", "dropout")
@@ -63,6 +66,11 @@ def get_parser() -> argparse.ArgumentParser:
     a("--epochs", type=int, default=100, help="training epochs (default: %(default)s)")
     a("--num_workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
     a("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    a("--cv", action="store_true", help="run the session cross-validation folds (each a run folder in exp/cv_<...>/)")
+    a("--cv_folds", default=";".join(",".join(map(str, f)) for f in CV_FOLDS),
+      help="test sessions of each fold, folds separated by ';' (default: the published 5 folds %(default)s)")
+    a("--resume", default=None, metavar="CV_FOLDER", help="continue an interrupted --cv in CV_FOLDER: finished folds "
+                                                          "are kept, the others trained")
     a("--test_only", nargs="?", const="", default=None, metavar="RUN",
       help="evaluate a saved run (a folder under --save_path, or a path) instead of training")
     a("--test_path", default=None, help="the run to evaluate with --test_only (same as --test_only RUN)")
@@ -159,7 +167,7 @@ def write_test_outputs(run_dir: Path, corpus: Corpus, metrics: dict, outputs: di
                    f"test confusion ({run_dir.name})")
 
 
-def train(args: argparse.Namespace) -> Path:
+def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     device = resolve_device(args)
     set_seed(args.seed)
     train_sessions, val_sessions, test_sessions = split_sessions(args)
@@ -168,7 +176,7 @@ def train(args: argparse.Namespace) -> Path:
     train_loader = make_loader(corpus, train_sessions, args, True, device)
     val_loader = make_loader(corpus, val_sessions, args, False, device) if val_sessions else None
     test_loader = make_loader(corpus, test_sessions, args, False, device)
-    run_dir = make_run_dir(args.save_path, f"{args.backbone}_{args.SorL}_{args.optim}_{args.ws}")
+    run_dir = run_dir or make_run_dir(args.save_path, f"{args.backbone}_{args.SorL}_{args.optim}_{args.ws}")
     print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
     write_json(run_dir / "args.json", vars(args))
 
@@ -230,6 +238,54 @@ def train(args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def run_cv(args: argparse.Namespace) -> Path:
+    """Train every fold (a normal run folder foldK/ each) inside one parent folder, then summarise."""
+    if args.resume:
+        cv_dir = Path(args.resume)
+        if not (cv_dir / "cv.json").exists():
+            raise SystemExit(f"error: --resume {cv_dir} is not a cross-validation folder (no cv.json)")
+        saved = json.loads((cv_dir / "cv.json").read_text(encoding="utf-8"))
+        args = argparse.Namespace(**{**saved["args"], "resume": str(cv_dir)})
+        folds = saved["folds"]
+    else:
+        folds = [parse_sessions(f, "--cv_folds") for f in args.cv_folds.split(";")]
+        cv_dir = make_run_dir(args.save_path, f"cv_{args.backbone}_{args.SorL}_{args.optim}_{args.ws}")
+        write_json(cv_dir / "cv.json", {"args": vars(args), "folds": folds})
+    for k, fold in enumerate(folds, 1):
+        fold_dir = cv_dir / f"fold{k}"
+        if (fold_dir / "results.json").exists():
+            print(f"fold {k} (test {fold}) already finished: kept")
+            continue
+        if fold_dir.exists():  # interrupted: keep it aside, train the fold again
+            fold_dir.rename(cv_dir / f"fold{k}_interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
+        fold_dir.mkdir()
+        fold_args = copy.copy(args)
+        fold_args.test_split = ",".join(map(str, fold))
+        print(f"=== fold {k}/{len(folds)}: test sessions {fold} ===")
+        train(fold_args, fold_dir)
+    summary = summarize_folds([cv_dir / f"fold{k}" for k in range(1, len(folds) + 1)])
+    write_json(cv_dir / "summary.json", summary)
+    table = ["| metric | mean ± std | " + " | ".join(f"fold {k}" for k in range(1, len(folds) + 1)) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in folds) + " |"]
+    for name in SUMMARY_METRICS:
+        table.append(f"| {name} | {summary['mean'][name]:.3f} ± {summary['std'][name]:.3f} | "
+                     + " | ".join(f"{f[name]:.3f}" for f in summary["folds"]) + " |")
+    (cv_dir / "summary.md").write_text("\n".join(table) + "\n", encoding="utf-8")
+    print("\n".join(table))
+    print(f"summary: {cv_dir / 'summary.json'}")
+    return cv_dir
+
+
+def summarize_folds(fold_dirs: list[Path]) -> dict:
+    """Mean and sample standard deviation over folds of every scalar test metric."""
+    folds = [json.loads((d / "results.json").read_text(encoding="utf-8"))["test"] for d in fold_dirs]
+    folds = [{k: v for k, v in f.items() if k in SUMMARY_METRICS} for f in folds]
+    values = {k: np.array([f[k] for f in folds]) for k in SUMMARY_METRICS}
+    return {"folds": folds, "mean": {k: float(v.mean()) for k, v in values.items()},
+            "std": {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()},
+            "n_folds": len(folds)}
+
+
 def find_run(args: argparse.Namespace) -> Path:
     name = args.test_only or args.test_path
     if not name:
@@ -267,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     check_args(args)
     if args.test_only is not None or args.test_path:
         evaluate_run(args)
+    elif args.cv or args.resume:
+        run_cv(args)
     else:
         train(args)
 

@@ -77,7 +77,11 @@ class EmotionModel(nn.Module):
         """
         steps = self.fuse(torch.cat([self.audio(spec, spec_lengths), self.text_norm(text)], dim=1))
         valid = (slots >= 0).unsqueeze(-1).to(steps.dtype)
-        window = steps[slots.clamp(min=0)] * valid  # (B, ws, hidden): each utterance encoded once per batch
+        # Gather each utterance's step features into its windows (B, ws, hidden) as a product with a
+        # one-hot selector: its backward is a matmul, deterministic on CPU, where the backward of
+        # steps[slots] accumulates from several threads in a varying order. Padding rows select nothing.
+        selector = F.one_hot(slots.clamp(min=0), len(steps)).to(steps.dtype) * valid
+        window = selector @ steps
         out, _ = self.rnn(torch.cat([window, valid], dim=-1))
         last = out[:, -1]
         logits = self.emotion_head(last)
