@@ -47,7 +47,8 @@ def report(paths: list[str]) -> pd.DataFrame:
     folders = sorted({Path(p) for pattern in paths for p in (glob.glob(pattern) or [pattern])})
     rows = [read_run(f) for f in folders]
     keys = sorted({k for r in rows for k in r["args"]} - IGNORED_ARGS)
-    differing = [k for k in keys if len({json.dumps(r["args"].get(k)) for r in rows if r["args"]}) > 1]
+    # A column for each argument whose value differs among the runs that record it.
+    differing = [k for k in keys if len({json.dumps(r["args"][k]) for r in rows if k in r["args"]}) > 1]
     table = pd.DataFrame([{"run": r["run"], **{k: r["args"].get(k, "") for k in differing}, "status": r["status"],
                            **{m: r.get(m, "") for m in REPORT_METRICS}} for r in rows])
     return table
