@@ -127,7 +127,9 @@ def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
 
     The distinct utterances are cropped once from `frames` (all utterances' frames concatenated;
     utterance i is frames[offsets[i]:offsets[i] + lengths[i]]): a random 10 s crop with `rng`,
-    else the first 10 s. `slots` maps each window step to its row in `spec`/`text`.
+    else the first 10 s. They are returned packed, without padding: `spec` is their frames one
+    after the other and `spec_lengths` their lengths. `slots` maps each window step to its
+    utterance (its row in `text`).
     """
     utterances, inverse = np.unique(windows[windows >= 0], return_inverse=True)
     slots = np.full(windows.shape, -1)
@@ -137,11 +139,9 @@ def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
     starts = offsets[utterances]
     if rng is not None:
         starts = starts + (rng.random(len(utterances)) * (lengths - take + 1)).astype(np.int64)
-    width = int(take.max())
-    frame_index = starts[:, None] + np.arange(width)[None, :]
-    valid = np.arange(width)[None, :] < take[:, None]
-    spec = np.asarray(frames[np.where(valid, frame_index, 0).ravel()], dtype=np.float32)
-    return {"spec": torch.from_numpy(spec.reshape(len(utterances), width, -1)),
+    packed_starts = np.cumsum(take) - take
+    frame_index = np.arange(take.sum()) + np.repeat(starts - packed_starts, take)
+    return {"spec": torch.from_numpy(np.asarray(frames[frame_index], dtype=np.float32)),
             "spec_lengths": torch.from_numpy(take), "text": torch.from_numpy(np.asarray(text[utterances])),
             "slots": torch.from_numpy(slots)}
 

@@ -3,6 +3,13 @@
     python main.py --SorL speaker                     # train; a new folder under exp/
     python main.py --test_only exp/<run folder>       # evaluate a saved run
 """
+import os
+
+# oneDNN caches one convolution primitive per input shape. Clips of varying length make a new
+# shape nearly every batch, and the default cache (1024 entries) grows CPU memory past 2 GB even on
+# the demo; 128 entries keep the speed and bound the memory. Set before torch is imported.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
+
 import argparse
 import copy
 import json

@@ -33,7 +33,28 @@ class AudioEncoder(nn.Module):
             for c_in, c_out in zip(widths[:-1], widths[1:]))
         self.proj = nn.Linear(2 * dim, dim)
 
-    def forward(self, spec: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, spec: torch.Tensor, lengths: torch.Tensor, frame_budget: int = 8192) -> torch.Tensor:
+        """Packed frames (sum of lengths, mels) of U clips -> (U, dim).
+
+        Clips are encoded in groups of similar length, each padded only to its own longest clip:
+        one 10 s clip would otherwise pad a batch of 2 s clips to 10 s. A group holds at most
+        `frame_budget` padded frames, which bounds compute and activation memory.
+        """
+        starts = torch.cumsum(lengths, 0) - lengths
+        order = torch.argsort(lengths, stable=True)
+        groups, first = [], 0
+        for end in range(1, len(order) + 1):
+            if end == len(order) or (end - first + 1) * int(lengths[order[end]]) > frame_budget:
+                groups.append(order[first:end])
+                first = end
+        encoded = []
+        for group in groups:
+            steps = torch.arange(int(lengths[group].max()), device=spec.device)
+            index = (starts[group, None] + steps[None, :]).clamp(max=len(spec) - 1)
+            encoded.append(self._encode(spec[index], lengths[group]))
+        return torch.cat(encoded)[torch.argsort(torch.cat(groups))]
+
+    def _encode(self, spec: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = _time_mask(lengths, spec.shape[1])
         x = ((spec - self.mel_mean) / self.mel_std) * mask[..., None]
         x = x.transpose(1, 2).unsqueeze(1)  # (U, 1, mels, T)
@@ -71,7 +92,8 @@ class EmotionModel(nn.Module):
 
     def forward(self, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor,
                 slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """spec/text: the batch's distinct utterances; slots (B, ws): index into them, -1 = padding.
+        """spec: packed frames of the batch's distinct utterances (see AudioEncoder), text: their
+        embeddings; slots (B, ws): index into them, -1 = padding.
 
         Returns emotion logits (B, 7) and arousal/valence (B, 2) in [1, 5].
         """

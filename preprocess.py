@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import re
+import time
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -268,8 +269,10 @@ def build_embeddings(data_dir: Path, table: pd.DataFrame, text_encoder: str, tex
 
 def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
                text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0) -> dict:
-    """Run every step that is not up to date; return the summary (rows per role, classes, drops)."""
+    """Run every step that is not up to date; return the summary (rows per role, classes, drops) with the
+    seconds taken by the steps that ran (`seconds`)."""
     data_dir = Path(data_dir)
+    seconds = {}
     files = check_corpus(data_dir)
     text_encoder = text_encoder or default_text_encoder(data_dir)
     wav_dir = data_dir / "wav"
@@ -284,7 +287,9 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         table = None
     else:
         table, dropped = build_tables(data_dir, files)
+        started = time.perf_counter()
         failed = build_spectrogram_cache(data_dir, sorted(table["Segment ID"].unique()))
+        seconds["spectrograms"] = time.perf_counter() - started
         for reason in failed.values():
             print(f"skipped: {reason}")
         unusable = table["Segment ID"].isin(failed)
@@ -304,11 +309,13 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     else:
         if table is None:
             table = pd.read_csv(data_dir / "annotation.csv", keep_default_na=False)
+        started = time.perf_counter()
         build_embeddings(data_dir, table, text_encoder, text_dim, seed)
+        seconds["embeddings"] = time.perf_counter() - started
         manifest.setdefault("embedding", {})[str(text_dim)] = wanted
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     print_summary(manifest["summary"], data_dir)
-    return manifest["summary"]
+    return {**manifest["summary"], "seconds": seconds}
 
 
 def summarize(table: pd.DataFrame, dropped: Counter) -> dict:

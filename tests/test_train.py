@@ -82,7 +82,7 @@ def test_model_shapes_and_ranges(ws, bidirectional):
     torch.manual_seed(0)
     model = EmotionModel(text_dim=12, audio_dim=16, hidden_size=8, num_layers=2, bidirectional=bidirectional).eval()
     lengths = torch.tensor([40, 313, 7])
-    spec = torch.randn(3, 313, 229)
+    spec = torch.randn(int(lengths.sum()), 229)  # packed frames of the 3 clips
     slots = torch.full((1, ws), -1)
     slots[0, -min(ws, 3):] = torch.arange(3)[-min(ws, 3):]
     logits, av = model(spec, lengths, torch.randn(3, 12), slots)  # batch size 1
@@ -95,11 +95,14 @@ def test_model_shapes_and_ranges(ws, bidirectional):
 def test_audio_encoding_does_not_depend_on_batch_padding():
     torch.manual_seed(0)
     encoder = EmotionModel(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1).audio.eval()
-    clip = torch.randn(1, 50, 229)
+    clip = torch.randn(50, 229)
     alone = encoder(clip, torch.tensor([50]))
-    padded = torch.cat([clip, torch.randn(1, 250, 229)], dim=1)
-    together = encoder(torch.cat([padded, torch.randn(1, 300, 229)]), torch.tensor([50, 300]))
-    torch.testing.assert_close(alone[0], together[0], rtol=1e-4, atol=1e-5)
+    long_clip = torch.randn(300, 229)
+    # One group (padded to 300 frames together) and, with a small budget, separate groups:
+    together = encoder(torch.cat([long_clip, clip]), torch.tensor([300, 50]))
+    separate = encoder(torch.cat([long_clip, clip]), torch.tensor([300, 50]), frame_budget=300)
+    torch.testing.assert_close(alone[0], together[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(together, separate, rtol=1e-4, atol=1e-5)
 
 
 def test_windows_at_dialogue_starts():
@@ -131,7 +134,8 @@ def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
         assert metrics[key] == pytest.approx(results[key], abs=1e-6), key
     assert metrics["confusion"] == results["confusion"]
 
-    again = train(get_parser().parse_args(argv))
+    # Same seed on CPU -> identical test metrics; also with worker processes loading the batches.
+    again = train(get_parser().parse_args(argv + ["--num_workers", "2"]))
     assert again != run_dir
     assert json.loads((again / "results.json").read_text())["test"] == results
 

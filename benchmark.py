@@ -1,0 +1,202 @@
+"""Throughput and memory of every stage, on a demo corpus of a given size; figures per utterance
+so they scale to KEMDy19 (~10,280 utterances per role).
+
+    python benchmark.py                  # ~2,000 utterances (a few minutes on 2 CPU cores)
+    python benchmark.py --quick          # a smoke-sized run (under 2 minutes)
+
+Prints a table and writes benchmark.json. Targets (2 CPU cores): data path >= 100x the published
+per-sample loader; waiting for data <= 5% of a training step; KEMDy19's spectrogram cache in
+under 5 minutes; peak training memory at KEMDy19's size under 4 GB.
+"""
+import main  # noqa: F401  (sets the oneDNN cache size before torch loads)
+
+import argparse
+import json
+import multiprocessing
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from constants import HOP_LENGTH, MAX_FRAMES, N_MELS, SAMPLE_RATE
+from dataset import Corpus, WindowDataset
+from demo_corpus import make_demo_corpus
+from engine import evaluate, train_one_epoch
+from loss import EmotionLoss
+from main import build_model, get_parser, make_loader, make_optimizer, split_sessions, train
+from predict import predict
+from preprocess import load_audio, log_mel, preprocess, segment_path
+
+KEMDY19_UTTERANCES = 10280  # per role
+KEMDY19_TRAIN_WINDOWS = KEMDY19_UTTERANCES * 14 // 20  # default split: 14 training sessions of 20
+
+
+class PublishedStyleWindows(Dataset):
+    """The reference: what the published loader did per sample, every epoch (read the window's
+    `ws` wavs, crop/pad each to 10 s, compute its log-mel spectrogram)."""
+
+    def __init__(self, corpus: Corpus, windows: np.ndarray, data_dir: Path):
+        self.corpus, self.windows, self.data_dir = corpus, windows, data_dir
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        specs = []
+        for row in self.windows[i]:
+            if row < 0:
+                specs.append(np.zeros((MAX_FRAMES, N_MELS), np.float32))
+                continue
+            audio = load_audio(segment_path(self.data_dir, self.corpus.table["Segment ID"][row], ".wav"))
+            target = MAX_FRAMES * HOP_LENGTH - HOP_LENGTH
+            start = np.random.randint(0, max(1, len(audio) - target + 1))
+            audio = np.pad(audio[start:start + target], (0, max(0, target - len(audio))))
+            specs.append(log_mel(audio).astype(np.float32))
+        return torch.from_numpy(np.stack(specs)), torch.from_numpy(self.corpus.text[np.maximum(self.windows[i], 0)])
+
+
+def _windows_per_second(loader, limit_batches: int) -> float:
+    windows, start = 0, time.perf_counter()
+    for k, batch in enumerate(loader):
+        windows += len(batch["slots"]) if isinstance(batch, dict) else len(batch[0])
+        if k + 1 >= limit_batches:
+            break
+    return windows / (time.perf_counter() - start)
+
+
+def _train_child(data_dir: str, size: dict, argv: list[str], max_windows: int, device: str, queue) -> None:
+    """Training at one model size in a fresh process, so its peak memory is its own."""
+    args = get_parser().parse_args(argv + ["--data_dir", data_dir] + [f"--{k}={v}" for k, v in size.items()])
+    dev = torch.device(device)
+    train_sessions, _, test_sessions = split_sessions(args)
+    corpus = Corpus(data_dir, "speaker", args.text_dim)
+    loader = make_loader(corpus, train_sessions, args, True, dev)
+    loader.dataset.windows = loader.dataset.windows[:max_windows]
+    loader.sampler.n = len(loader.dataset.windows)
+    model = build_model(args).to(dev)
+    optimizer = make_optimizer(model, args)
+    loss_fn = EmotionLoss(args.lam).to(dev)
+    train_one_epoch(model, loader, loss_fn, optimizer, dev, epoch=0)  # warm-up: allocator, kernels
+    stats = train_one_epoch(model, loader, loss_fn, optimizer, dev, epoch=1)
+    eval_loader = make_loader(corpus, test_sessions, args, False, dev)
+    start = time.perf_counter()
+    evaluate(model, eval_loader, dev)
+    eval_rate = len(eval_loader.dataset) / (time.perf_counter() - start)
+    queue.put({"windows_per_s": len(loader.dataset) / stats["train_seconds"],
+               "data_wait_share": stats["train_data_wait"], "eval_windows_per_s": eval_rate,
+               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+               "train_windows": len(loader.dataset)})
+
+
+def bench_training(data_dir: Path, size: dict, argv: list[str], max_windows: int, device: str) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_train_child, args=(str(data_dir), size, argv, max_windows, device, queue))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    turns = max(4, int(np.ceil(args.utterances / 40)))
+    data_dir = make_demo_corpus(work / "KEMDy19", seed=0, n_sessions=20, n_scripts=1, n_impros=1, n_turns=turns)
+    summary = preprocess(data_dir, "tfidf", args.text_dim)
+    n_utts = summary["utterances"]
+    meta = json.loads((data_dir / "features" / "logmel.json").read_text())
+    hours = sum(meta["lengths"]) * HOP_LENGTH / SAMPLE_RATE / 3600
+    cache_bytes = (data_dir / "features" / "logmel.npy").stat().st_size
+    spec_rate = n_utts / summary["seconds"]["spectrograms"]
+    figures = {
+        "utterances": n_utts, "audio_hours": hours,
+        "spectrogram_utt_per_s": spec_rate, "tfidf_utt_per_s": n_utts / summary["seconds"]["embeddings"],
+        "cache_mb_per_audio_hour": cache_bytes / 1e6 / hours,
+        "kemdy19_spectrogram_minutes": KEMDY19_UTTERANCES / spec_rate / 60,
+    }
+
+    common = ["--text_dim", str(args.text_dim), "--batch_size", str(args.batch_size), "--ws", str(args.ws),
+              "--num_workers", str(args.num_workers), "--device", args.device]
+    parsed = get_parser().parse_args(common + ["--data_dir", str(data_dir)])
+    device = torch.device(args.device)
+    train_sessions, _, _ = split_sessions(parsed)
+    corpus = Corpus(data_dir, "speaker", args.text_dim)
+    loader = make_loader(corpus, train_sessions, parsed, True, device)
+    figures["loader_windows_per_s"] = _windows_per_second(loader, limit_batches=10**9)
+    reference = DataLoader(PublishedStyleWindows(corpus, loader.dataset.windows, data_dir),
+                           batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers)
+    figures["reference_windows_per_s"] = _windows_per_second(reference, limit_batches=args.reference_batches)
+    figures["loader_speedup"] = figures["loader_windows_per_s"] / figures["reference_windows_per_s"]
+
+    sizes = {"published": {"hidden_size": 512, "num_layers": 4, "audio_dim": 256},
+             "demo": {"hidden_size": 128, "num_layers": 2, "audio_dim": 128}}
+    for name, size in sizes.items():
+        result = bench_training(data_dir, size, common, args.train_windows, args.device)
+        figures[f"{name}_train_windows_per_s"] = result["windows_per_s"]
+        figures[f"{name}_seconds_per_epoch_kemdy19"] = KEMDY19_TRAIN_WINDOWS / result["windows_per_s"]
+        figures[f"{name}_data_wait_share"] = result["data_wait_share"]
+        figures[f"{name}_eval_windows_per_s"] = result["eval_windows_per_s"]
+        figures[f"{name}_peak_rss_gb"] = result["peak_rss_gb"]
+        # The memory-mapped cache is the only part that grows with the corpus: at worst all of it is resident.
+        figures[f"{name}_peak_rss_gb_kemdy19"] = result["peak_rss_gb"] + (
+            cache_bytes / n_utts * max(0, KEMDY19_UTTERANCES - n_utts)) / 1e9
+
+    run_dir = train(get_parser().parse_args(common + ["--data_dir", str(data_dir), "--save_path", str(work / "exp"),
+                                                      "--epochs", "1", "--hidden_size", "32", "--num_layers", "1",
+                                                      "--audio_dim", "32"]))
+    wavs = [segment_path(data_dir, seg, ".wav") for seg in corpus.table["Segment ID"][:args.predict_files]]
+    start = time.perf_counter()
+    predict(run_dir, wavs[:1], [None], dialogue=False)
+    figures["predict_single_file_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    predict(run_dir, wavs, [None] * len(wavs), dialogue=False)
+    figures["predict_s_per_utterance"] = (time.perf_counter() - start) / len(wavs)
+    return figures
+
+
+TARGETS = {"loader_speedup": (">=", 100), "published_data_wait_share": ("<=", 0.05),
+           "demo_data_wait_share": ("<=", 0.05), "kemdy19_spectrogram_minutes": ("<", 5),
+           "published_peak_rss_gb_kemdy19": ("<", 4), "demo_peak_rss_gb_kemdy19": ("<", 4)}
+
+
+def main_cli(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--utterances", type=int, default=2000, help="demo corpus size (default: %(default)s)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=64, help="(default: %(default)s, published)")
+    parser.add_argument("--ws", type=int, default=8, help="(default: %(default)s, published)")
+    parser.add_argument("--text_dim", type=int, default=768, help="(default: %(default)s)")
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (default: %(default)s)")
+    parser.add_argument("--train_windows", type=int, default=512,
+                        help="training windows timed per model size (default: %(default)s)")
+    parser.add_argument("--reference_batches", type=int, default=2,
+                        help="batches timed for the slow reference loader (default: %(default)s)")
+    parser.add_argument("--predict_files", type=int, default=20, help="(default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="smoke size: 240 utterances, few windows")
+    parser.add_argument("--out", default="benchmark.json", help="(default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.utterances, args.train_windows, args.reference_batches, args.predict_files = 240, 64, 1, 4
+    with tempfile.TemporaryDirectory(prefix="kemdy_bench_") as work:
+        figures = run(args, Path(work))
+    figures["config"] = {k: v for k, v in vars(args).items() if k != "out"}
+    figures["torch_threads"] = torch.get_num_threads()
+    Path(args.out).write_text(json.dumps(figures, indent=2))
+    print("\n| figure | value | target |\n| --- | --- | --- |")
+    for key, value in figures.items():
+        if isinstance(value, float):
+            target = TARGETS.get(key)
+            verdict = ""
+            if target:
+                met = {">=": value >= target[1], "<=": value <= target[1], "<": value < target[1]}[target[0]]
+                verdict = f"{target[0]} {target[1]} {'met' if met else 'MISSED'}"
+            print(f"| {key} | {value:.4g} | {verdict} |")
+    print(f"written: {args.out}")
+    return figures
+
+
+if __name__ == "__main__":
+    main_cli()

@@ -1,0 +1,19 @@
+import json
+
+import benchmark
+
+
+def test_quick_benchmark_reports_every_figure(tmp_path):
+    out = tmp_path / "benchmark.json"
+    benchmark.main_cli(["--quick", "--text_dim", "16", "--out", str(out)])
+    figures = json.loads(out.read_text())
+    expected = ["spectrogram_utt_per_s", "tfidf_utt_per_s", "cache_mb_per_audio_hour", "kemdy19_spectrogram_minutes",
+                "loader_windows_per_s", "reference_windows_per_s", "loader_speedup", "predict_single_file_s",
+                "predict_s_per_utterance"] + [f"{size}_{name}" for size in ("published", "demo") for name in (
+                    "train_windows_per_s", "seconds_per_epoch_kemdy19", "data_wait_share", "eval_windows_per_s",
+                    "peak_rss_gb", "peak_rss_gb_kemdy19")]
+    for key in expected:
+        assert isinstance(figures[key], float) and figures[key] > 0, key
+    assert figures["utterances"] > 200 and figures["config"]["quick"] is True
+    # Consistency between figures that are computed from each other:
+    assert abs(figures["loader_speedup"] - figures["loader_windows_per_s"] / figures["reference_windows_per_s"]) < 1e-6
