@@ -99,11 +99,13 @@ class Corpus:
 class WindowDataset(Dataset):
     """Windows ending at the rows of `sessions`; item = a whole batch, built from a list of window indices."""
 
-    def __init__(self, corpus: Corpus, sessions: list[int], ws: int, train: bool, seed: int = 0):
+    def __init__(self, corpus: Corpus, sessions: list[int], ws: int, train: bool, seed: int = 0,
+                 split: str = "split"):
         self.corpus, self.train, self.seed, self.epoch = corpus, train, seed, 0
         self.windows = context_windows(corpus.dialogues, ws)[np.isin(corpus.sessions, sessions)]
         if len(self.windows) == 0:
-            raise SystemExit(f"error: sessions {sessions} have no utterances in the {len(corpus.table)}-row table")
+            raise SystemExit(f"error: {split} sessions {sessions} have no utterances in the corpus "
+                             f"(it has sessions {sorted(set(corpus.sessions.tolist()))})")
 
     def __len__(self) -> int:
         return len(self.windows)

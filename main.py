@@ -13,6 +13,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
 import argparse
 import copy
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -29,9 +30,11 @@ from loss import EmotionLoss, class_balanced_weights
 from metric import selection_score
 from model import EmotionModel
 from preprocess import CorpusError, is_demo_corpus, preprocess
-from utils import (SUMMARY_METRICS, append_jsonl, atomic_torch_save, make_run_dir, plot_confusion, plot_curves,
-                   set_seed, summary_table, write_json)
+from utils import (SUMMARY_METRICS, append_jsonl, atomic_path, atomic_torch_save, make_run_dir, plot_confusion, plot_curves,
+                   set_seed, summary_table, write_json, write_text)
 
+# Flags that may be given with --resume (e.g. a lower --lr after a divergence, more --epochs).
+RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id")
 # Arguments that define the model's shape: --test_only rebuilds exactly these from the checkpoint.
 MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat", "dropout")
 
@@ -76,8 +79,9 @@ def get_parser() -> argparse.ArgumentParser:
     a("--cv", action="store_true", help="run the session cross-validation folds (each a run folder in exp/cv_<...>/)")
     a("--cv_folds", default=";".join(",".join(map(str, f)) for f in CV_FOLDS),
       help="test sessions of each fold, folds separated by ';' (default: the published 5 folds %(default)s)")
-    a("--resume", default=None, metavar="CV_FOLDER", help="continue an interrupted --cv in CV_FOLDER: finished folds "
-                                                          "are kept, the others trained")
+    a("--resume", default=None, metavar="RUN", help="continue an interrupted run (exp/<run>) from its last checkpoint, "
+                                                    "or an interrupted --cv folder; only " + " ".join(
+                                                        f"--{k}" for k in RESUME_OVERRIDES) + " may be given with it")
     a("--test_only", nargs="?", const="", default=None, metavar="RUN",
       help="evaluate a saved run (a folder under --save_path, or a path) instead of training")
     a("--test_path", default=None, help="the run to evaluate with --test_only (same as --test_only RUN)")
@@ -136,8 +140,8 @@ def prepare_data(args: argparse.Namespace) -> Path:
 
 
 def make_loader(corpus: Corpus, sessions: list[int], args: argparse.Namespace, train: bool,
-                device: torch.device) -> DataLoader:
-    dataset = WindowDataset(corpus, sessions, args.ws, train=train, seed=args.seed)
+                device: torch.device, split: str = "training") -> DataLoader:
+    dataset = WindowDataset(corpus, sessions, args.ws, train=train, seed=args.seed, split=split)
     sampler = ChunkBatchSampler(len(dataset), args.batch_size, chunk=args.ws, shuffle=train, seed=args.seed)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=args.num_workers,
                       pin_memory=device.type == "cuda")
@@ -168,24 +172,47 @@ def write_test_outputs(run_dir: Path, corpus: Corpus, metrics: dict, outputs: di
         table[name] = outputs["probs"][:, i]
     table["arousal_true"], table["arousal_pred"] = outputs["av_true"][:, 0], outputs["av"][:, 0]
     table["valence_true"], table["valence_pred"] = outputs["av_true"][:, 1], outputs["av"][:, 1]
-    table.to_csv(run_dir / results_name.replace("results", "predictions").replace(".json", ".csv"), index=False)
+    with atomic_path(run_dir / results_name.replace("results", "predictions").replace(".json", ".csv")) as tmp:
+        table.to_csv(tmp, index=False)
     write_json(run_dir / results_name, {"test": metrics, **extra})
     plot_confusion(metrics["confusion"], run_dir / results_name.replace("results", "confusion").replace(".json", ".png"),
                    f"test confusion ({run_dir.name})")
 
 
-def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
+def rng_states() -> dict:
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()  # plain types: loadable with weights_only
+    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    numpy_state = states["numpy"]
+    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def train(args: argparse.Namespace, run_dir: Path | None = None, resume: bool = False) -> Path:
+    """Train a new run (in a new folder unless `run_dir` is given), or with `resume` continue the run
+    in `run_dir` from its last checkpoint: same model, optimizer, scheduler, best-so-far and RNG states."""
     device = resolve_device(args)
     set_seed(args.seed)
     train_sessions, val_sessions, test_sessions = split_sessions(args)
+    run_dir = run_dir or make_run_dir(args.save_path, f"{args.backbone}_{args.SorL}_{args.optim}_{args.ws}")
+    try:  # an unwritable run folder fails here, before any data is prepared or any epoch is trained
+        write_json(run_dir / "args.json", vars(args))
+    except OSError as error:
+        raise SystemExit(f"error: cannot write the run folder {run_dir}: {error.strerror}") from None
+    print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
     data_dir = prepare_data(args)
     corpus = Corpus(data_dir, args.SorL, args.text_dim)
     train_loader = make_loader(corpus, train_sessions, args, True, device)
-    val_loader = make_loader(corpus, val_sessions, args, False, device) if val_sessions else None
-    test_loader = make_loader(corpus, test_sessions, args, False, device)
-    run_dir = run_dir or make_run_dir(args.save_path, f"{args.backbone}_{args.SorL}_{args.optim}_{args.ws}")
-    print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
-    write_json(run_dir / "args.json", vars(args))
+    val_loader = make_loader(corpus, val_sessions, args, False, device, "--val_split") if val_sessions else None
+    test_loader = make_loader(corpus, test_sessions, args, False, device, "--test_split")
 
     model = build_model(args)
     train_rows = np.flatnonzero(np.isin(corpus.sessions, train_sessions))
@@ -201,35 +228,53 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     optimizer = make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
 
-    log, best_score, best_epoch, best_val = [], -np.inf, 0, {}
-    for epoch in range(1, args.epochs + 1):
+    log_path = run_dir / "log.jsonl"
+    log, best_score, best_epoch, best_val, first_epoch = [], -np.inf, 0, {}, 1
+    if resume and (run_dir / "checkpoint.pth").exists():
+        checkpoint = torch.load(run_dir / "checkpoint.pth", map_location=device, weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        best_score, best_epoch, best_val = checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["best_val"]
+        first_epoch = checkpoint["epoch"] + 1
+        restore_rng_states(checkpoint["rng"])
+        if args.lr != checkpoint["args"]["lr"]:  # resuming after a divergence with a lower learning rate
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr
+        # Epochs logged after the checkpoint (killed before it was written) are trained again.
+        log = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        log = [r for r in log if r["epoch"] < first_epoch]
+        write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
+        print(f"resuming {run_dir} after epoch {checkpoint['epoch']} (best epoch so far {best_epoch})")
+
+    for epoch in range(first_epoch, args.epochs + 1):
         train_loader.sampler.epoch = train_loader.dataset.epoch = epoch
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         try:
             record.update(train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch))
         except FloatingPointError as error:
-            raise SystemExit(f"error: {error}. The last good checkpoint is {run_dir / 'checkpoint.pth'}; "
-                             "train again with a lower --lr") from None
+            last = f"{run_dir / 'checkpoint.pth'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
+            raise SystemExit(f"error: {error}. Last good checkpoint: {last}. Resume with a lower learning rate: "
+                             f"python main.py --resume {run_dir} --lr {optimizer.param_groups[0]['lr'] / 10:g}") from None
         scheduler.step()
         improved = val_loader is None
         if val_loader is not None:
             val_metrics, _ = evaluate(model, val_loader, device, desc=f"epoch {epoch} val")
-            score = selection_score(val_metrics)
             record.update({f"val_{k}": v for k, v in val_metrics.items() if not isinstance(v, (dict, list))})
-            record["val_score"] = score
-            improved = score > best_score
+            record["val_score"] = selection_score(val_metrics)
+            improved = record["val_score"] > best_score
         if improved:
             best_score, best_epoch = record.get("val_score", 0.0), epoch
             best_val = {k: v for k, v in record.items() if k.startswith("val_")}
+        record["seconds"] = record["train_seconds"]
+        append_jsonl(log_path, record)
+        log.append(record)
         checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars(args),
-                      "best_score": best_score, "best_epoch": best_epoch}
-        atomic_torch_save(checkpoint, run_dir / "checkpoint.pth")
+                      "best_score": best_score, "best_epoch": best_epoch, "best_val": best_val, "rng": rng_states()}
         if improved:
             atomic_torch_save(checkpoint, run_dir / "best.pth")
-        record["seconds"] = record["train_seconds"]
-        append_jsonl(run_dir / "log.jsonl", record)
-        log.append(record)
+        atomic_torch_save(checkpoint, run_dir / "checkpoint.pth")  # last: it marks the epoch as done
         val_text = f", val macro-F1 {record['val_macro_f1']:.3f} score {record['val_score']:.3f}" if val_loader else ""
         print(f"epoch {epoch}: loss {record['train_loss']:.4f}{val_text}{' *' if improved and val_loader else ''}")
     plot_curves(log, run_dir / "curves.png")
@@ -243,6 +288,21 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     print(summary_table(metrics, f"test {test_sessions}"))
     print(f"results: {run_dir / 'results.json'}")
     return run_dir
+
+
+def resume_run(run_dir: Path, overrides: dict) -> Path:
+    """Continue an interrupted run with its saved arguments (and the allowed `overrides`)."""
+    if not (run_dir / "args.json").exists():
+        raise SystemExit(f"error: --resume {run_dir} is not a run folder (no args.json)")
+    if (run_dir / "results.json").exists():
+        print(f"{run_dir} has finished (results.json exists): nothing to resume")
+        return run_dir
+    saved = json.loads((run_dir / "args.json").read_text(encoding="utf-8"))
+    args = argparse.Namespace(**{**vars(get_parser().parse_args([])), **saved, **overrides, "resume": str(run_dir)})
+    check_args(args)
+    if not (run_dir / "checkpoint.pth").exists():
+        print(f"{run_dir} has no checkpoint yet (stopped in its first epoch): training it from the start")
+    return train(args, run_dir, resume=True)
 
 
 def run_cv(args: argparse.Namespace) -> Path:
@@ -263,12 +323,15 @@ def run_cv(args: argparse.Namespace) -> Path:
         if (fold_dir / "results.json").exists():
             print(f"fold {k} (test {fold}) already finished: kept")
             continue
-        if fold_dir.exists():  # interrupted: keep it aside, train the fold again
+        print(f"=== fold {k}/{len(folds)}: test sessions {fold} ===")
+        if (fold_dir / "checkpoint.pth").exists():  # interrupted after an epoch: continue it
+            resume_run(fold_dir, {})
+            continue
+        if fold_dir.exists():  # interrupted before its first checkpoint: keep it aside, train the fold again
             fold_dir.rename(cv_dir / f"fold{k}_interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
         fold_dir.mkdir()
         fold_args = copy.copy(args)
         fold_args.test_split = ",".join(map(str, fold))
-        print(f"=== fold {k}/{len(folds)}: test sessions {fold} ===")
         train(fold_args, fold_dir)
     summary = summarize_folds([cv_dir / f"fold{k}" for k in range(1, len(folds) + 1)])
     write_json(cv_dir / "summary.json", summary)
@@ -317,7 +380,8 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     corpus = Corpus(prepare_data(saved), saved.SorL, saved.text_dim)
     model = build_model(saved).to(device)
     model.load_state_dict(checkpoint["model"])
-    metrics, outputs = evaluate(model, make_loader(corpus, test_sessions, saved, False, device), device, desc="test")
+    test_loader = make_loader(corpus, test_sessions, saved, False, device, "--test_split")
+    metrics, outputs = evaluate(model, test_loader, device, desc="test")
     write_test_outputs(run_dir, corpus, metrics, outputs, "results_test_only.json",
                        {"best_epoch": checkpoint["best_epoch"]})
     print(summary_table(metrics, f"test {test_sessions} ({run_dir.name})"))
@@ -325,16 +389,37 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def explicit_flags(argv: list[str]) -> dict:
+    """The flags given on the command line (not defaults), with their values."""
+    parser = get_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # absent flags then stay out of the namespace
+    return vars(parser.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = get_parser().parse_args(argv)
     check_args(args)
     if args.test_only is not None or args.test_path:
         evaluate_run(args)
-    elif args.cv or args.resume:
+    elif args.resume:
+        given = explicit_flags(argv)
+        extra = sorted(set(given) - set(RESUME_OVERRIDES) - {"resume"})
+        if extra:
+            raise SystemExit(f"error: --resume continues a run with its saved arguments; only "
+                             f"{' '.join('--' + k for k in RESUME_OVERRIDES)} may be given with it, not "
+                             f"{' '.join('--' + k for k in extra)}")
+        run_path = Path(args.resume)
+        if (run_path / "cv.json").exists():
+            run_cv(args)
+        else:
+            resume_run(run_path, {k: given[k] for k in RESUME_OVERRIDES if k in given})
+    elif args.cv:
         run_cv(args)
     else:
         train(args)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -28,6 +28,7 @@ from constants import (DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_
                        DEMO_MARKER_FILE, EMOTION_ALIASES, EMOTIONS, F_MAX, F_MIN, HOP_LENGTH, LOG_OFFSET, N_FFT,
                        N_MELS, NUM_RATERS, RATING_RANGE, SAMPLE_RATE)
 from text_encoder import embedding_paths, fit_tfidf, save_tfidf, tfidf_embeddings, transformer_embeddings
+from utils import atomic_path, write_text
 
 ANNOTATION_COLUMNS = 13 + 3 * NUM_RATERS  # Numb, 4x(start,end), Segment ID, 3 totals, 10 raters x 3
 SEGMENT_ID = re.compile(r"^Sess(\d{2})_((?:script|impro)\d{2})_([FM])(\d{3})$")
@@ -182,17 +183,9 @@ def feature_settings() -> dict:
             "f_min": F_MIN, "f_max": F_MAX, "log_offset": LOG_OFFSET}
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    tmp.replace(path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def build_spectrogram_cache(data_dir: Path, seg_ids: list[str]) -> dict[str, str]:
@@ -212,8 +205,8 @@ def build_spectrogram_cache(data_dir: Path, seg_ids: list[str]) -> dict[str, str
     lengths = [len(c) for c in chunks]
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if lengths else []
     frames = np.concatenate(chunks) if chunks else np.zeros((0, N_MELS), np.float16)
-    _atomic_save_npy(out_dir / "logmel.npy", frames)
-    atomic_write_text(out_dir / "logmel.json", json.dumps(
+    save_npy(out_dir / "logmel.npy", frames)
+    write_text(out_dir / "logmel.json", json.dumps(
         {"settings": feature_settings(), "ids": ids, "offsets": offsets, "lengths": lengths, "failed": failed}))
     return failed
 
@@ -236,7 +229,8 @@ def build_tables(data_dir: Path, files: list[Path]) -> tuple[pd.DataFrame, Count
         else:
             try:
                 texts[seg_id] = clean_transcript(decode_text(txt.read_bytes(), txt))
-            except CorpusError:
+            except CorpusError as error:
+                print(f"skipped: {error}")
                 missing[seg_id] = "unreadable txt"
     unusable = table["Segment ID"].isin(missing)
     dropped.update(table.loc[unusable, "Segment ID"].map(missing))
@@ -263,8 +257,8 @@ def build_embeddings(data_dir: Path, table: pd.DataFrame, text_encoder: str, tex
         if vectors.shape[1] != text_dim:
             raise SystemExit(f"error: --text_encoder {text_encoder} gives {vectors.shape[1]}-d embeddings, "
                              f"not --text_dim {text_dim}; pass --text_dim {vectors.shape[1]}")
-    _atomic_save_npy(npy_path, vectors)
-    atomic_write_text(meta_path, json.dumps({"encoder": text_encoder, "dim": text_dim, "ids": ids}))
+    save_npy(npy_path, vectors)
+    write_text(meta_path, json.dumps({"encoder": text_encoder, "dim": text_dim, "ids": ids}))
 
 
 def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
@@ -297,9 +291,9 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         table = table[~unusable].sort_values(["Session", "dialogue", "start", "Segment ID"], kind="stable")
         for name, rows in (("annotation.csv", table), ("df_speaker.csv", table[table.role == "speaker"]),
                            ("df_listener.csv", table[table.role == "listener"])):
-            atomic_write_text(data_dir / name, rows.to_csv(index=False))
+            write_text(data_dir / name, rows.to_csv(index=False))
         manifest = {"sources": sources, "features": feature_settings(), "summary": summarize(table, dropped)}
-        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+        write_text(manifest_path, json.dumps(manifest, indent=1))
     npy_path, meta_path, _ = embedding_paths(data_dir, text_dim)
     wanted = {"encoder": text_encoder, "sources": sources}
     if npy_path.exists() and not meta_path.exists():
@@ -313,7 +307,7 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         build_embeddings(data_dir, table, text_encoder, text_dim, seed)
         seconds["embeddings"] = time.perf_counter() - started
         manifest.setdefault("embedding", {})[str(text_dim)] = wanted
-        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+        write_text(manifest_path, json.dumps(manifest, indent=1))
     print_summary(manifest["summary"], data_dir)
     return {**manifest["summary"], "seconds": seconds}
 

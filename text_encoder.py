@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
 from constants import TEXT_MAX_LENGTH
+from utils import atomic_path
 
 SPIECE_UNDERLINE = "\u2581"
 
@@ -141,9 +142,8 @@ def embedding_paths(data_dir: str | Path, dim: int) -> tuple[Path, Path, Path]:
 
 
 def save_tfidf(pipeline: Pipeline, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    joblib.dump(pipeline, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        joblib.dump(pipeline, tmp)
 
 
 def load_embeddings(npy_path: str | Path) -> dict[str, np.ndarray]:

@@ -3,16 +3,15 @@ import json
 import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
+from matplotlib.figure import Figure  # pyplot-free: writes files on a server, leaves a notebook's backend alone
 
-matplotlib.use("Agg")  # plots are files; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-
-from constants import EMOTIONS  # noqa: E402
+from constants import EMOTIONS
 
 SUMMARY_METRICS = ["instance_precision", "instance_recall", "instance_f1", "accuracy", "macro_f1",
                    "weighted_f1", "ccc_arousal", "ccc_valence"]
@@ -27,29 +26,48 @@ def set_seed(seed: int) -> None:
 def make_run_dir(save_path: str, name: str) -> Path:
     """A new folder save_path/name_<time>[-k]; never an existing one."""
     root = Path(save_path)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise SystemExit(f"error: --save_path {root} is a file, not a folder")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for k in range(1000):
         run_dir = root / (f"{name}_{stamp}" + (f"-{k}" if k else ""))
         try:
+            root.mkdir(parents=True, exist_ok=True)
             run_dir.mkdir()
             return run_dir
         except FileExistsError:
             continue
+        except OSError as error:
+            raise SystemExit(f"error: cannot create a run folder in --save_path {root}: {error.strerror}") from None
     raise SystemExit(f"error: could not create a new run folder under {root}")
 
 
-def atomic_torch_save(obj: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash leaves the old file intact."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary name in the same folder; rename it to `path` once written. A process killed
+    at any moment leaves the previous `path` intact and loadable."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False))
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -60,23 +78,24 @@ def append_jsonl(path: Path, record: dict) -> None:
 def plot_confusion(confusion: list[list[int]], path: Path, title: str) -> None:
     counts = np.asarray(confusion)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig = Figure(figsize=(6.5, 5.5))
+    ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(EMOTIONS)):
         for j in range(len(EMOTIONS)):
             ax.text(j, i, counts[i, j], ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
     ax.set(xticks=range(len(EMOTIONS)), yticks=range(len(EMOTIONS)), xticklabels=EMOTIONS, yticklabels=EMOTIONS,
            xlabel="predicted", ylabel="true (ties resolved)", title=title)
-    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    ax.tick_params(axis="x", labelrotation=45)
     fig.colorbar(image, ax=ax, label="share of the true class")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_curves(log: list[dict], path: Path) -> None:
     epochs = [r["epoch"] for r in log]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
     for key in ("train_loss", "train_emotion", "train_arousal", "train_valence"):
         left.plot(epochs, [r[key] for r in log], label=key.removeprefix("train_"))
     left.set(xlabel="epoch", ylabel="training loss", title="training loss")
@@ -89,7 +108,6 @@ def plot_curves(log: list[dict], path: Path) -> None:
         right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def summary_table(metrics: dict, title: str) -> str:

@@ -57,8 +57,9 @@ def test_positional_reading_roles_ties_spelling_blank_and_missing_cells(tmp_path
     (row(1, "Sess01_script01_F001", "neutral", RATERS) + row(2, "Sess01_script01_F001", "neutral", RATERS),
      "line 4: Segment ID Sess01_script01_F001 repeats line 3"),
     (row(1, "Sess01_script01_F001", "neutral", RATERS[:9]), "40 columns, expected 43"),
+    (row(1, "Sess01_script01_F001", "neutral", RATERS + [("neutral", "3", "3")]), "46 columns, expected 43"),
     (row(1, "Sess01_scene01_F001", "neutral", RATERS), "Segment ID 'Sess01_scene01_F001' is not"),
-], ids=["label", "rating-6", "rating-0", "rating-text", "duplicate", "columns", "segment-id"])
+], ids=["label", "rating-6", "rating-0", "rating-text", "duplicate", "missing-columns", "extra-columns", "segment-id"])
 def test_bad_annotation_rows_name_file_and_line(tmp_path, body, message):
     path = write_annotation(tmp_path / "Session01_F_res.csv", body)
     with pytest.raises(CorpusError, match="Session01_F_res.csv") as error:

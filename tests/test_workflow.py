@@ -34,15 +34,19 @@ def test_cross_validation_summary_and_resume(demo_dir, tmp_path):
         assert summary["std"][name] == pytest.approx(np.std(values, ddof=1))
     assert "macro_f1" in (cv_dir / "summary.md").read_text()
 
-    # Interrupt: fold 3 has no results yet, folds 4-5 never started. Resume trains only those three.
+    # Interrupt: fold 3 stopped after its last checkpoint, fold 4 before its first, fold 5 never started.
+    fold3 = json.loads((cv_dir / "fold3" / "results.json").read_text())["test"]
     (cv_dir / "fold3" / "results.json").unlink()
-    shutil.rmtree(cv_dir / "fold4")
+    for name in ("checkpoint.pth", "best.pth", "results.json"):
+        (cv_dir / "fold4" / name).unlink()
     shutil.rmtree(cv_dir / "fold5")
     kept = {k: (cv_dir / f"fold{k}" / "results.json").stat().st_mtime_ns for k in (1, 2)}
     run_cv(get_parser().parse_args(["--resume", str(cv_dir)]))
     assert {k: (cv_dir / f"fold{k}" / "results.json").stat().st_mtime_ns for k in (1, 2)} == kept
     assert all((cv_dir / f"fold{k}" / "results.json").exists() for k in (3, 4, 5))
-    assert len(list(cv_dir.glob("fold3_interrupted_*"))) == 1  # the interrupted fold is kept aside, not deleted
+    assert json.loads((cv_dir / "fold3" / "results.json").read_text())["test"] == fold3  # continued, not redone
+    assert len(list(cv_dir.glob("fold4_interrupted_*"))) == 1  # set aside, not deleted
+    assert not list(cv_dir.glob("fold3_interrupted_*"))
 
 
 def test_report_shows_the_differing_argument(demo_dir, tmp_path, capsys):
