@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from constants import HOP_LENGTH, MAX_FRAMES, N_MELS, SAMPLE_RATE
-from dataset import Corpus, WindowDataset
+from dataset import Corpus
 from demo_corpus import make_demo_corpus
 from engine import evaluate, train_one_epoch
 from loss import EmotionLoss

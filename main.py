@@ -13,7 +13,6 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
 import argparse
 import copy
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,8 @@ from loss import EmotionLoss, class_balanced_weights
 from metric import selection_score
 from model import EmotionModel
 from preprocess import CorpusError, is_demo_corpus, preprocess
-from utils import (SUMMARY_METRICS, append_jsonl, atomic_path, atomic_torch_save, make_run_dir, plot_confusion, plot_curves,
-                   set_seed, summary_table, write_json, write_text)
+from utils import (SUMMARY_METRICS, append_jsonl, atomic_path, atomic_torch_save, make_run_dir, plot_confusion,
+                   plot_curves, restore_rng_states, rng_states, set_seed, summary_table, write_json, write_text)
 
 # Flags that may be given with --resume (e.g. a lower --lr after a divergence, more --epochs).
 RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id")
@@ -147,11 +146,10 @@ def make_loader(corpus: Corpus, sessions: list[int], args: argparse.Namespace, t
                       pin_memory=device.type == "cuda")
 
 
-def build_model(args: argparse.Namespace | dict) -> EmotionModel:
-    a = vars(args) if isinstance(args, argparse.Namespace) else args
-    return EmotionModel(text_dim=a["text_dim"], audio_dim=a["audio_dim"], hidden_size=a["hidden_size"],
-                        num_layers=a["num_layers"], bidirectional=a["bidirectional"], backbone=a["backbone"],
-                        emotion_concat=not a["no_cat"], dropout=a["dropout"])
+def build_model(args: argparse.Namespace) -> EmotionModel:
+    return EmotionModel(text_dim=args.text_dim, audio_dim=args.audio_dim, hidden_size=args.hidden_size,
+                        num_layers=args.num_layers, bidirectional=args.bidirectional, backbone=args.backbone,
+                        emotion_concat=not args.no_cat, dropout=args.dropout)
 
 
 def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
@@ -179,23 +177,6 @@ def write_test_outputs(run_dir: Path, corpus: Corpus, metrics: dict, outputs: di
                    f"test confusion ({run_dir.name})")
 
 
-def rng_states() -> dict:
-    numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()  # plain types: loadable with weights_only
-    return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def restore_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    numpy_state = states["numpy"]
-    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
 def train(args: argparse.Namespace, run_dir: Path | None = None, resume: bool = False) -> Path:
     """Train a new run (in a new folder unless `run_dir` is given), or with `resume` continue the run
     in `run_dir` from its last checkpoint: same model, optimizer, scheduler, best-so-far and RNG states."""
@@ -203,10 +184,11 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume: bool = 
     set_seed(args.seed)
     train_sessions, val_sessions, test_sessions = split_sessions(args)
     run_dir = run_dir or make_run_dir(args.save_path, f"{args.backbone}_{args.SorL}_{args.optim}_{args.ws}")
-    try:  # an unwritable run folder fails here, before any data is prepared or any epoch is trained
-        write_json(run_dir / "args.json", vars(args))
-    except OSError as error:
-        raise SystemExit(f"error: cannot write the run folder {run_dir}: {error.strerror}") from None
+    if not resume:  # a resumed run keeps its args.json; the checkpoints carry any --resume overrides
+        try:  # an unwritable run folder fails here, before any data is prepared or any epoch is trained
+            write_json(run_dir / "args.json", vars(args))
+        except OSError as error:
+            raise SystemExit(f"error: cannot write the run folder {run_dir}: {error.strerror}") from None
     print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
     data_dir = prepare_data(args)
     corpus = Corpus(data_dir, args.SorL, args.text_dim)

@@ -1,11 +1,11 @@
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
@@ -175,6 +175,5 @@ def test_bad_audio_and_transcripts_are_handled(corpus_copy, capsys):
     assert length[ids[4]] == 600 * 16000 // 512 + 1  # the 10-minute clip, whole (training crops 10 s)
     assert length[ids[5]] == length[ids[6]] == 16000 // 512 + 1  # resampled to 16 kHz, stereo mixed down
     assert 0 < length[ids[0]] < 2 * (len(raw) // 4) // 512
-    speaker = {r["Segment ID"]: r for r in
-               __import__("pandas").read_csv(corpus_copy / "df_speaker.csv", keep_default_na=False).to_dict("records")}
-    assert speaker[ids[8]]["text"] == "" and ids[7] not in speaker
+    speaker = pd.read_csv(corpus_copy / "df_speaker.csv", keep_default_na=False).set_index("Segment ID")
+    assert speaker.loc[ids[8], "text"] == "" and ids[7] not in speaker.index
