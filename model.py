@@ -40,19 +40,24 @@ class AudioEncoder(nn.Module):
         one 10 s clip would otherwise pad a batch of 2 s clips to 10 s. A group holds at most
         `frame_budget` padded frames, which bounds compute and activation memory.
         """
-        starts = torch.cumsum(lengths, 0) - lengths
-        order = torch.argsort(lengths, stable=True)
+        sizes = lengths.tolist()  # grouping is decided on the host: one device sync, not one per clip
+        order = sorted(range(len(sizes)), key=sizes.__getitem__)
         groups, first = [], 0
         for end in range(1, len(order) + 1):
-            if end == len(order) or (end - first + 1) * int(lengths[order[end]]) > frame_budget:
+            if end == len(order) or (end - first + 1) * sizes[order[end]] > frame_budget:
                 groups.append(order[first:end])
                 first = end
+        starts = torch.cumsum(lengths, 0) - lengths
         encoded = []
         for group in groups:
-            steps = torch.arange(int(lengths[group].max()), device=spec.device)
-            index = (starts[group, None] + steps[None, :]).clamp(max=len(spec) - 1)
-            encoded.append(self._encode(spec[index], lengths[group]))
-        return torch.cat(encoded)[torch.argsort(torch.cat(groups))]
+            members = torch.tensor(group, device=spec.device)
+            steps = torch.arange(sizes[group[-1]], device=spec.device)  # the group's longest clip
+            index = (starts[members, None] + steps[None, :]).clamp(max=len(spec) - 1)
+            encoded.append(self._encode(spec[index], lengths[members]))
+        restore = torch.empty(len(sizes), dtype=torch.long, device=spec.device)
+        restore[torch.tensor([i for g in groups for i in g], device=spec.device)] = torch.arange(
+            len(sizes), device=spec.device)
+        return torch.cat(encoded)[restore]
 
     def _encode(self, spec: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = _time_mask(lengths, spec.shape[1])
