@@ -234,7 +234,7 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int = 20, n_sc
                                        + [v for r in raters for v in r])
         for actor in ("F", "M"):
             table = [[i + 1] + r for i, r in enumerate(rows[actor])]
-            if s == 1 and actor == "F":
+            if s == 1 and actor == "F" and len(table) > 5:
                 table[3][13 + 3 * 6 + 1] = ""  # a missing rater cell
                 table.insert(5, [""] * len(table[0]))  # a blank row
             header1 = ANNOTATION_GROUPS + [x for i in range(1, NUM_RATERS + 1) for x in (f"Eval{i:02d}", "", "")]

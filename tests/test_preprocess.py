@@ -81,6 +81,18 @@ def test_cp949_fallback(tmp_path):
         decode_text(b"\xff\xfe\xfa\xfb\x80", tmp_path / "x.txt")
 
 
+def test_demo_corpus_is_deterministic_for_a_seed(tmp_path):
+    from demo_corpus import make_demo_corpus
+    a, b, c = (make_demo_corpus(tmp_path / name, seed=seed, n_sessions=2, n_scripts=1, n_impros=0, n_turns=3)
+               for name, seed in (("a", 7), ("b", 7), ("c", 8)))
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    assert (a / "annotation/Session01_F_res.csv").read_bytes() != (c / "annotation/Session01_F_res.csv").read_bytes()
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        make_demo_corpus(a, seed=7, n_sessions=2)
+
+
 def test_demo_outputs_and_roles(demo_dir):
     speaker = pd.read_csv(demo_dir / "df_speaker.csv", keep_default_na=False)
     listener = pd.read_csv(demo_dir / "df_listener.csv", keep_default_na=False)
