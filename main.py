@@ -28,7 +28,7 @@ from engine import evaluate, train_one_epoch
 from loss import EmotionLoss, class_balanced_weights
 from metric import selection_score
 from model import EmotionModel
-from preprocess import CorpusError, is_demo_corpus, preprocess
+from preprocess import CorpusError, feature_settings, is_demo_corpus, preprocess
 from utils import (SUMMARY_METRICS, append_jsonl, atomic_path, atomic_torch_save, make_run_dir, plot_confusion,
                    plot_curves, restore_rng_states, rng_states, set_seed, summary_table, write_json, write_text)
 
@@ -177,9 +177,11 @@ def write_test_outputs(run_dir: Path, corpus: Corpus, metrics: dict, outputs: di
                    f"test confusion ({run_dir.name})")
 
 
-def train(args: argparse.Namespace, run_dir: Path | None = None, resume: bool = False) -> Path:
-    """Train a new run (in a new folder unless `run_dir` is given), or with `resume` continue the run
-    in `run_dir` from its last checkpoint: same model, optimizer, scheduler, best-so-far and RNG states."""
+def train(args: argparse.Namespace, run_dir: Path | None = None, resume_overrides: dict | None = None) -> Path:
+    """Train a new run (in a new folder unless `run_dir` is given) or, given `resume_overrides` (the flags
+    given with --resume, possibly none), continue the run in `run_dir` from its last checkpoint: same
+    model, optimizer, scheduler, best-so-far and RNG states."""
+    resume = resume_overrides is not None
     device = resolve_device(args)
     set_seed(args.seed)
     train_sessions, val_sessions, test_sessions = split_sessions(args)
@@ -220,14 +222,14 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume: bool = 
         best_score, best_epoch, best_val = checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["best_val"]
         first_epoch = checkpoint["epoch"] + 1
         restore_rng_states(checkpoint["rng"])
-        if args.lr != checkpoint["args"]["lr"]:  # resuming after a divergence with a lower learning rate
+        if "lr" in resume_overrides:  # e.g. after a divergence: continue with a lower learning rate
             for group in optimizer.param_groups:
                 group["lr"] = args.lr
-        # Epochs logged after the checkpoint (killed before it was written) are trained again.
+        print(f"resuming {run_dir} after epoch {checkpoint['epoch']} (best epoch so far {best_epoch})")
+    if resume and log_path.exists():  # epochs logged after the last checkpoint are trained again
         log = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         log = [r for r in log if r["epoch"] < first_epoch]
         write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
-        print(f"resuming {run_dir} after epoch {checkpoint['epoch']} (best epoch so far {best_epoch})")
 
     for epoch in range(first_epoch, args.epochs + 1):
         train_loader.sampler.epoch = train_loader.dataset.epoch = epoch
@@ -253,7 +255,8 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume: bool = 
         log.append(record)
         checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars(args),
-                      "best_score": best_score, "best_epoch": best_epoch, "best_val": best_val, "rng": rng_states()}
+                      "best_score": best_score, "best_epoch": best_epoch, "best_val": best_val, "rng": rng_states(),
+                      "features": feature_settings()}
         if improved:
             atomic_torch_save(checkpoint, run_dir / "best.pth")
         atomic_torch_save(checkpoint, run_dir / "checkpoint.pth")  # last: it marks the epoch as done
@@ -279,12 +282,15 @@ def resume_run(run_dir: Path, overrides: dict) -> Path:
     if (run_dir / "results.json").exists():
         print(f"{run_dir} has finished (results.json exists): nothing to resume")
         return run_dir
-    saved = json.loads((run_dir / "args.json").read_text(encoding="utf-8"))
+    checkpoint_path = run_dir / "checkpoint.pth"
+    if checkpoint_path.exists():  # its args hold the overrides of any earlier --resume
+        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["args"]
+    else:
+        saved = json.loads((run_dir / "args.json").read_text(encoding="utf-8"))
+        print(f"{run_dir} has no checkpoint yet (stopped in its first epoch): training it from the start")
     args = argparse.Namespace(**{**vars(get_parser().parse_args([])), **saved, **overrides, "resume": str(run_dir)})
     check_args(args)
-    if not (run_dir / "checkpoint.pth").exists():
-        print(f"{run_dir} has no checkpoint yet (stopped in its first epoch): training it from the start")
-    return train(args, run_dir, resume=True)
+    return train(args, run_dir, resume_overrides=overrides)
 
 
 def run_cv(args: argparse.Namespace) -> Path:
@@ -322,7 +328,7 @@ def run_cv(args: argparse.Namespace) -> Path:
     for name in SUMMARY_METRICS:
         table.append(f"| {name} | {summary['mean'][name]:.3f} ± {summary['std'][name]:.3f} | "
                      + " | ".join(f"{f[name]:.3f}" for f in summary["folds"]) + " |")
-    (cv_dir / "summary.md").write_text("\n".join(table) + "\n", encoding="utf-8")
+    write_text(cv_dir / "summary.md", "\n".join(table) + "\n")
     print("\n".join(table))
     print(f"summary: {cv_dir / 'summary.json'}")
     return cv_dir
@@ -349,19 +355,28 @@ def find_run(args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def load_trained_model(checkpoint_path: Path, device: torch.device) -> tuple[EmotionModel, argparse.Namespace, dict]:
+    """Rebuild exactly the saved model from the arguments inside its checkpoint -> (model, args, checkpoint)."""
+    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    missing = [k for k in MODEL_ARGS if k not in checkpoint["args"]]
+    if missing:
+        raise SystemExit(f"error: {checkpoint_path} lacks the model arguments {missing}; "
+                         "it was saved by an incompatible version")
+    if checkpoint.get("features", feature_settings()) != feature_settings():
+        raise SystemExit(f"error: {checkpoint_path} was trained on features {checkpoint['features']}, "
+                         f"this code computes {feature_settings()}")
+    args = argparse.Namespace(**{**vars(get_parser().parse_args([])), **checkpoint["args"]})
+    model = build_model(args).to(device)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), args, checkpoint
+
+
 def evaluate_run(args: argparse.Namespace) -> dict:
     run_dir = find_run(args)
     device = resolve_device(args)
-    checkpoint = torch.load(run_dir / "best.pth", map_location=device, weights_only=True)
-    saved = argparse.Namespace(**{**vars(get_parser().parse_args([])), **checkpoint["args"]})
-    unknown = [k for k in MODEL_ARGS if k not in checkpoint["args"]]
-    if unknown:
-        raise SystemExit(f"error: {run_dir / 'best.pth'} lacks the model arguments {unknown}; "
-                         "it was saved by an incompatible version")
+    model, saved, checkpoint = load_trained_model(run_dir / "best.pth", device)
     _, _, test_sessions = split_sessions(saved)
     corpus = Corpus(prepare_data(saved), saved.SorL, saved.text_dim)
-    model = build_model(saved).to(device)
-    model.load_state_dict(checkpoint["model"])
     test_loader = make_loader(corpus, test_sessions, saved, False, device, "--test_split")
     metrics, outputs = evaluate(model, test_loader, device, desc="test")
     write_test_outputs(run_dir, corpus, metrics, outputs, "results_test_only.json",

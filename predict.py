@@ -20,23 +20,16 @@ import torch
 from constants import EMOTIONS
 from dataset import assemble_batch, context_windows
 from engine import MODEL_INPUTS
-from main import MODEL_ARGS, build_model, get_parser
+from main import load_trained_model
 from preprocess import CorpusError, clean_transcript, decode_text, default_text_encoder, load_audio, log_mel
 from text_encoder import embedding_paths, tfidf_embeddings, transformer_embeddings
 
 
 def load_run(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, argparse.Namespace]:
-    checkpoint_path = run_dir / "best.pth"
-    if not checkpoint_path.exists():
+    if not (run_dir / "best.pth").exists():
         raise SystemExit(f"error: {run_dir} has no best.pth (not a finished run folder)")
-    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-    missing = [k for k in MODEL_ARGS if k not in checkpoint["args"]]
-    if missing:
-        raise SystemExit(f"error: {checkpoint_path} lacks the model arguments {missing}; saved by an incompatible version")
-    args = argparse.Namespace(**{**vars(get_parser().parse_args([])), **checkpoint["args"]})
-    model = build_model(args).to(device)
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), args
+    model, args, _ = load_trained_model(run_dir / "best.pth", device)
+    return model, args
 
 
 def embed(texts: list[str], args: argparse.Namespace) -> np.ndarray:

@@ -69,10 +69,10 @@ def test_resume_of_a_finished_run_does_nothing_and_flags_are_checked(demo_dir, t
 
 
 def test_divergence_stops_with_epoch_batch_and_how_to_resume(demo_dir, tmp_path, monkeypatch):
-    real = main_module.train_one_epoch
+    real, poison = main_module.train_one_epoch, {2}
 
     def poisoned(model, loader, loss_fn, optimizer, device, epoch):
-        if epoch == 2:  # the third batch of epoch 2 gives a NaN loss
+        if epoch in poison:  # the third batch of a poisoned epoch gives a NaN loss
             calls, real_loss = [], loss_fn
 
             def nan_loss(*args):
@@ -92,10 +92,15 @@ def test_divergence_stops_with_epoch_batch_and_how_to_resume(demo_dir, tmp_path,
     assert f"python main.py --resume {run_dir} --lr 9.8e-05" in message  # a tenth of epoch 2's lr (0.001 x 0.98)
     assert torch.load(run_dir / "checkpoint.pth", weights_only=True)["epoch"] == 1  # the last good one, loadable
 
-    monkeypatch.setattr(main_module, "train_one_epoch", real)
-    main(["--resume", str(run_dir), "--lr", "0.0001"])
+    poison.clear()
+    poison.add(3)  # resumed with the lower lr, then stopped again in epoch 3
+    with pytest.raises(SystemExit, match="at epoch 3, batch 3"):
+        main(["--resume", str(run_dir), "--lr", "9.8e-05"])
+    poison.clear()
+    main(["--resume", str(run_dir)])  # the lower lr holds without repeating --lr
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2, 3] and log[1]["lr"] == pytest.approx(1e-4)
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert log[1]["lr"] == pytest.approx(9.8e-5) and log[2]["lr"] == pytest.approx(9.8e-5 * 0.98)
     assert (run_dir / "results.json").exists()
 
 
