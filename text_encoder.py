@@ -71,7 +71,15 @@ class KoBertTokenizer:
 
 
 def _is_kobert(name: str) -> bool:
-    return "kobert" in Path(name).name.lower()
+    """KoBERT: a hub id or folder named like it, or a local BERT folder that carries a sentencepiece
+    model (BERTs otherwise ship a WordPiece vocab.txt). Its hub tokenizer config names an XLNet
+    tokenizer, whose transformers conversion maps Korean to [UNK], so it must take this path."""
+    folder = Path(name)
+    if "kobert" in folder.name.lower():
+        return True
+    config = folder / "config.json"
+    return (folder / "spiece.model").exists() and config.exists() and \
+        json.loads(config.read_text(encoding="utf-8")).get("model_type") == "bert"
 
 
 def load_transformer(name: str, device: torch.device):

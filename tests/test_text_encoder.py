@@ -59,6 +59,10 @@ def test_tiny_local_kobert_through_the_real_loading_path(spiece, tmp_path):
     with torch.no_grad():
         expected = model(input_ids=ids).last_hidden_state.mean(1)[0].numpy()
     np.testing.assert_allclose(vectors[2], expected, rtol=1e-4, atol=1e-5)
+    # A KoBERT download saved under any name (a BERT config with a spiece.model) takes the same path.
+    renamed = folder.rename(tmp_path / "encoder")
+    np.testing.assert_allclose(transformer_embeddings(texts, str(renamed), device=torch.device("cpu")), vectors,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_unavailable_model_gives_one_clear_error(tmp_path):
