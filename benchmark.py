@@ -88,8 +88,7 @@ def _train_child(data_dir: str, size: dict, argv: list[str], max_windows: int, d
     eval_rate = len(eval_loader.dataset) / (time.perf_counter() - start)
     queue.put({"windows_per_s": len(loader.dataset) / stats["train_seconds"],
                "data_wait_share": stats["train_data_wait"], "eval_windows_per_s": eval_rate,
-               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-               "train_windows": len(loader.dataset)})
+               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6})
 
 
 def bench_training(data_dir: Path, size: dict, argv: list[str], max_windows: int, device: str) -> dict:

@@ -54,10 +54,8 @@ class AudioEncoder(nn.Module):
             steps = torch.arange(sizes[group[-1]], device=spec.device)  # the group's longest clip
             index = (starts[members, None] + steps[None, :]).clamp(max=len(spec) - 1)
             encoded.append(self._encode(spec[index], lengths[members]))
-        restore = torch.empty(len(sizes), dtype=torch.long, device=spec.device)
-        restore[torch.tensor([i for g in groups for i in g], device=spec.device)] = torch.arange(
-            len(sizes), device=spec.device)
-        return torch.cat(encoded)[restore]
+        # The groups are consecutive slices of `order`: undo that sort to return clips in input order.
+        return torch.cat(encoded)[torch.argsort(torch.tensor(order, device=spec.device))]
 
     def _encode(self, spec: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = _time_mask(lengths, spec.shape[1])

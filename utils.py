@@ -46,16 +46,17 @@ def make_run_dir(save_path: str, name: str) -> Path:
     if root.exists() and not root.is_dir():
         raise SystemExit(f"error: --save_path {root} is a file, not a folder")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for k in range(1000):
-        run_dir = root / (f"{name}_{stamp}" + (f"-{k}" if k else ""))
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise SystemExit(f"error: cannot create a run folder in --save_path {root}: {error.strerror}") from None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for k in range(1000):
+            run_dir = root / (f"{name}_{stamp}" + (f"-{k}" if k else ""))
+            try:
+                run_dir.mkdir()
+                return run_dir
+            except FileExistsError:
+                continue
+    except OSError as error:
+        raise SystemExit(f"error: cannot create a run folder in --save_path {root}: {error.strerror}") from None
     raise SystemExit(f"error: could not create a new run folder under {root}")
 
 
