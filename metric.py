@@ -6,11 +6,12 @@ from constants import EMOTIONS
 
 
 def instance_prf(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
-    """The published "F1": P = share of utterances whose top-1 class is among the true (tied) labels,
-    R = hits / number of true labels, F1 = 2PR / (P + R)."""
+    """The published "F1" (its get_precision/get_recall at k=1): P = share of utterances whose top-1 class
+    is among the true (tied) labels; R = mean over utterances of hit / that utterance's number of true
+    labels (a per-utterance average, not total hits / total labels); F1 = 2PR / (P + R)."""
     hits = labels[np.arange(len(probs)), probs.argmax(1)]
     precision = float(hits.mean())
-    recall = float(hits.sum() / labels.sum())
+    recall = float((hits / labels.sum(1)).mean())
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return precision, recall, f1
 
@@ -39,7 +40,9 @@ def emotion_metrics(probs: np.ndarray, av_pred: np.ndarray, labels: np.ndarray, 
     return {
         "instance_precision": instance_p, "instance_recall": instance_r, "instance_f1": instance_f,
         "accuracy": float(accuracy_score(true, pred)),
-        "macro_f1": float(f1_score(true, pred, labels=classes, average="macro", zero_division=0)),
+        # Over the classes in the truth or the predictions (scikit-learn's default): a class absent from both
+        # has no F1 to average (a fold without a single fear utterance is not a fear F1 of 0).
+        "macro_f1": float(f1_score(true, pred, labels=np.union1d(true, pred), average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(true, pred, labels=classes, average="weighted", zero_division=0)),
         "ccc_arousal": ccc(av_true[:, 0], av_pred[:, 0]), "ccc_valence": ccc(av_true[:, 1], av_pred[:, 1]),
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
