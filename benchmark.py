@@ -26,10 +26,12 @@ from constants import HOP_LENGTH, MAX_FRAMES, N_MELS, SAMPLE_RATE
 from dataset import Corpus
 from demo_corpus import make_demo_corpus
 from engine import evaluate, train_one_epoch
+from experiment import split_sessions
 from loss import EmotionLoss
-from main import build_model, get_parser, make_loader, make_optimizer, split_sessions, train
+from main import get_parser, make_loader, make_optimizer, train
 from predict import predict
 from preprocess import load_audio, log_mel, preprocess, segment_path
+from trained_run import build_model
 
 KEMDY19_UTTERANCES = 10280  # per role
 KEMDY19_TRAIN_WINDOWS = KEMDY19_UTTERANCES * 14 // 20  # default split: 14 training sessions of 20
@@ -68,9 +70,10 @@ def _windows_per_second(loader, limit_batches: int) -> float:
     return windows / (time.perf_counter() - start)
 
 
-def _train_child(data_dir: str, size: dict, argv: list[str], max_windows: int, device: str, queue) -> None:
-    """Training at one model size in a fresh process, so its peak memory is its own."""
-    args = get_parser().parse_args(argv + ["--data_dir", data_dir] + [f"--{k}={v}" for k, v in size.items()])
+def _train_child(data_dir: str, model_flags: list[str], argv: list[str], max_windows: int, device: str,
+                 queue) -> None:
+    """Training of one model in a fresh process, so its peak memory is its own."""
+    args = get_parser().parse_args(argv + ["--data_dir", data_dir] + model_flags)
     dev = torch.device(device)
     train_sessions, _, test_sessions = split_sessions(args)
     corpus = Corpus(data_dir, "speaker", args.text_dim)
@@ -91,10 +94,10 @@ def _train_child(data_dir: str, size: dict, argv: list[str], max_windows: int, d
                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6})
 
 
-def bench_training(data_dir: Path, size: dict, argv: list[str], max_windows: int, device: str) -> dict:
+def bench_training(data_dir: Path, model_flags: list[str], argv: list[str], max_windows: int, device: str) -> dict:
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_train_child, args=(str(data_dir), size, argv, max_windows, device, queue))
+    child = context.Process(target=_train_child, args=(str(data_dir), model_flags, argv, max_windows, device, queue))
     child.start()
     result = queue.get()
     child.join()
@@ -130,10 +133,13 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     figures["reference_windows_per_s"] = _windows_per_second(reference, limit_batches=args.reference_batches)
     figures["loader_speedup"] = figures["loader_windows_per_s"] / figures["reference_windows_per_s"]
 
-    sizes = {"published": {"hidden_size": 512, "num_layers": 4, "audio_dim": 256},
-             "demo": {"hidden_size": 128, "num_layers": 2, "audio_dim": 128}}
-    for name, size in sizes.items():
-        result = bench_training(data_dir, size, common, args.train_windows, args.device)
+    # The published model (its size, frequency-averaged pooling, no direct path, no SpecAugment) and the
+    # recommended recipe (the defaults), both at the benchmark's batch size.
+    models = {"published": ["--hidden_size", "512", "--num_layers", "4", "--audio_dim", "256", "--audio_pool", "mean",
+                            "--no_direct", "--freq_mask", "0", "--time_mask", "0"],
+              "recipe": []}
+    for name, model_flags in models.items():
+        result = bench_training(data_dir, model_flags, common, args.train_windows, args.device)
         figures[f"{name}_train_windows_per_s"] = result["windows_per_s"]
         figures[f"{name}_seconds_per_epoch_kemdy19"] = KEMDY19_TRAIN_WINDOWS / result["windows_per_s"]
         figures[f"{name}_data_wait_share"] = result["data_wait_share"]
@@ -157,8 +163,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
 
 TARGETS = {"loader_speedup": (">=", 100), "published_data_wait_share": ("<=", 0.05),
-           "demo_data_wait_share": ("<=", 0.05), "kemdy19_spectrogram_minutes": ("<", 5),
-           "published_peak_rss_gb_kemdy19": ("<", 4), "demo_peak_rss_gb_kemdy19": ("<", 4)}
+           "recipe_data_wait_share": ("<=", 0.05), "kemdy19_spectrogram_minutes": ("<", 5),
+           "published_peak_rss_gb_kemdy19": ("<", 4), "recipe_peak_rss_gb_kemdy19": ("<", 4)}
 
 
 def main_cli(argv: list[str] | None = None) -> dict:

@@ -8,6 +8,7 @@ carries the dirt of the real corpus (markers, a blank row, a missing cell, a mis
 empty transcript, the "disqust" spelling, a cp949 transcript).
 """
 import csv
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,14 +174,29 @@ def _ratings(rng: np.random.Generator, emotion: str, strength: float) -> tuple[l
     return [[_spell(r[0], rng), r[1], r[2]] for r in raters], total, valence_mean, arousal_mean
 
 
+def check_demo_target(root: Path) -> None:
+    """Refuse (one line, nothing touched) a folder that holds anything but an earlier demo corpus."""
+    if root.exists() and not root.is_dir():
+        raise SystemExit(f"error: cannot write the demo corpus to {root}: it is a file")
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir()) if root.is_dir() else []
+    if found and not (root / DEMO_MARKER_FILE).exists():
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise SystemExit(f"error: refusing to write the demo corpus into {root}: it already holds {shown} "
+                         f"(not a demo corpus: no {DEMO_MARKER_FILE}); choose an empty or new folder")
+
+
 def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int = 20, n_scripts: int = 1,
                      n_impros: int = 1, n_turns: int = 20) -> Path:
-    """Write a demo corpus under `root` (raw KEMDy19 layout) and return its path."""
+    """Write a demo corpus under `root` (raw KEMDy19 layout) and return its path. `root` must be missing,
+    empty, or an earlier demo corpus (its marker file), so that no file of the user's is overwritten."""
     root = Path(root)
-    if (root / "annotation").exists():
-        raise SystemExit(f"{root}/annotation already exists: refusing to overwrite a corpus; "
-                         "remove it or choose another folder")
+    check_demo_target(root)
+    for generated in ("annotation", "wav"):  # an earlier demo's files: none of them may mix into this one
+        shutil.rmtree(root / generated, ignore_errors=True)
     (root / "annotation").mkdir(parents=True)
+    # Written first, so that an interrupted generation can be run again into the same folder.
+    (root / DEMO_MARKER_FILE).write_text(
+        f"Synthetic demo corpus in the KEMDy19 layout (seed {seed}); not KEMDy19.\n", encoding="utf-8")
     rng = np.random.default_rng(seed)
     session_seeds = rng.integers(0, 2**31, size=n_sessions)
     for s in tqdm(range(1, n_sessions + 1), desc="demo corpus", unit="session"):
@@ -212,7 +228,7 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int = 20, n_sc
                 # One instance of each kind of dirt, on the first segment of sessions 2-5.
                 dirt = DIRT.get(s) if turn == 0 and script == dialogues[0] else None
                 text = _transcript(srng, emotion)
-                if dirt == "long":  # a clip longer than the 10 s crop
+                if dirt == "long":  # a long clip (9.8 s with the default seed; tests cover clips past the 10 s crop)
                     text = " ".join([text] + list(srng.choice(NEUTRAL_SENTENCES, 4)))
                 elif dirt == "empty":  # a transcript of markers only
                     text = "b/ n/ *"
@@ -242,6 +258,4 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int = 20, n_sc
             with open(root / "annotation" / f"Session{s:02d}_{actor}_res.csv", "w", newline="",
                       encoding="utf-8") as f:
                 csv.writer(f).writerows([header1, header2] + table)
-    (root / DEMO_MARKER_FILE).write_text(
-        f"Synthetic demo corpus in the KEMDy19 layout (seed {seed}); not KEMDy19.\n", encoding="utf-8")
     return root

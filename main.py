@@ -11,60 +11,53 @@ import os
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
 
 import argparse
-import copy
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from constants import CV_FOLDS, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, NUM_SESSIONS, SAMPLE_RATE
-from dataset import ChunkBatchSampler, Corpus, WindowDataset, parse_sessions
+from constants import EMOTIONS, SAMPLE_RATE
+from dataset import ChunkBatchSampler, Corpus, WindowDataset
 from engine import evaluate, train_one_epoch
+from experiment import add_data_args, is_experiment, prepare_data, run_experiment, split_sessions, write_test_outputs
 from loss import EmotionLoss, class_balanced_weights
 from metric import selection_score
-from model import EmotionModel
-from preprocess import CorpusError, feature_settings, is_demo_corpus, preprocess
-from utils import (SUMMARY_METRICS, append_jsonl, atomic_path, atomic_torch_save, make_run_dir, plot_confusion,
-                   plot_curves, restore_rng_states, rng_states, set_seed, summary_table, write_json, write_text)
+from preprocess import feature_settings
+from trained_run import build_model, check_corpus_unchanged, load_checkpoint, load_trained_model, save_corpus_record
+from utils import (append_jsonl, atomic_torch_save, check_save_path, make_run_dir, plot_curves, restore_rng_states,
+                   rng_states, set_seed, summary_table, write_json, write_text)
 
 # Flags that may be given with --resume (e.g. a lower --lr after a divergence, more --epochs).
 RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id")
-# Arguments that define the model's shape: --test_only rebuilds exactly these from the checkpoint.
-MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat", "dropout")
-
-
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
     a = p.add_argument
     a("--gpu_id", type=int, default=0, help="CUDA device index (default: %(default)s)")
     a("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = CUDA when present (default: %(default)s)")
-    a("--save_path", default="exp", help="folder that holds the run folders (default: %(default)s)")
-    a("--data_dir", default=DEFAULT_DATA_DIR,
-      help="KEMDy19 folder; if it is the default and empty, the synthetic demo corpus is made there (default: %(default)s)")
-    a("--text_encoder", default=None, help="sentence encoder for preprocessing: skt/kobert-base-v1 (default for "
-                                           "KEMDy19), a Hugging Face id or folder, or tfidf (default for the demo)")
     a("--backbone", choices=["lstm", "gru"], default="lstm", help="recurrent backbone over the window (default: %(default)s)")
-    a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
-    a("--audio_dim", type=int, default=256, help="audio encoder output size; conv widths are dim/8..dim (default: %(default)s)")
-    a("--hidden_size", type=int, default=512, help="recurrent hidden size (default: %(default)s)")
-    a("--num_layers", type=int, default=4, help="recurrent layers (default: %(default)s)")
+    a("--audio_dim", type=int, default=128, help="audio encoder output size; conv widths are dim/8..dim (default: %(default)s)")
+    a("--audio_pool", choices=["bands", "mean"], default="bands",
+      help="bands = mean and std over time per conv channel and frequency band; mean = average the frequency axis "
+           "away, then mean and max over time (ablation) (default: %(default)s)")
+    a("--hidden_size", type=int, default=128, help="recurrent hidden size (published: 512) (default: %(default)s)")
+    a("--num_layers", type=int, default=2, help="recurrent layers (published: 4) (default: %(default)s)")
     a("--dropout", type=float, default=0.2, help="dropout in fusion, recurrent and arousal/valence layers (default: %(default)s)")
     a("--bidirectional", action="store_true", help="bidirectional recurrent backbone (default: off)")
     a("--no_cat", action="store_true", help="ablation: do not feed emotion probabilities to the arousal/valence trunk")
+    a("--no_direct", action="store_true", help="ablation: the heads see only the last recurrent step, not also the "
+                                               "target utterance's own features (the published model)")
+    a("--freq_mask", type=int, default=20, help="SpecAugment: widest frequency mask in mel bands, 0 = off (default: %(default)s)")
+    a("--time_mask", type=int, default=20, help="SpecAugment: widest time mask in frames, 0 = off (default: %(default)s)")
     a("--ws", type=int, default=8, help="window size: the utterance and ws-1 before it (default: %(default)s)")
-    a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
     a("--sr", type=int, default=SAMPLE_RATE, help="audio sampling rate of the feature cache (default: %(default)s)")
-    a("--test_split", default="13,14,15,16", help="test sessions, e.g. [13,14,15,16] or 13,14,15,16 (default: %(default)s)")
-    a("--val_split", default="auto", help="validation sessions held out of training: a list, 'auto' (the two sessions "
-                                          "before the test split) or 'none' (published protocol: keep the last epoch) "
-                                          "(default: %(default)s)")
-    a("--batch_size", type=int, default=64, help="windows per batch (default: %(default)s)")
-    a("--optim", choices=["sgd", "adam", "adagrad"], default="adam", help="optimizer (default: %(default)s)")
+    a("--batch_size", type=int, default=32, help="windows per batch (default: %(default)s)")
+    a("--optim", choices=["sgd", "adam", "adamw", "adagrad"], default="adam",
+      help="optimizer; adamw decouples --weight_decay from the gradient (default: %(default)s)")
     a("--loss", choices=["normal", "cbloss"], default="normal", help="normal = KLDiv + MSE; cbloss = class-balanced "
                                                                      "emotion term (default: %(default)s)")
     a("--lam", type=float, default=0.66, help="weight of the emotion loss; 1-lam goes to arousal+valence (default: %(default)s)")
@@ -72,18 +65,20 @@ def get_parser() -> argparse.ArgumentParser:
     a("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
     a("--lr_decay", type=float, default=0.98, help="learning rate multiplier applied after every epoch (default: %(default)s)")
     a("--weight_decay", type=float, default=0.0, help="L2 weight decay (default: %(default)s)")
-    a("--epochs", type=int, default=100, help="training epochs (default: %(default)s)")
+    a("--epochs", type=int, default=30, help="training epochs (published: 100) (default: %(default)s)")
+    a("--ema", type=float, default=0.8, help="validate, select and test an exponential moving average of the weights "
+                                             "over epochs with this decay, e.g. 0.8; 0 = the raw weights (default: %(default)s)")
+    a("--patience", type=int, default=10, help="early stopping: stop after this many epochs without a better "
+                                              "validation score, 0 = never (default: %(default)s)")
     a("--num_workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
-    a("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    a("--cv", action="store_true", help="run the session cross-validation folds (each a run folder in exp/cv_<...>/)")
-    a("--cv_folds", default=";".join(",".join(map(str, f)) for f in CV_FOLDS),
-      help="test sessions of each fold, folds separated by ';' (default: the published 5 folds %(default)s)")
     a("--resume", default=None, metavar="RUN", help="continue an interrupted run (exp/<run>) from its last checkpoint, "
-                                                    "or an interrupted --cv folder; only " + " ".join(
+                                                    "or an interrupted experiment (--cv/--seeds folder); only " + " ".join(
                                                         f"--{k}" for k in RESUME_OVERRIDES) + " may be given with it")
     a("--test_only", nargs="?", const="", default=None, metavar="RUN",
       help="evaluate a saved run (a folder under --save_path, or a path) instead of training")
     a("--test_path", default=None, help="the run to evaluate with --test_only (same as --test_only RUN)")
+    a("--allow_corpus_change", action="store_true", help="--test_only on a corpus that differs from the one the run "
+                                                         "was trained on: warn instead of refusing")
     return p
 
 
@@ -92,7 +87,12 @@ def check_args(args: argparse.Namespace) -> None:
               (0.0 <= args.beta < 1.0, "--beta must be in [0, 1)"), (args.batch_size >= 1, "--batch_size must be >= 1"),
               (args.epochs >= 1, "--epochs must be >= 1"), (args.lr > 0, "--lr must be > 0"),
               (args.sr == SAMPLE_RATE, f"--sr: the feature cache is computed at {SAMPLE_RATE} Hz"),
-              (args.audio_dim % 8 == 0 and args.audio_dim >= 8, "--audio_dim must be a multiple of 8")]
+              (args.audio_dim % 8 == 0 and args.audio_dim >= 8, "--audio_dim must be a multiple of 8"),
+              (args.patience >= 0, "--patience must be >= 0"), (0.0 <= args.ema < 1.0, "--ema must be in [0, 1)"), (args.num_layers >= 1, "--num_layers must be >= 1"),
+              (args.hidden_size >= 2, "--hidden_size must be >= 2"), (args.text_dim >= 1, "--text_dim must be >= 1"),
+              (0.0 <= args.dropout < 1.0, "--dropout must be in [0, 1)"),
+              (args.num_workers >= 0, "--num_workers must be >= 0"), (args.seed >= 0, "--seed must be >= 0"),
+              (args.freq_mask >= 0 and args.time_mask >= 0, "--freq_mask and --time_mask must be >= 0")]
     for ok, message in checks:
         if not ok:
             raise SystemExit(f"error: {message}")
@@ -106,36 +106,8 @@ def resolve_device(args: argparse.Namespace) -> torch.device:
     return torch.device("cpu")
 
 
-def split_sessions(args: argparse.Namespace) -> tuple[list[int], list[int], list[int]]:
-    test = parse_sessions(args.test_split, "--test_split")
-    if args.val_split == "none":
-        val = []
-    elif args.val_split == "auto":  # the two sessions just before the test fold, wrapping around
-        before = [(test[0] - 1 - k - 1) % NUM_SESSIONS + 1 for k in range(NUM_SESSIONS)]
-        val = sorted([s for s in before if s not in test][:2])
-    else:
-        val = parse_sessions(args.val_split, "--val_split")
-        if set(val) & set(test):
-            raise SystemExit(f"error: --val_split {val} overlaps --test_split {test}")
-    train = [s for s in range(1, NUM_SESSIONS + 1) if s not in test and s not in val]
-    return train, val, test
-
-
-def prepare_data(args: argparse.Namespace) -> Path:
-    """Make the demo corpus if the default folder is empty, then preprocess (a no-op when up to date)."""
-    data_dir = Path(args.data_dir)
-    if not (data_dir / "annotation").exists() and args.data_dir == DEFAULT_DATA_DIR:
-        from demo_corpus import make_demo_corpus
-        print(f"No KEMDy19 corpus in {data_dir}: making the synthetic DEMO corpus there. Results on it say "
-              "nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
-        make_demo_corpus(data_dir, seed=0)
-    try:
-        preprocess(data_dir, args.text_encoder, args.text_dim)
-    except CorpusError as error:
-        raise SystemExit(f"error: {error}") from None
-    if is_demo_corpus(data_dir):
-        print("NOTE: training on the synthetic demo corpus, not KEMDy19.")
-    return data_dir
+def run_name(args: argparse.Namespace) -> str:
+    return f"{args.backbone}_{args.SorL}_{args.optim}_{args.ws}"
 
 
 def make_loader(corpus: Corpus, sessions: list[int], args: argparse.Namespace, train: bool,
@@ -146,35 +118,15 @@ def make_loader(corpus: Corpus, sessions: list[int], args: argparse.Namespace, t
                       pin_memory=device.type == "cuda")
 
 
-def build_model(args: argparse.Namespace) -> EmotionModel:
-    return EmotionModel(text_dim=args.text_dim, audio_dim=args.audio_dim, hidden_size=args.hidden_size,
-                        num_layers=args.num_layers, bidirectional=args.bidirectional, backbone=args.backbone,
-                        emotion_concat=not args.no_cat, dropout=args.dropout)
-
-
 def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
     params, wd = model.parameters(), args.weight_decay
     if args.optim == "sgd":
         return torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=wd)
     if args.optim == "adagrad":
         return torch.optim.Adagrad(params, lr=args.lr, weight_decay=wd)
+    if args.optim == "adamw":
+        return torch.optim.AdamW(params, lr=args.lr, weight_decay=wd)
     return torch.optim.Adam(params, lr=args.lr, weight_decay=wd)
-
-
-def write_test_outputs(run_dir: Path, corpus: Corpus, metrics: dict, outputs: dict, results_name: str,
-                       extra: dict) -> None:
-    rows = outputs["rows"]
-    table = pd.DataFrame({"Segment ID": corpus.table["Segment ID"].to_numpy()[rows],
-                          "emotion": corpus.table["Emotion"].to_numpy()[rows]})
-    for i, name in enumerate(EMOTIONS):
-        table[name] = outputs["probs"][:, i]
-    table["arousal_true"], table["arousal_pred"] = outputs["av_true"][:, 0], outputs["av"][:, 0]
-    table["valence_true"], table["valence_pred"] = outputs["av_true"][:, 1], outputs["av"][:, 1]
-    with atomic_path(run_dir / results_name.replace("results", "predictions").replace(".json", ".csv")) as tmp:
-        table.to_csv(tmp, index=False)
-    write_json(run_dir / results_name, {"test": metrics, **extra})
-    plot_confusion(metrics["confusion"], run_dir / results_name.replace("results", "confusion").replace(".json", ".png"),
-                   f"test confusion ({run_dir.name})")
 
 
 def train(args: argparse.Namespace, run_dir: Path | None = None, resume_overrides: dict | None = None) -> Path:
@@ -185,18 +137,23 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     device = resolve_device(args)
     set_seed(args.seed)
     train_sessions, val_sessions, test_sessions = split_sessions(args)
-    run_dir = run_dir or make_run_dir(args.save_path, f"{args.backbone}_{args.SorL}_{args.optim}_{args.ws}")
-    if not resume:  # a resumed run keeps its args.json; the checkpoints carry any --resume overrides
-        try:  # an unwritable run folder fails here, before any data is prepared or any epoch is trained
-            write_json(run_dir / "args.json", vars(args))
-        except OSError as error:
-            raise SystemExit(f"error: cannot write the run folder {run_dir}: {error.strerror}") from None
-    print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
+    if run_dir is None:
+        check_save_path(args.save_path)  # before any data is prepared
+    # Data first: bad data stops the start before a run folder exists, so none is left behind.
     data_dir = prepare_data(args)
+    args.data_dir = str(data_dir.resolve())  # the run evaluates and resumes from any directory
     corpus = Corpus(data_dir, args.SorL, args.text_dim)
     train_loader = make_loader(corpus, train_sessions, args, True, device)
     val_loader = make_loader(corpus, val_sessions, args, False, device, "--val_split") if val_sessions else None
     test_loader = make_loader(corpus, test_sessions, args, False, device, "--test_split")
+    run_dir = run_dir or make_run_dir(args.save_path, run_name(args))
+    if not resume:  # a resumed run keeps its args.json; the checkpoints carry any --resume overrides
+        try:
+            write_json(run_dir / "args.json", vars(args))
+            save_corpus_record(run_dir, data_dir, args.SorL, args.text_dim)
+        except OSError as error:
+            raise SystemExit(f"error: cannot write the run folder {run_dir}: {error.strerror}") from None
+    print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
 
     model = build_model(args)
     train_rows = np.flatnonzero(np.isin(corpus.sessions, train_sessions))
@@ -211,12 +168,18 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     loss_fn = EmotionLoss(args.lam, class_weights).to(device)
     optimizer = make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+    # Weights averaged over epochs (an exponential moving average, buffers included): what is validated,
+    # selected and tested. It smooths the epoch-to-epoch swings of a model trained on a small corpus.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    scored = ema.module if ema is not None else model
 
     log_path = run_dir / "log.jsonl"
     log, best_score, best_epoch, best_val, first_epoch = [], -np.inf, 0, {}, 1
     if resume and (run_dir / "checkpoint.pth").exists():
-        checkpoint = torch.load(run_dir / "checkpoint.pth", map_location=device, weights_only=True)
+        checkpoint = load_checkpoint(run_dir / "checkpoint.pth", device)
         model.load_state_dict(checkpoint["model"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         best_score, best_epoch, best_val = checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["best_val"]
@@ -231,43 +194,55 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
         log = [r for r in log if r["epoch"] < first_epoch]
         write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
 
-    for epoch in range(first_epoch, args.epochs + 1):
-        train_loader.sampler.epoch = train_loader.dataset.epoch = epoch
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        try:
-            record.update(train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch))
-        except FloatingPointError as error:
-            last = f"{run_dir / 'checkpoint.pth'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
-            raise SystemExit(f"error: {error}. Last good checkpoint: {last}. Resume with a lower learning rate: "
-                             f"python main.py --resume {run_dir} --lr {optimizer.param_groups[0]['lr'] / 10:g}") from None
-        scheduler.step()
-        improved = val_loader is None
-        if val_loader is not None:
-            val_metrics, _ = evaluate(model, val_loader, device, desc=f"epoch {epoch} val")
-            record.update({f"val_{k}": v for k, v in val_metrics.items() if not isinstance(v, (dict, list))})
-            record["val_score"] = selection_score(val_metrics)
-            improved = record["val_score"] > best_score
-        if improved:
-            best_score, best_epoch = record.get("val_score", 0.0), epoch
-            best_val = {k: v for k, v in record.items() if k.startswith("val_")}
-        record["seconds"] = record["train_seconds"]
-        append_jsonl(log_path, record)
-        log.append(record)
-        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars(args),
-                      "best_score": best_score, "best_epoch": best_epoch, "best_val": best_val, "rng": rng_states(),
-                      "features": feature_settings()}
-        if improved:
-            atomic_torch_save(checkpoint, run_dir / "best.pth")
-        atomic_torch_save(checkpoint, run_dir / "checkpoint.pth")  # last: it marks the epoch as done
-        val_text = f", val macro-F1 {record['val_macro_f1']:.3f} score {record['val_score']:.3f}" if val_loader else ""
-        print(f"epoch {epoch}: loss {record['train_loss']:.4f}{val_text}{' *' if improved and val_loader else ''}")
-    plot_curves(log, run_dir / "curves.png")
+    try:
+        for epoch in range(first_epoch, args.epochs + 1):
+            # Checked before the epoch, so that a run resumed after its early stop does not train on.
+            if val_loader is not None and args.patience and epoch - 1 - best_epoch >= args.patience:
+                print(f"early stop after epoch {epoch - 1}: no better validation score in {args.patience} epochs")
+                break
+            train_loader.sampler.epoch = train_loader.dataset.epoch = epoch
+            record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            try:
+                record.update(train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch))
+            except FloatingPointError as error:
+                last = f"{run_dir / 'checkpoint.pth'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
+                raise SystemExit(f"error: {error}. Last good checkpoint: {last}. Resume with a lower learning rate: "
+                                 f"python main.py --resume {run_dir} --lr {optimizer.param_groups[0]['lr'] / 10:g}") from None
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            improved = val_loader is None
+            if val_loader is not None:
+                val_metrics, _ = evaluate(scored, val_loader, device, desc=f"epoch {epoch} val")
+                record.update({f"val_{k}": v for k, v in val_metrics.items() if not isinstance(v, (dict, list))})
+                record["val_score"] = selection_score(val_metrics)
+                improved = record["val_score"] > best_score
+            if improved:
+                best_score, best_epoch = record.get("val_score", 0.0), epoch
+                best_val = {k: v for k, v in record.items() if k.startswith("val_")}
+            record["seconds"] = record["train_seconds"]
+            append_jsonl(log_path, record)
+            log.append(record)
+            checkpoint = {"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                          "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars(args),
+                          "best_score": best_score, "best_epoch": best_epoch, "best_val": best_val, "rng": rng_states(),
+                          "features": feature_settings()}
+            if improved:
+                atomic_torch_save({**checkpoint, "model": scored.state_dict()}, run_dir / "best.pth")
+            atomic_torch_save(checkpoint, run_dir / "checkpoint.pth")  # last: it marks the epoch as done
+            val_text = f", val macro-F1 {record['val_macro_f1']:.3f} score {record['val_score']:.3f}" if val_loader else ""
+            print(f"epoch {epoch}: loss {record['train_loss']:.4f}{val_text}{' *' if improved and val_loader else ''}")
+    except KeyboardInterrupt:
+        done = f"epoch {epoch - 1} is the last saved" if epoch > 1 else "no epoch was finished"
+        print(f"\ninterrupted during epoch {epoch} ({done}); continue with: python main.py --resume {run_dir}")
+        raise
+    plot_curves(log, run_dir / "curves.png", best_epoch)
 
-    model.load_state_dict(torch.load(run_dir / "best.pth", map_location=device, weights_only=True)["model"])
+    model.load_state_dict(load_checkpoint(run_dir / "best.pth", device)["model"])
     metrics, outputs = evaluate(model, test_loader, device, desc="test")
-    write_test_outputs(run_dir, corpus, metrics, outputs, "results.json",
-                       {"best_epoch": best_epoch, "val": best_val, "sessions": {
+    write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics, "results.json",
+                       {"model": "neural", "best_epoch": best_epoch, "val": best_val, "sessions": {
                            "train": train_sessions, "val": val_sessions, "test": test_sessions}})
     print(f"best epoch {best_epoch} (by {'validation score' if val_loader else 'last epoch, --val_split none'})")
     print(summary_table(metrics, f"test {test_sessions}"))
@@ -282,66 +257,17 @@ def resume_run(run_dir: Path, overrides: dict) -> Path:
     if (run_dir / "results.json").exists():
         print(f"{run_dir} has finished (results.json exists): nothing to resume")
         return run_dir
+    for stale in ("results_test_only.json", "predictions_test_only.csv", "confusion_test_only.png"):
+        (run_dir / stale).unlink(missing_ok=True)  # an evaluation of a model that training will replace
     checkpoint_path = run_dir / "checkpoint.pth"
     if checkpoint_path.exists():  # its args hold the overrides of any earlier --resume
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["args"]
+        saved = load_checkpoint(checkpoint_path)["args"]
     else:
         saved = json.loads((run_dir / "args.json").read_text(encoding="utf-8"))
         print(f"{run_dir} has no checkpoint yet (stopped in its first epoch): training it from the start")
     args = argparse.Namespace(**{**vars(get_parser().parse_args([])), **saved, **overrides, "resume": str(run_dir)})
     check_args(args)
     return train(args, run_dir, resume_overrides=overrides)
-
-
-def run_cv(args: argparse.Namespace) -> Path:
-    """Train every fold (a normal run folder foldK/ each) inside one parent folder, then summarise."""
-    if args.resume:
-        cv_dir = Path(args.resume)
-        if not (cv_dir / "cv.json").exists():
-            raise SystemExit(f"error: --resume {cv_dir} is not a cross-validation folder (no cv.json)")
-        saved = json.loads((cv_dir / "cv.json").read_text(encoding="utf-8"))
-        args = argparse.Namespace(**{**saved["args"], "resume": str(cv_dir)})
-        folds = saved["folds"]
-    else:
-        folds = [parse_sessions(f, "--cv_folds") for f in args.cv_folds.split(";")]
-        cv_dir = make_run_dir(args.save_path, f"cv_{args.backbone}_{args.SorL}_{args.optim}_{args.ws}")
-        write_json(cv_dir / "cv.json", {"args": vars(args), "folds": folds})
-    for k, fold in enumerate(folds, 1):
-        fold_dir = cv_dir / f"fold{k}"
-        if (fold_dir / "results.json").exists():
-            print(f"fold {k} (test {fold}) already finished: kept")
-            continue
-        print(f"=== fold {k}/{len(folds)}: test sessions {fold} ===")
-        if (fold_dir / "checkpoint.pth").exists():  # interrupted after an epoch: continue it
-            resume_run(fold_dir, {})
-            continue
-        if fold_dir.exists():  # interrupted before its first checkpoint: keep it aside, train the fold again
-            fold_dir.rename(cv_dir / f"fold{k}_interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
-        fold_dir.mkdir()
-        fold_args = copy.copy(args)
-        fold_args.test_split = ",".join(map(str, fold))
-        train(fold_args, fold_dir)
-    summary = summarize_folds([cv_dir / f"fold{k}" for k in range(1, len(folds) + 1)])
-    write_json(cv_dir / "summary.json", summary)
-    table = ["| metric | mean ± std | " + " | ".join(f"fold {k}" for k in range(1, len(folds) + 1)) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in folds) + " |"]
-    for name in SUMMARY_METRICS:
-        table.append(f"| {name} | {summary['mean'][name]:.3f} ± {summary['std'][name]:.3f} | "
-                     + " | ".join(f"{f[name]:.3f}" for f in summary["folds"]) + " |")
-    write_text(cv_dir / "summary.md", "\n".join(table) + "\n")
-    print("\n".join(table))
-    print(f"summary: {cv_dir / 'summary.json'}")
-    return cv_dir
-
-
-def summarize_folds(fold_dirs: list[Path]) -> dict:
-    """Mean and sample standard deviation over folds of every scalar test metric."""
-    folds = [json.loads((d / "results.json").read_text(encoding="utf-8"))["test"] for d in fold_dirs]
-    folds = [{k: v for k, v in f.items() if k in SUMMARY_METRICS} for f in folds]
-    values = {k: np.array([f[k] for f in folds]) for k in SUMMARY_METRICS}
-    return {"folds": folds, "mean": {k: float(v.mean()) for k, v in values.items()},
-            "std": {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()},
-            "n_folds": len(folds)}
 
 
 def find_run(args: argparse.Namespace) -> Path:
@@ -352,23 +278,10 @@ def find_run(args: argparse.Namespace) -> Path:
     missing = [f for f in ("args.json", "best.pth") if not (run_dir / f).exists()]
     if not run_dir.is_dir() or missing:
         raise SystemExit(f"error: {run_dir} is not a finished run folder (missing {', '.join(missing) or 'folder'})")
+    if not (run_dir / "results.json").exists():
+        raise SystemExit(f"error: {run_dir} did not finish training (no results.json), so its best.pth is not the "
+                         f"run's model; finish it first: python main.py --resume {run_dir}")
     return run_dir
-
-
-def load_trained_model(checkpoint_path: Path, device: torch.device) -> tuple[EmotionModel, argparse.Namespace, dict]:
-    """Rebuild exactly the saved model from the arguments inside its checkpoint -> (model, args, checkpoint)."""
-    checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=True)
-    missing = [k for k in MODEL_ARGS if k not in checkpoint["args"]]
-    if missing:
-        raise SystemExit(f"error: {checkpoint_path} lacks the model arguments {missing}; "
-                         "it was saved by an incompatible version")
-    if checkpoint.get("features", feature_settings()) != feature_settings():
-        raise SystemExit(f"error: {checkpoint_path} was trained on features {checkpoint['features']}, "
-                         f"this code computes {feature_settings()}")
-    args = argparse.Namespace(**{**vars(get_parser().parse_args([])), **checkpoint["args"]})
-    model = build_model(args).to(device)
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), args, checkpoint
 
 
 def evaluate_run(args: argparse.Namespace) -> dict:
@@ -376,11 +289,17 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     device = resolve_device(args)
     model, saved, checkpoint = load_trained_model(run_dir / "best.pth", device)
     _, _, test_sessions = split_sessions(saved)
-    corpus = Corpus(prepare_data(saved), saved.SorL, saved.text_dim)
+    data_dir = Path(saved.data_dir)
+    if not (data_dir / "annotation").is_dir():
+        raise SystemExit(f"error: the corpus of {run_dir.name} is not at {data_dir} any more; --test_only needs it "
+                         "(predict.py needs only the run folder)")
+    prepare_data(saved)
+    check_corpus_unchanged(run_dir, data_dir, saved.SorL, saved.text_dim, args.allow_corpus_change)
+    corpus = Corpus(data_dir, saved.SorL, saved.text_dim)
     test_loader = make_loader(corpus, test_sessions, saved, False, device, "--test_split")
     metrics, outputs = evaluate(model, test_loader, device, desc="test")
-    write_test_outputs(run_dir, corpus, metrics, outputs, "results_test_only.json",
-                       {"best_epoch": checkpoint["best_epoch"]})
+    write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics,
+                       "results_test_only.json", {"model": "neural", "best_epoch": checkpoint["best_epoch"]})
     print(summary_table(metrics, f"test {test_sessions} ({run_dir.name})"))
     print(f"results: {run_dir / 'results_test_only.json'}")
     return metrics
@@ -395,7 +314,13 @@ def explicit_flags(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        dispatch(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # the resume command was printed where the run was interrupted
+        raise SystemExit(130) from None
+
+
+def dispatch(argv: list[str]) -> None:
     args = get_parser().parse_args(argv)
     check_args(args)
     if args.test_only is not None or args.test_path:
@@ -408,12 +333,12 @@ def main(argv: list[str] | None = None) -> None:
                              f"{' '.join('--' + k for k in RESUME_OVERRIDES)} may be given with it, not "
                              f"{' '.join('--' + k for k in extra)}")
         run_path = Path(args.resume)
-        if (run_path / "cv.json").exists():
-            run_cv(args)
+        if (run_path / "runs.json").exists():
+            run_experiment(args, "", train, lambda run_dir: resume_run(run_dir, {}))
         else:
             resume_run(run_path, {k: given[k] for k in RESUME_OVERRIDES if k in given})
-    elif args.cv:
-        run_cv(args)
+    elif is_experiment(args):
+        run_experiment(args, run_name(args), train, lambda run_dir: resume_run(run_dir, {}))
     else:
         train(args)
 

@@ -7,6 +7,7 @@ utterance i), and padded steps get a zero vector plus a mask bit.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchaudio
 
 from constants import EMOTIONS, N_MELS
 
@@ -15,14 +16,25 @@ def _time_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def _mean_std_over_time(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(U, D, T) with frames past `lengths` ignored -> (U, 2D): mean and standard deviation over time."""
+    mask = _time_mask(lengths, x.shape[-1])[:, None, :]
+    count = lengths[:, None].to(x.dtype)
+    mean = (x * mask).sum(-1) / count
+    spread = ((((x - mean[..., None]) * mask) ** 2).sum(-1) / count + 1e-5).sqrt()
+    return torch.cat([mean, spread], dim=1)
+
+
 class AudioEncoder(nn.Module):
-    """Log-mel (U, T, mels) -> (U, dim): strided conv blocks, then mean+max pooling over valid frames.
+    """Log-mel (U, T, mels) -> (U, dim): SpecAugment (training), strided conv blocks, pooling over the
+    valid frames (per frequency band by default, see `pool`), dropout and a projection.
 
     Padded frames are zeroed after every block, so an utterance's encoding does not depend on
     how long the other clips of its batch are (in eval mode).
     """
 
-    def __init__(self, dim: int, n_mels: int = N_MELS):
+    def __init__(self, dim: int, n_mels: int = N_MELS, pool: str = "bands", freq_mask: int = 0, time_mask: int = 0,
+                 dropout: float = 0.0):
         super().__init__()
         self.register_buffer("mel_mean", torch.zeros(n_mels))
         self.register_buffer("mel_std", torch.ones(n_mels))
@@ -31,7 +43,18 @@ class AudioEncoder(nn.Module):
             nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
                           nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
             for c_in, c_out in zip(widths[:-1], widths[1:]))
-        self.proj = nn.Linear(2 * dim, dim)
+        self.pool = pool
+        bands = n_mels
+        for _ in self.blocks:
+            bands = (bands - 1) // 2 + 1
+        # "bands": mean and std over time of every (channel, frequency band), so where the energy sits in
+        # the spectrum (pitch, formants, tilt) survives pooling; "mean": the frequency axis is averaged
+        # away first, then mean and max over time (the earlier encoder, kept as an ablation).
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * dim * (bands if pool == "bands" else 1), dim))
+        # SpecAugment (Park et al., 2019), training only: one frequency and one time mask per clip.
+        self.augment = nn.Sequential(*(
+            [torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True)] if freq_mask else []) + (
+            [torchaudio.transforms.TimeMasking(time_mask, iid_masks=True)] if time_mask else []))
 
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor, frame_budget: int = 8192) -> torch.Tensor:
         """Packed frames (sum of lengths, mels) of U clips -> (U, dim).
@@ -61,30 +84,40 @@ class AudioEncoder(nn.Module):
         mask = _time_mask(lengths, spec.shape[1])
         x = ((spec - self.mel_mean) / self.mel_std) * mask[..., None]
         x = x.transpose(1, 2).unsqueeze(1)  # (U, 1, mels, T)
+        if self.training and len(self.augment):
+            x = self.augment(x)  # masks fill with 0, the normalised mean
         for block in self.blocks:
             x = block(x)
             lengths = (lengths - 1) // 2 + 1
             x = x * _time_mask(lengths, x.shape[-1])[:, None, None, :]
-        x = x.mean(dim=2)  # over frequency: (U, C, T')
-        mask = _time_mask(lengths, x.shape[-1])[:, None, :]
-        mean = (x * mask).sum(-1) / lengths[:, None]
-        peak = x.masked_fill(~mask, float("-inf")).amax(-1)
-        return self.proj(torch.cat([mean, peak], dim=1))
+        if self.pool == "bands":
+            pooled = _mean_std_over_time(x.flatten(1, 2), lengths)  # over (channel, band) rows: (U, 2 * C * bands)
+        else:
+            x = x.mean(dim=2)  # over frequency: (U, C, T')
+            mask = _time_mask(lengths, x.shape[-1])[:, None, :]
+            mean = (x * mask).sum(-1) / lengths[:, None].to(x.dtype)
+            pooled = torch.cat([mean, x.masked_fill(~mask, float("-inf")).amax(-1)], dim=1)
+        return self.proj(pooled)
 
 
 class EmotionModel(nn.Module):
     def __init__(self, text_dim: int = 768, audio_dim: int = 256, hidden_size: int = 512, num_layers: int = 4,
                  bidirectional: bool = False, backbone: str = "lstm", emotion_concat: bool = True,
-                 dropout: float = 0.2):
+                 dropout: float = 0.2, audio_pool: str = "bands", direct: bool = True, freq_mask: int = 0,
+                 time_mask: int = 0):
         super().__init__()
-        self.audio = AudioEncoder(audio_dim)
+        self.audio = AudioEncoder(audio_dim, pool=audio_pool, freq_mask=freq_mask, time_mask=time_mask,
+                                  dropout=dropout)
         self.text_norm = nn.LayerNorm(text_dim)
         self.fuse = nn.Sequential(nn.Linear(audio_dim + text_dim, hidden_size), nn.ReLU(inplace=True),
                                   nn.Dropout(dropout))
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[backbone]
         self.rnn = rnn(hidden_size + 1, hidden_size, num_layers=num_layers, batch_first=True,
                        bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
-        out_dim = hidden_size * (2 if bidirectional else 1)
+        # The direct path: the heads also see the target utterance's own fused features, not only what
+        # of it survives the recurrent steps (the context says how to read the target; it does not replace it).
+        self.direct = direct
+        out_dim = hidden_size * (2 if bidirectional else 1) + (hidden_size if direct else 0)
         self.emotion_head = nn.Linear(out_dim, len(EMOTIONS))
         self.emotion_concat = emotion_concat
         trunk_in = out_dim + (len(EMOTIONS) if emotion_concat else 0)
@@ -96,7 +129,7 @@ class EmotionModel(nn.Module):
     def forward(self, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor,
                 slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """spec: packed frames of the batch's distinct utterances (see AudioEncoder), text: their
-        embeddings; slots (B, ws): index into them, -1 = padding.
+        embeddings; slots (B, ws): index into them, -1 = padding. The last slot is the target.
 
         Returns emotion logits (B, 7) and arousal/valence (B, 2) in [1, 5].
         """
@@ -108,9 +141,9 @@ class EmotionModel(nn.Module):
         selector = F.one_hot(slots.clamp(min=0), len(steps)).to(steps.dtype) * valid
         window = selector @ steps
         out, _ = self.rnn(torch.cat([window, valid], dim=-1))
-        last = out[:, -1]
-        logits = self.emotion_head(last)
-        trunk_in = torch.cat([last, F.softmax(logits, dim=1)], dim=1) if self.emotion_concat else last
+        features = torch.cat([out[:, -1], window[:, -1]], dim=1) if self.direct else out[:, -1]
+        logits = self.emotion_head(features)
+        trunk_in = torch.cat([features, F.softmax(logits, dim=1)], dim=1) if self.emotion_concat else features
         trunk = self.av_trunk(trunk_in)
         av = torch.cat([self.arousal_head(trunk), self.valence_head(trunk)], dim=1)
         return logits, 1 + 4 * torch.sigmoid(av)

@@ -2,78 +2,82 @@
 
     python predict.py --run exp/<run> --wav a.wav [--text "..." | --txt a.txt]
     python predict.py --run exp/<run> --input_dir DIR        # every wav (+ same-stem .txt), each on its own
-    python predict.py --run exp/<run> --dialogue DIR         # the files in sorted order form one dialogue
+    python predict.py --run exp/<run> --dialogue DIR         # the files, in name order, form one dialogue
     ... [--out predictions.csv | predictions.json]
 
 Audio of any sample rate, mono or stereo, any length (the first 10 s are used, as in evaluation).
-Text goes through the run's own text encoder; no text means a zero embedding.
+Text goes through the run's own text encoder (saved in the run folder); no text means a zero embedding.
+Only the run folder is needed: no corpus, no network for a TF-IDF run.
 """
 import argparse
 import json
+import re
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import torch
 
-from constants import EMOTIONS
+from constants import EMOTIONS, N_FFT
 from dataset import assemble_batch, context_windows
 from engine import MODEL_INPUTS
-from main import load_trained_model
-from preprocess import CorpusError, clean_transcript, decode_text, default_text_encoder, load_audio, log_mel
-from text_encoder import embedding_paths, tfidf_embeddings, transformer_embeddings
+from preprocess import CorpusError, clean_transcript, decode_text, load_audio, log_mel
+from trained_run import load_trained_model, run_text_encoder
+from utils import atomic_path
 
 
-def load_run(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, argparse.Namespace]:
-    if not (run_dir / "best.pth").exists():
-        raise SystemExit(f"error: {run_dir} has no best.pth (not a finished run folder)")
-    model, args, _ = load_trained_model(run_dir / "best.pth", device)
-    return model, args
-
-
-def embed(texts: list[str], args: argparse.Namespace) -> np.ndarray:
-    """The run's own sentence encoder: the fitted tf-idf of its corpus, or its transformer."""
-    encoder = args.text_encoder or default_text_encoder(args.data_dir)
-    if encoder == "tfidf":
-        pipeline_path = embedding_paths(args.data_dir, args.text_dim)[2]
-        if not pipeline_path.exists():
-            raise SystemExit(f"error: the run's tf-idf encoder {pipeline_path} is missing; run preprocess.py again")
-        return tfidf_embeddings(texts, joblib.load(pipeline_path), args.text_dim)
-    return transformer_embeddings(texts, encoder)
+def read_transcript(path: Path) -> str:
+    try:
+        return decode_text(path.read_bytes(), path)
+    except FileNotFoundError:
+        raise SystemExit(f"error: --txt {path} does not exist") from None
+    except CorpusError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str | None], bool]:
     """(wav paths, explicit texts or None to look for a same-stem .txt, whether they form a dialogue)."""
     if args.wav:
-        text = args.text
-        if args.txt:
-            text = decode_text(Path(args.txt).read_bytes(), Path(args.txt))
-        return [Path(args.wav)], [text], False
+        return [Path(args.wav)], [read_transcript(Path(args.txt)) if args.txt else args.text], False
     folder = Path(args.input_dir or args.dialogue)
-    wavs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".wav")
+    if not folder.is_dir():
+        raise SystemExit(f"error: {folder} is not a folder")
+    wavs = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".wav"), key=natural_key)
     if not wavs:
         raise SystemExit(f"error: no .wav files in {folder}")
     return wavs, [None] * len(wavs), bool(args.dialogue)
 
 
+def natural_key(path: Path) -> list:
+    """File-name order with numbers compared as numbers: utt2 before utt10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
 @torch.inference_mode()
 def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: bool,
             device: torch.device | None = None) -> pd.DataFrame:
+    """One row per readable wav; the unreadable ones are named and skipped."""
     device = device or torch.device("cpu")
-    model, run_args = load_run(run_dir, device)
-    spectrograms, kept, kept_texts = [], [], []
+    if not (run_dir / "best.pth").exists():
+        raise SystemExit(f"error: {run_dir} has no best.pth (not a finished run folder)")
+    model, run_args, _ = load_trained_model(run_dir / "best.pth", device)
+    spectrograms, kept, kept_texts, skipped = [], [], [], []
     for wav, text in zip(wavs, texts):
         try:
             if text is None:
                 txt = wav.with_suffix(".txt")
                 text = decode_text(txt.read_bytes(), txt) if txt.exists() else ""
-            spectrograms.append(log_mel(load_audio(wav)))
+            audio = load_audio(wav)
         except CorpusError as error:
-            print(f"skipped: {error}")
+            skipped.append(str(error))
             continue
+        if len(audio) < N_FFT:
+            print(f"note: {wav} has {len(audio)} samples, less than one {N_FFT}-sample FFT window: zero-padded")
+        spectrograms.append(log_mel(audio))
         kept.append(wav)
         kept_texts.append(clean_transcript(text))
+    for reason in skipped:
+        print(f"skipped: {reason}")
     if not kept:
         raise SystemExit("error: none of the input files could be read")
     lengths = np.array([len(s) for s in spectrograms])
@@ -83,7 +87,8 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
     else:  # each utterance alone: a window of padding and itself
         windows = np.full((len(kept), run_args.ws), -1)
         windows[:, -1] = np.arange(len(kept))
-    batch = assemble_batch(np.concatenate(spectrograms), offsets, lengths, embed(kept_texts, run_args), windows)
+    embeddings = run_text_encoder(run_dir, run_args)(kept_texts)
+    batch = assemble_batch(np.concatenate(spectrograms), offsets, lengths, embeddings, windows)
     logits, av = model(*(batch[k].to(device) for k in MODEL_INPUTS))
     probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
     table = pd.DataFrame({"file": [str(p) for p in kept]})
@@ -100,7 +105,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--wav", help="one audio file")
     source.add_argument("--input_dir", help="a folder of wavs (each with an optional same-stem .txt), each alone")
-    source.add_argument("--dialogue", help="a folder of wavs (+ .txt) that form one dialogue, in sorted order")
+    source.add_argument("--dialogue", help="a folder of wavs (+ .txt) that form one dialogue, in file-name order with "
+                                           "numbers compared as numbers (name them by time: 001_..., 002_...)")
     text = parser.add_mutually_exclusive_group()
     text.add_argument("--text", help="the transcript of --wav")
     text.add_argument("--txt", help="a .txt file with the transcript of --wav")
@@ -109,15 +115,19 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     if (args.text or args.txt) and not args.wav:
         parser.error("--text/--txt go with --wav")
+    out = Path(args.out) if args.out else None
+    if out is not None and not out.parent.is_dir():  # checked before any work is done
+        raise SystemExit(f"error: --out {out}: the folder {out.parent} does not exist")
     wavs, texts, dialogue = collect_inputs(args)
     table = predict(Path(args.run), wavs, texts, dialogue, torch.device(args.device))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    if args.out:
-        out = Path(args.out)
-        if out.suffix == ".json":
-            out.write_text(json.dumps(table.to_dict(orient="records"), indent=1, ensure_ascii=False), encoding="utf-8")
-        else:
-            table.to_csv(out, index=False)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            if out.suffix == ".json":
+                tmp.write_text(json.dumps(table.to_dict(orient="records"), indent=1, ensure_ascii=False),
+                               encoding="utf-8")
+            else:
+                table.to_csv(tmp, index=False)
         print(f"written: {out}")
     return table
 

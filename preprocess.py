@@ -13,7 +13,7 @@ import io
 import json
 import re
 import time
-from collections import Counter
+from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,13 +47,15 @@ def is_demo_corpus(data_dir: str | Path) -> bool:
 
 
 def decode_text(raw: bytes, path: Path) -> str:
-    """UTF-8 (with or without BOM), else cp949 (the sister corpus KEMDy20's encoding)."""
-    for encoding in ("utf-8-sig", "cp949"):
+    """UTF-8 (with or without BOM), UTF-16 with a BOM (Windows Notepad's "Unicode"), else cp949 (the
+    sister corpus KEMDy20's encoding)."""
+    encodings = ("utf-16",) if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ("utf-8-sig", "cp949")
+    for encoding in encodings:
         try:
             return raw.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise CorpusError(f"{path}: text is neither UTF-8 nor cp949")
+    raise CorpusError(f"{path}: text is neither UTF-8, UTF-16 nor cp949")
 
 
 def clean_transcript(text: str) -> str:
@@ -84,8 +86,18 @@ def _rating(cell: str, where: str, allow_blank: bool) -> float:
     return value
 
 
+def _seconds(cell: str, where: str) -> float:
+    """A wav start/end time in seconds; blank is NaN (such rows are dropped and named later)."""
+    if cell.strip() == "":
+        return float("nan")
+    try:
+        return float(cell)
+    except ValueError:
+        raise CorpusError(f"{where}: wav time '{cell}' is not a number of seconds") from None
+
+
 def read_annotation_file(path: str | Path) -> tuple[pd.DataFrame, int]:
-    """One `SessionNN_{F|M}_res.csv`, read positionally (two header rows) -> (rows, blank rows dropped)."""
+    """One `SessionNN_{F|M}_res.csv`, read positionally (two header rows) -> (rows, names of the blank rows)."""
     path = Path(path)
     match = re.match(r"Session(\d{2})_([FM])_res\.csv$", path.name)
     if not match:
@@ -108,7 +120,7 @@ def read_annotation_file(path: str | Path) -> tuple[pd.DataFrame, int]:
         if seg_id in seen:
             raise CorpusError(f"{where}: Segment ID {seg_id} repeats line {seen[seg_id]}")
         seen[seg_id] = line
-        record = {"start": float(cells[1] or "nan"), "end": float(cells[2] or "nan"), "Segment ID": seg_id,
+        record = {"start": _seconds(cells[1], where), "end": _seconds(cells[2], where), "Segment ID": seg_id,
                   "Emotion": ";".join(parse_emotions(cells[10], where)),
                   "Valence": _rating(cells[11], where, allow_blank=False),
                   "Arousal": _rating(cells[12], where, allow_blank=False)}
@@ -122,7 +134,8 @@ def read_annotation_file(path: str | Path) -> tuple[pd.DataFrame, int]:
                       Session=int(session), script=script, sequence=int(sequence),
                       dialogue=f"Sess{session}_{script}")
         records.append(record)
-    return pd.DataFrame.from_records(records, columns=TABLE_COLUMNS), int(blank.sum())
+    blank_lines = [f"{path.name} line {index + 3}" for index in np.flatnonzero(blank.to_numpy())]
+    return pd.DataFrame.from_records(records, columns=TABLE_COLUMNS), blank_lines
 
 
 def segment_path(data_dir: Path, seg_id: str, suffix: str) -> Path:
@@ -172,7 +185,13 @@ def _mel_transform() -> torchaudio.transforms.MelSpectrogram:
 
 
 def log_mel(audio: np.ndarray) -> np.ndarray:
-    """(frames, n_mels) float16 log-mel spectrogram with the published settings."""
+    """(frames, n_mels) float16 log-mel spectrogram with the published settings.
+
+    A clip shorter than one FFT window is zero-padded to it: the centred STFT's reflect padding needs
+    more than n_fft / 2 samples, and a click of a few ms still gets a valid (short) spectrogram.
+    """
+    if len(audio) < N_FFT:
+        audio = np.pad(audio, (0, N_FFT - len(audio)))
     with torch.inference_mode():
         mel = _mel_transform()(torch.from_numpy(np.ascontiguousarray(audio)))
     return torch.log(mel + LOG_OFFSET).T.numpy().astype(np.float16)
@@ -198,10 +217,15 @@ def build_spectrogram_cache(data_dir: Path, seg_ids: list[str]) -> dict[str, str
     chunks, ids, failed = [], [], {}
     for seg_id in tqdm(seg_ids, desc="log-mel spectrograms", unit="utt"):
         try:
-            chunks.append(log_mel(load_audio(segment_path(data_dir, seg_id, ".wav"))))
-            ids.append(seg_id)
+            audio = load_audio(segment_path(data_dir, seg_id, ".wav"))
         except CorpusError as error:
             failed[seg_id] = str(error)
+            continue
+        if len(audio) < N_FFT:
+            print(f"note: {segment_path(data_dir, seg_id, '.wav')} has {len(audio)} samples, less than one "
+                  f"{N_FFT}-sample FFT window: zero-padded to it")
+        chunks.append(log_mel(audio))
+        ids.append(seg_id)
     lengths = [len(c) for c in chunks]
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if lengths else []
     frames = np.concatenate(chunks) if chunks else np.zeros((0, N_MELS), np.float16)
@@ -211,14 +235,20 @@ def build_spectrogram_cache(data_dir: Path, seg_ids: list[str]) -> dict[str, str
     return failed
 
 
-def build_tables(data_dir: Path, files: list[Path]) -> tuple[pd.DataFrame, Counter]:
-    """All rows of all annotation files with their cleaned transcripts; rows without wav/txt dropped."""
-    tables, dropped = [], Counter()
+def build_tables(data_dir: Path, files: list[Path]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """All rows of all annotation files with their cleaned transcripts, and the dropped rows by reason
+    (blank, no start time, no wav, no txt, unreadable txt), each named."""
+    tables, dropped = [], defaultdict(list)
     for path in tqdm(files, desc="annotation files", unit="file"):
-        table, blank = read_annotation_file(path)
-        dropped["blank row"] += blank
+        table, blank_lines = read_annotation_file(path)
+        dropped["blank row"] += blank_lines
         tables.append(table)
     table = pd.concat(tables, ignore_index=True)
+    # A row without a start time cannot be placed in its dialogue: sorting it anywhere would put the
+    # wrong utterances in the context windows, so it is dropped and named.
+    no_start = table["start"].isna()
+    dropped["no start time"] += table.loc[no_start, "Segment ID"].tolist()
+    table = table[~no_start]
     texts, missing = {}, {}
     for seg_id in tqdm(table["Segment ID"].unique(), desc="transcripts", unit="utt"):
         txt = segment_path(data_dir, seg_id, ".txt")
@@ -233,7 +263,8 @@ def build_tables(data_dir: Path, files: list[Path]) -> tuple[pd.DataFrame, Count
                 print(f"skipped: {error}")
                 missing[seg_id] = "unreadable txt"
     unusable = table["Segment ID"].isin(missing)
-    dropped.update(table.loc[unusable, "Segment ID"].map(missing))
+    for seg_id in table.loc[unusable, "Segment ID"]:
+        dropped[missing[seg_id]].append(seg_id)
     table = table[~unusable].copy()
     table["text"] = table["Segment ID"].map(texts)
     return table, dropped
@@ -287,7 +318,7 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         for reason in failed.values():
             print(f"skipped: {reason}")
         unusable = table["Segment ID"].isin(failed)
-        dropped["unusable wav"] += int(unusable.sum())
+        dropped["unusable wav"] += table.loc[unusable, "Segment ID"].tolist()
         table = table[~unusable].sort_values(["Session", "dialogue", "start", "Segment ID"], kind="stable")
         for name, rows in (("annotation.csv", table), ("df_speaker.csv", table[table.role == "speaker"]),
                            ("df_listener.csv", table[table.role == "listener"])):
@@ -312,9 +343,10 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     return {**manifest["summary"], "seconds": seconds}
 
 
-def summarize(table: pd.DataFrame, dropped: Counter) -> dict:
+def summarize(table: pd.DataFrame, dropped: dict[str, list[str]]) -> dict:
     summary = {"rows": len(table), "utterances": int(table["Segment ID"].nunique()),
-               "dropped_rows": {k: int(v) for k, v in dropped.items() if v}, "roles": {}}
+               "dropped_rows": {k: len(v) for k, v in dropped.items() if v},
+               "dropped": {k: sorted(set(v)) for k, v in dropped.items() if v}, "roles": {}}
     for role in ("speaker", "listener"):
         rows = table[table.role == role]
         tied = rows["Emotion"].str.contains(";")
@@ -330,8 +362,10 @@ def print_summary(summary: dict, data_dir: Path) -> None:
     for role, info in summary["roles"].items():
         classes = ", ".join(f"{e} {n}" for e, n in info["classes"].items())
         print(f"  {role:8s} {info['rows']} rows: {classes}, tied {info['tied']}")
-    dropped = ", ".join(f"{reason} {n}" for reason, n in summary["dropped_rows"].items()) or "none"
-    print(f"  dropped rows: {dropped}")
+    if not summary["dropped_rows"]:
+        print("  dropped rows: none")
+    for reason, count in summary["dropped_rows"].items():
+        print(f"  dropped rows, {reason}: {count} ({', '.join(summary.get('dropped', {}).get(reason, []))})")
 
 
 def main() -> None:

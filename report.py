@@ -1,14 +1,16 @@
 """One Markdown (or CSV) table of the test metrics of several runs and cross-validations.
 
-    python report.py exp/lstm_speaker_adam_8_* exp/cv_* [--csv]
+    python report.py exp/lstm_speaker_adam_8_* exp/cv_* exp/seeds_* [--csv]
 
-Columns: the arguments that differ between the runs (e.g. lam, loss, beta, bidirectional),
-then instance P/R/F1, macro-F1, weighted-F1, accuracy, CCC arousal and CCC valence; a
-cross-validation shows mean ± std over its folds. Runs without results are listed as incomplete.
+Columns: the model (neural or baseline), the arguments that differ between the runs (e.g. lam,
+loss, beta, bidirectional), then instance P/R/F1, macro-F1, weighted-F1, accuracy, CCC arousal
+and CCC valence; an experiment (--cv and/or --seeds) shows mean ± std over its runs. Runs
+without results are listed as incomplete.
 """
 import argparse
 import glob
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,26 +18,38 @@ import pandas as pd
 REPORT_METRICS = ["instance_precision", "instance_recall", "instance_f1", "macro_f1", "weighted_f1", "accuracy",
                   "ccc_arousal", "ccc_valence"]
 # Bookkeeping arguments that never explain a difference in results.
-IGNORED_ARGS = {"save_path", "test_only", "test_path", "resume", "num_workers", "device", "gpu_id", "cv"}
+IGNORED_ARGS = {"save_path", "test_only", "test_path", "resume", "num_workers", "device", "gpu_id", "cv", "seeds",
+                "seed", "test_split"}
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON (truncated or damaged)") from error
 
 
 def read_run(folder: Path) -> dict:
-    """{'run', 'args', metrics...}: a CV folder (cv.json) or a run folder (args.json); 'status' says which."""
-    row = {"run": folder.name}
-    if (folder / "cv.json").exists():
-        row["args"] = json.loads((folder / "cv.json").read_text(encoding="utf-8"))["args"]
+    """{'run', 'args', 'model', 'status', metrics...} of an experiment folder (runs.json) or a run folder (args.json)."""
+    row = {"run": folder.name, "model": ""}
+    if (folder / "runs.json").exists():
+        plan = read_json(folder / "runs.json")
+        row["args"] = plan["args"]
+        first = folder / plan["runs"][0]["name"] / "results.json"
+        row["model"] = read_json(first).get("model", "neural") if first.exists() else ""
         if (folder / "summary.json").exists():
-            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-            row["status"] = f"{summary['n_folds']}-fold CV"
+            summary = read_json(folder / "summary.json")
+            row["status"] = f"{summary['n_seeds']} seeds x {summary['n_folds']} folds"
             row.update({m: f"{summary['mean'][m]:.3f} ± {summary['std'][m]:.3f}" for m in REPORT_METRICS})
         else:
-            row["status"] = "incomplete CV"
+            row["status"] = "incomplete"
     elif (folder / "args.json").exists():
-        row["args"] = json.loads((folder / "args.json").read_text(encoding="utf-8"))
+        row["args"] = read_json(folder / "args.json")
         if (folder / "results.json").exists():
-            test = json.loads((folder / "results.json").read_text(encoding="utf-8"))["test"]
-            row["status"] = "test " + str(row["args"].get("test_split", ""))
-            row.update({m: f"{test[m]:.3f}" for m in REPORT_METRICS})
+            results = read_json(folder / "results.json")
+            row["model"] = results.get("model", "neural")
+            row["status"] = f"seed {row['args'].get('seed', '')}, test {row['args'].get('test_split', '')}"
+            row.update({m: f"{results['test'][m]:.3f}" for m in REPORT_METRICS})
         else:
             row["status"] = "incomplete"
     else:
@@ -43,13 +57,24 @@ def read_run(folder: Path) -> dict:
     return row
 
 
+def read_run_or_say_why(folder: Path) -> dict:
+    """read_run, or a row that names the damaged file: one bad folder never stops the report."""
+    try:
+        return read_run(folder)
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        reason = str(error) if isinstance(error, ValueError) else f"{folder}: missing field {error}"
+        print(f"warning: {reason}; listed as damaged", file=sys.stderr)
+        return {"run": folder.name, "model": "", "args": {}, "status": "damaged"}
+
+
 def report(paths: list[str]) -> pd.DataFrame:
     folders = sorted({Path(p) for pattern in paths for p in (glob.glob(pattern) or [pattern])})
-    rows = [read_run(f) for f in folders]
+    rows = [read_run_or_say_why(f) for f in folders]
     keys = sorted({k for r in rows for k in r["args"]} - IGNORED_ARGS)
     # A column for each argument whose value differs among the runs that record it.
     differing = [k for k in keys if len({json.dumps(r["args"][k]) for r in rows if k in r["args"]}) > 1]
-    table = pd.DataFrame([{"run": r["run"], **{k: r["args"].get(k, "") for k in differing}, "status": r["status"],
+    table = pd.DataFrame([{"run": r["run"], "model": r["model"], **{k: r["args"].get(k, "") for k in differing},
+                           "status": r["status"],
                            **{m: r.get(m, "") for m in REPORT_METRICS}} for r in rows])
     return table
 

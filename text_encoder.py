@@ -4,7 +4,9 @@ A sentence embedding is the mean of the encoder's token states under the attenti
 empty transcript gets the zero vector, as in the published method.
 """
 import json
+import os
 import pickle
+import socket
 import unicodedata
 from pathlib import Path
 
@@ -82,21 +84,38 @@ def _is_kobert(name: str) -> bool:
         json.loads(config.read_text(encoding="utf-8")).get("model_type") == "bert"
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False at once when HF_HUB_OFFLINE is set, else whether the hub answers within `timeout` seconds.
+    Without this, an unreachable hub costs tens of seconds of retries before the error."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_transformer(name: str, device: torch.device):
     """(tokenizer, model) for a Hugging Face id or a local folder; one clear error if unavailable."""
-    from transformers import AutoModel, AutoTokenizer
     from huggingface_hub import hf_hub_download
+    from transformers import AutoModel, AutoTokenizer
+    # Offline: only a local folder or the local cache can work, so nothing waits on the network.
+    cache_only = not Path(name).is_dir() and not hub_reachable()
     try:
         if _is_kobert(name):
-            spiece = Path(name) / "spiece.model" if Path(name).is_dir() else hf_hub_download(name, "spiece.model")
+            spiece = (Path(name) / "spiece.model" if Path(name).is_dir()
+                      else hf_hub_download(name, "spiece.model", local_files_only=cache_only))
             tokenizer = KoBertTokenizer(spiece)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModel.from_pretrained(name)
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=cache_only)
+        model = AutoModel.from_pretrained(name, local_files_only=cache_only)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = ("it is not a local folder, not in the local Hugging Face cache, and the hub cannot be reached"
+                 if cache_only else first_line)
         raise SystemExit(
-            f"error: cannot load text encoder '{name}' ({first_line}). Download it where the "
+            f"error: cannot load text encoder '{name}' ({where}). Download it where the "
             f"Hugging Face hub is reachable (`hf download {name} --local-dir DIR`) and pass "
             "--text_encoder DIR, or use the offline --text_encoder tfidf") from None
     return tokenizer, model.to(device).eval()

@@ -1,8 +1,10 @@
 """Run folders, atomic writes, seeding, plots and the printed summary."""
+import errno
 import json
 import os
 import random
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,11 +42,20 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def check_save_path(save_path: str) -> None:
+    """One-line error now, not after preprocessing, if run folders cannot be created under `save_path`."""
+    root = Path(save_path)
+    existing = next(p for p in [root, *root.parents] if p.exists())
+    if not existing.is_dir():
+        raise SystemExit(f"error: --save_path {root}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: --save_path {root}: {existing} is not writable")
+
+
 def make_run_dir(save_path: str, name: str) -> Path:
     """A new folder save_path/name_<time>[-k]; never an existing one."""
     root = Path(save_path)
-    if root.exists() and not root.is_dir():
-        raise SystemExit(f"error: --save_path {root} is a file, not a folder")
+    check_save_path(save_path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -65,11 +76,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary name in the same folder; rename it to `path` once written. A process killed
     at any moment leaves the previous `path` intact and loadable."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    # Unique per process and call: two processes writing the same output never share a temporary file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise SystemExit(f"error: disk full while writing {path}; the previous {path.name}, if any, "
+                             "is intact. Free space and run the same command again (or --resume the run)") from None
         raise
     os.replace(tmp, path)
 
@@ -110,20 +125,23 @@ def plot_confusion(confusion: list[list[int]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def plot_curves(log: list[dict], path: Path) -> None:
+def plot_curves(log: list[dict], path: Path, best_epoch: int) -> None:
+    """Training losses and validation scores per epoch, the selected epoch marked (markers, so that a
+    one-epoch run shows points rather than an empty plot)."""
     epochs = [r["epoch"] for r in log]
     fig = Figure(figsize=(11, 4))
     left, right = fig.subplots(1, 2)
     for key in ("train_loss", "train_emotion", "train_arousal", "train_valence"):
-        left.plot(epochs, [r[key] for r in log], label=key.removeprefix("train_"))
+        left.plot(epochs, [r[key] for r in log], marker="o", markersize=3, label=key.removeprefix("train_"))
     left.set(xlabel="epoch", ylabel="training loss", title="training loss")
-    left.legend()
-    for key in ("macro_f1", "instance_f1", "ccc_arousal", "ccc_valence"):
+    for key in ("score", "macro_f1", "instance_f1", "ccc_arousal", "ccc_valence"):
         if f"val_{key}" in log[0]:
-            right.plot(epochs, [r[f"val_{key}"] for r in log], label=key)
-    right.set(xlabel="epoch", ylabel="score", title="validation")
-    if right.lines:
-        right.legend()
+            right.plot(epochs, [r[f"val_{key}"] for r in log], marker="o", markersize=3,
+                       linewidth=2.5 if key == "score" else 1.2, label=key)
+    right.set(xlabel="epoch", ylabel="score", title="validation (score selects the epoch)")
+    for ax in (left, right):
+        ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"selected: epoch {best_epoch}")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -9,7 +9,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     figures = json.loads(out.read_text())
     expected = ["spectrogram_utt_per_s", "tfidf_utt_per_s", "cache_mb_per_audio_hour", "kemdy19_spectrogram_minutes",
                 "loader_windows_per_s", "reference_windows_per_s", "loader_speedup", "predict_single_file_s",
-                "predict_s_per_utterance"] + [f"{size}_{name}" for size in ("published", "demo") for name in (
+                "predict_s_per_utterance"] + [f"{size}_{name}" for size in ("published", "recipe") for name in (
                     "train_windows_per_s", "seconds_per_epoch_kemdy19", "data_wait_share", "eval_windows_per_s",
                     "peak_rss_gb", "peak_rss_gb_kemdy19")]
     for key in expected:

@@ -113,7 +113,7 @@ def test_atomic_writes_keep_the_previous_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(SystemExit, match="disk full while writing .*checkpoint.pth; the previous checkpoint.pth"):
         atomic_torch_save({"epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
@@ -165,7 +165,7 @@ def test_bad_audio_and_transcripts_are_handled(corpus_copy, capsys):
     sf.write(wavs[4], 0.01 * np.random.default_rng(0).standard_normal(16000 * 600).astype(np.float32), 16000)
     sf.write(wavs[5], np.zeros(8000, np.float32), 8000)  # 1 s at 8 kHz
     sf.write(wavs[6], np.zeros((48000, 2), np.float32), 48000)  # 1 s, 48 kHz stereo
-    wavs[7].with_suffix(".txt").write_bytes(b"\xff\xfe\xfa\xfb\x80\x81")  # neither UTF-8 nor cp949
+    wavs[7].with_suffix(".txt").write_bytes(b"\x80\xff\xfa\xfb\x80\x81")  # neither UTF-8, UTF-16 nor cp949
     wavs[8].with_suffix(".txt").write_text("c/ * + n/", encoding="utf-8")  # markers only
 
     summary = preprocess(corpus_copy, "tfidf", 16)
@@ -173,7 +173,7 @@ def test_bad_audio_and_transcripts_are_handled(corpus_copy, capsys):
     assert summary["dropped_rows"]["unusable wav"] == 6  # three segments, once per role
     assert summary["dropped_rows"]["unreadable txt"] == 2
     for seg, reason in [(ids[1], "unreadable audio"), (ids[2], "audio has no samples"),
-                        (ids[3], "audio has NaN or infinite samples"), (ids[7], "text is neither UTF-8 nor cp949")]:
+                        (ids[3], "audio has NaN or infinite samples"), (ids[7], "text is neither UTF-8, UTF-16 nor cp949")]:
         assert f"{seg}" in out and reason in out, (seg, reason)
     meta = json.loads((corpus_copy / "features" / "logmel.json").read_text())
     length = dict(zip(meta["ids"], meta["lengths"]))

@@ -25,6 +25,17 @@ def test_instance_prf_and_ties_by_hand():
     np.testing.assert_array_equal(resolve_ties(probs.argmax(1), labels, np.array([0, 1, 3])), [0, 2, 3])
 
 
+def test_instance_recall_is_the_published_per_utterance_mean():
+    # Hits 1 (of 3 tied labels), 0 (of 1), 1 (of 1): the published get_recall averages per utterance,
+    # (1/3 + 0 + 1) / 3 = 4/9; total hits / total labels would give 2/5.
+    labels = np.array([[1, 1, 1, 0], [0, 0, 0, 1], [0, 1, 0, 0]], dtype=float)
+    probs = np.array([[0.4, 0.3, 0.2, 0.1], [0.7, 0.1, 0.1, 0.1], [0.1, 0.6, 0.2, 0.1]])
+    precision, recall, f1 = instance_prf(probs, labels)
+    assert precision == pytest.approx(2 / 3)
+    assert recall == pytest.approx(4 / 9)
+    assert f1 == pytest.approx(2 * (2 / 3) * (4 / 9) / (2 / 3 + 4 / 9))
+
+
 def test_metrics_agree_with_scikit_learn():
     rng = np.random.default_rng(0)
     n = 200
@@ -41,6 +52,13 @@ def test_metrics_agree_with_scikit_learn():
     assert metrics["accuracy"] == pytest.approx((true == pred).mean())
     assert np.sum(metrics["confusion"]) == n and np.trace(metrics["confusion"]) == (true == pred).sum()
     assert metrics["ccc_arousal"] == pytest.approx(ccc(av_true[:, 0], av_pred[:, 0]))
+    # No fear (6) in the truth nor the predictions: macro-F1 averages the 6 other classes, not a 0 for fear.
+    probs[:, 6] = 0
+    first = np.where(first == 6, 0, first)
+    labels = np.eye(7)[first]
+    metrics = emotion_metrics(probs, av_pred, labels, first, av_true)
+    assert metrics["macro_f1"] == pytest.approx(f1_score(first, probs.argmax(1), average="macro"))
+    assert metrics["macro_f1"] > f1_score(first, probs.argmax(1), average="macro", labels=range(7), zero_division=0)
 
 
 def test_ccc_by_hand():
@@ -77,10 +95,11 @@ def test_loss_parts_and_lam_weighting():
 
 
 @pytest.mark.parametrize("ws", [1, 8])
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_model_shapes_and_ranges(ws, bidirectional):
+@pytest.mark.parametrize("bidirectional,audio_pool,direct", [(False, "bands", True), (True, "mean", False)])
+def test_model_shapes_and_ranges(ws, bidirectional, audio_pool, direct):
     torch.manual_seed(0)
-    model = EmotionModel(text_dim=12, audio_dim=16, hidden_size=8, num_layers=2, bidirectional=bidirectional).eval()
+    model = EmotionModel(text_dim=12, audio_dim=16, hidden_size=8, num_layers=2, bidirectional=bidirectional,
+                         audio_pool=audio_pool, direct=direct, freq_mask=10, time_mask=10).eval()
     lengths = torch.tensor([40, 313, 7])
     spec = torch.randn(int(lengths.sum()), 229)  # packed frames of the 3 clips
     slots = torch.full((1, ws), -1)
@@ -92,9 +111,10 @@ def test_model_shapes_and_ranges(ws, bidirectional):
     assert batch_logits.shape == (4, 7)
 
 
-def test_audio_encoding_does_not_depend_on_batch_padding():
+@pytest.mark.parametrize("audio_pool", ["bands", "mean"])
+def test_audio_encoding_does_not_depend_on_batch_padding(audio_pool):
     torch.manual_seed(0)
-    encoder = EmotionModel(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1).audio.eval()
+    encoder = EmotionModel(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1, audio_pool=audio_pool).audio.eval()
     clip = torch.randn(50, 229)
     alone = encoder(clip, torch.tensor([50]))
     long_clip = torch.randn(300, 229)
@@ -103,6 +123,31 @@ def test_audio_encoding_does_not_depend_on_batch_padding():
     separate = encoder(torch.cat([long_clip, clip]), torch.tensor([300, 50]), frame_budget=300)
     torch.testing.assert_close(alone[0], together[1], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(together, separate, rtol=1e-4, atol=1e-5)
+
+
+def test_band_pooling_keeps_where_the_energy_sits_in_the_spectrum():
+    # The same pattern 128 mel bands higher (a multiple of the encoder's frequency stride of 16, away from
+    # the edges): averaging the conv output over frequency cannot tell the two apart; band pooling must.
+    low, high = torch.zeros(60, 229), torch.zeros(60, 229)
+    pattern = torch.randn(60, 32)
+    low[:, 32:64], high[:, 160:192] = pattern, pattern
+    outputs = {}
+    for pool in ("mean", "bands"):
+        torch.manual_seed(0)
+        encoder = EmotionModel(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1, audio_pool=pool).audio.eval()
+        outputs[pool] = encoder(torch.cat([low, high]), torch.tensor([60, 60]))
+    torch.testing.assert_close(outputs["mean"][0], outputs["mean"][1], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(outputs["bands"][0], outputs["bands"][1], rtol=1e-3, atol=1e-4)
+
+
+def test_specaugment_masks_only_in_training():
+    torch.manual_seed(0)
+    model = EmotionModel(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1, freq_mask=30, time_mask=20)
+    spec, lengths = torch.randn(80, 229), torch.tensor([80])
+    model.audio.eval()
+    torch.testing.assert_close(model.audio(spec, lengths), model.audio(spec, lengths))
+    model.audio.train()
+    assert not torch.allclose(model.audio(spec, lengths), model.audio(spec, lengths))
 
 
 def test_windows_at_dialogue_starts():

@@ -6,9 +6,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+import baseline
+import main as main_cli
 import predict
 import report
-from main import get_parser, run_cv, train
+from conftest import TEXT_DIM
+from constants import EMOTIONS
+from main import get_parser, train
 from preprocess import segment_path
 from test_train import TINY
 
@@ -21,13 +25,20 @@ def tiny_run(demo_dir, tmp_path_factory):
     return train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(save)] + TINY))
 
 
+def only_folder(parent, pattern):
+    found = list(parent.glob(pattern))
+    assert len(found) == 1, found
+    return found[0]
+
+
 def test_cross_validation_summary_and_resume(demo_dir, tmp_path):
-    argv = ["--cv", "--data_dir", str(demo_dir), "--save_path", str(tmp_path)] + ONE_EPOCH
-    cv_dir = run_cv(get_parser().parse_args(argv))
+    main_cli.main(["--cv", "--data_dir", str(demo_dir), "--save_path", str(tmp_path)] + ONE_EPOCH)
+    cv_dir = only_folder(tmp_path, "cv_*")
     folds = [json.loads((cv_dir / f"fold{k}" / "results.json").read_text())["test"] for k in range(1, 6)]
     assert [json.loads((cv_dir / f"fold{k}" / "args.json").read_text())["test_split"] for k in (1, 5)] == \
         ["1,2,3,4", "17,18,19,20"]
     summary = json.loads((cv_dir / "summary.json").read_text())
+    assert (summary["n_runs"], summary["n_folds"], summary["n_seeds"]) == (5, 5, 1)
     for name in ("instance_f1", "macro_f1", "ccc_arousal", "ccc_valence"):
         values = [f[name] for f in folds]
         assert summary["mean"][name] == pytest.approx(np.mean(values))
@@ -41,12 +52,52 @@ def test_cross_validation_summary_and_resume(demo_dir, tmp_path):
         (cv_dir / "fold4" / name).unlink()
     shutil.rmtree(cv_dir / "fold5")
     kept = {k: (cv_dir / f"fold{k}" / "results.json").stat().st_mtime_ns for k in (1, 2)}
-    run_cv(get_parser().parse_args(["--resume", str(cv_dir)]))
+    main_cli.main(["--resume", str(cv_dir)])
     assert {k: (cv_dir / f"fold{k}" / "results.json").stat().st_mtime_ns for k in (1, 2)} == kept
     assert all((cv_dir / f"fold{k}" / "results.json").exists() for k in (3, 4, 5))
     assert json.loads((cv_dir / "fold3" / "results.json").read_text())["test"] == fold3  # continued, not redone
     assert len(list(cv_dir.glob("fold4_interrupted_*"))) == 1  # set aside, not deleted
     assert not list(cv_dir.glob("fold3_interrupted_*"))
+
+
+def test_seeds_times_folds_with_one_summary(demo_dir, tmp_path):
+    folds = "1,2,3,4;13,14,15,16"
+    main_cli.main(["--cv", "--cv_folds", folds, "--seeds", "4,5", "--data_dir", str(demo_dir),
+                   "--save_path", str(tmp_path)] + ONE_EPOCH)
+    folder = only_folder(tmp_path, "cv_*")
+    names = ["seed4_fold1", "seed4_fold2", "seed5_fold1", "seed5_fold2"]
+    runs = {n: json.loads((folder / n / "args.json").read_text()) for n in names}
+    assert [(a["seed"], a["test_split"]) for a in runs.values()] == \
+        [(4, "1,2,3,4"), (4, "13,14,15,16"), (5, "1,2,3,4"), (5, "13,14,15,16")]
+    tests = [json.loads((folder / n / "results.json").read_text())["test"] for n in names]
+    assert tests[0] != tests[2]  # another seed is another model
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["n_runs"], summary["n_seeds"], summary["n_folds"]) == (4, 2, 2)
+    assert summary["mean"]["macro_f1"] == pytest.approx(np.mean([t["macro_f1"] for t in tests]))
+    assert summary["std"]["ccc_valence"] == pytest.approx(np.std([t["ccc_valence"] for t in tests], ddof=1))
+    row = report.report([str(folder)]).iloc[0]
+    assert row["status"] == "2 seeds x 2 folds" and row["model"] == "neural"
+    assert row["macro_f1"] == f"{summary['mean']['macro_f1']:.3f} ± {summary['std']['macro_f1']:.3f}"
+
+
+def test_baseline_writes_the_schema_of_the_model(demo_dir, tiny_run, tmp_path):
+    run = baseline.train(baseline.get_parser().parse_args(
+        ["--data_dir", str(demo_dir), "--save_path", str(tmp_path), "--text_dim", str(TEXT_DIM)]))
+    ours, theirs = (json.loads((d / "results.json").read_text()) for d in (run, tiny_run))
+    assert ours["model"] == "baseline" and theirs["model"] == "neural"
+    assert ours["test"].keys() == theirs["test"].keys()
+    assert ours["test"]["per_class"].keys() == theirs["test"]["per_class"].keys()
+    assert set(ours["sessions"]) == set(theirs["sessions"]) == {"train", "val", "test"}
+    ours_csv, theirs_csv = pd.read_csv(run / "predictions.csv"), pd.read_csv(tiny_run / "predictions.csv")
+    assert list(ours_csv.columns) == list(theirs_csv.columns)
+    assert sorted(ours_csv["Segment ID"]) == sorted(theirs_csv["Segment ID"])  # the same test utterances
+    np.testing.assert_allclose(ours_csv[EMOTIONS].sum(1), 1.0, rtol=1e-6)
+    assert ours_csv["arousal_pred"].between(1, 5).all()
+    # The eGeMAPSv02 cache (88 functionals) is written once and reused.
+    assert ours["features"]["egemaps"] == 88 and (demo_dir / "features" / "opensmile_eGeMAPSv02.npy").exists()
+    table = report.report([str(run), str(tiny_run)]).set_index("run")
+    assert table.loc[run.name, "model"] == "baseline" and table.loc[tiny_run.name, "model"] == "neural"
+    assert table.loc[run.name, "macro_f1"] == f"{ours['test']['macro_f1']:.3f}"
 
 
 def test_report_shows_the_differing_argument(demo_dir, tmp_path, capsys):
@@ -65,7 +116,7 @@ def test_report_shows_the_differing_argument(demo_dir, tmp_path, capsys):
         assert by_run.loc[run.name, "ccc_valence"] == f"{test['ccc_valence']:.3f}"
     assert by_run.loc["broken_run", "status"] == "incomplete"
     markdown = report.main([str(tmp_path / "*")])
-    assert markdown.splitlines()[0].startswith("| run | lam |") and "incomplete" in markdown
+    assert markdown.splitlines()[0].startswith("| run | model | lam |") and "incomplete" in markdown
 
 
 def test_predict_matches_evaluation_with_the_same_context(demo_dir, tiny_run, tmp_path):

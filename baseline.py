@@ -1,0 +1,201 @@
+"""The field's classical baseline: utterance-level functionals into linear models.
+
+    python baseline.py --SorL speaker                        # eGeMAPSv02 + log-mel band statistics + text
+    python baseline.py --SorL speaker --cv --seeds 0,1,2     # same protocol as main.py
+    python baseline.py --audio_features compare              # ComParE_2016 (6,373 functionals)
+
+Audio: openSMILE functionals (`opensmile` package; eGeMAPSv02, Eyben et al. 2016, or
+ComParE_2016) and/or the mean and std of every log-mel band over the voiced frames. Text: the
+same sentence embeddings the neural run uses. Each block is standardised with training
+statistics; emotion is a class-weighted logistic regression (or linear SVM) on the first
+written label, arousal and valence are ridge regressions. C and alpha are chosen on the
+validation sessions (never the test sessions). The run folder has the same results.json /
+predictions.csv schema as main.py, so report.py lists both in one table.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from tqdm import tqdm
+
+from constants import EMOTIONS, MAX_FRAMES, RATING_RANGE, SAMPLE_RATE
+from dataset import Corpus
+from experiment import add_data_args, is_experiment, prepare_data, run_experiment, split_sessions, write_test_outputs
+from metric import ccc, emotion_metrics
+from preprocess import CorpusError, load_audio, save_npy, segment_path
+from utils import make_run_dir, summary_table, write_json, write_text
+
+OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
+AUDIO_FEATURES = [*OPENSMILE_SETS, "logmel"]
+C_GRID = [0.01, 0.1, 1.0, 10.0]
+ALPHA_GRID = [1.0, 10.0, 100.0, 1000.0]
+VOICED_RANGE_DB = 40.0  # frames within 40 dB of the loudest frame of the clip count as voiced
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    p.add_argument("--audio_features", default="egemaps,logmel",
+                   help=f"comma list of {', '.join(AUDIO_FEATURES)}, or none for text only (default: %(default)s)")
+    p.add_argument("--no_text", action="store_true", help="audio features only")
+    p.add_argument("--classifier", choices=["logreg", "svm"], default="logreg",
+                   help="class-weighted emotion classifier (default: %(default)s)")
+    p.add_argument("--resume", default=None, metavar="EXPERIMENT",
+                   help="finish an interrupted --cv/--seeds experiment folder")
+    return p
+
+
+def logmel_band_statistics(corpus: Corpus) -> np.ndarray:
+    """(rows, 2 * mels): mean and std of every log-mel band over the voiced frames of the first 10 s
+    (the span the neural model sees in evaluation)."""
+    out = np.zeros((len(corpus.table), 2 * corpus.frames.shape[1]), dtype=np.float32)
+    for row, (offset, length) in enumerate(zip(corpus.offsets, corpus.lengths)):
+        frames = np.asarray(corpus.frames[offset:offset + min(length, MAX_FRAMES)], dtype=np.float32)
+        energy = np.logaddexp.reduce(frames, axis=1)  # log of the frame's mel energy
+        voiced = frames[energy >= energy.max() - VOICED_RANGE_DB * np.log(10) / 10]
+        out[row] = np.concatenate([voiced.mean(0), voiced.std(0)])
+    return out
+
+
+def opensmile_functionals(data_dir: Path, seg_ids: list[str], feature_set: str) -> np.ndarray:
+    """(len(seg_ids), n) openSMILE functionals, cached in features/opensmile_<set>.npy (+ .json with ids).
+
+    Extraction runs only for utterances not in the cache yet; a clip openSMILE cannot process is a NaN
+    row (named), which the baseline imputes with the training mean.
+    """
+    import opensmile
+
+    npy_path = data_dir / "features" / f"opensmile_{feature_set}.npy"
+    meta_path = npy_path.with_suffix(".json")
+    cached: dict[str, np.ndarray] = {}
+    if npy_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("opensmile") == opensmile.__version__:
+            cached = dict(zip(meta["ids"], np.load(npy_path)))
+    todo = [s for s in dict.fromkeys(seg_ids) if s not in cached]
+    if todo:
+        smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
+                                feature_level=opensmile.FeatureLevel.Functionals)
+        width = len(smile.feature_names)
+        for seg_id in tqdm(todo, desc=f"openSMILE {feature_set}", unit="utt"):
+            path = segment_path(data_dir, seg_id, ".wav")
+            try:
+                cached[seg_id] = smile.process_signal(load_audio(path), SAMPLE_RATE).to_numpy(np.float32)[0]
+            except (CorpusError, RuntimeError) as error:
+                print(f"skipped by openSMILE: {path} ({error})")
+                cached[seg_id] = np.full(width, np.nan, np.float32)
+        ids = sorted(cached)
+        save_npy(npy_path, np.stack([cached[s] for s in ids]))
+        write_text(meta_path, json.dumps({"opensmile": opensmile.__version__, "feature_set": feature_set,
+                                          "names": smile.feature_names, "ids": ids}))
+    return np.stack([cached[s] for s in seg_ids])
+
+
+def feature_blocks(args: argparse.Namespace, data_dir: Path, corpus: Corpus) -> dict[str, np.ndarray]:
+    names = [n for n in args.audio_features.replace(" ", "").split(",") if n and n != "none"]
+    unknown = [n for n in names if n not in AUDIO_FEATURES]
+    if unknown:
+        raise SystemExit(f"error: --audio_features {args.audio_features}: unknown {unknown} "
+                         f"(expected a comma list of {', '.join(AUDIO_FEATURES)} or none)")
+    blocks = {}
+    for name in names:
+        if name == "logmel":
+            blocks[name] = logmel_band_statistics(corpus)
+        else:
+            blocks[name] = opensmile_functionals(data_dir, corpus.table["Segment ID"].tolist(), OPENSMILE_SETS[name])
+    if not args.no_text:
+        blocks["text"] = corpus.text
+    if not blocks:
+        raise SystemExit("error: --audio_features none with --no_text leaves no features")
+    return blocks
+
+
+def standardize(blocks: dict[str, np.ndarray], train_rows: np.ndarray) -> np.ndarray:
+    """Each block scaled with training statistics, NaN (a failed clip) set to the training mean."""
+    scaled = []
+    for features in blocks.values():
+        features = np.where(np.isfinite(features), features, np.nanmean(features[train_rows], axis=0))
+        scaled.append(StandardScaler().fit(features[train_rows]).transform(np.nan_to_num(features)))
+    return np.concatenate(scaled, axis=1)
+
+
+def fit_classifier(kind: str, c: float, x: np.ndarray, y: np.ndarray, seed: int):
+    if kind == "svm":  # calibrated, so that predictions.csv holds probabilities as for every model
+        return CalibratedClassifierCV(LinearSVC(C=c, class_weight="balanced", random_state=seed), cv=3).fit(x, y)
+    return LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=seed).fit(x, y)
+
+
+def class_probabilities(model, x: np.ndarray) -> np.ndarray:
+    """(rows, 7): classes absent from training get probability 0."""
+    probs = np.zeros((len(x), len(EMOTIONS)))
+    probs[:, model.classes_] = model.predict_proba(x)
+    return probs
+
+
+def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
+    train_sessions, val_sessions, test_sessions = split_sessions(args)
+    data_dir = prepare_data(args)
+    corpus = Corpus(data_dir, args.SorL, args.text_dim)
+    run_dir = run_dir or make_run_dir(args.save_path, f"baseline_{args.SorL}")
+    write_json(run_dir / "args.json", vars(args))
+    print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
+    rows = {name: np.flatnonzero(np.isin(corpus.sessions, sessions)) for name, sessions in
+            (("train", train_sessions), ("val", val_sessions), ("test", test_sessions))}
+    if len(rows["test"]) == 0:
+        raise SystemExit(f"error: --test_split sessions {test_sessions} have no utterances in the corpus")
+    blocks = feature_blocks(args, data_dir, corpus)
+    x = standardize(blocks, rows["train"])
+    y, av = corpus.first_label, corpus.arousal_valence
+
+    def val_emotion(model) -> float:
+        return emotion_metrics(class_probabilities(model, x[rows["val"]]), av[rows["val"]], corpus.labels[rows["val"]],
+                               y[rows["val"]], av[rows["val"]])["macro_f1"]
+
+    # Hyper-parameters from the validation sessions; without them (--val_split none), the middle of the grid.
+    if len(rows["val"]):
+        scores = {c: val_emotion(fit_classifier(args.classifier, c, x[rows["train"]], y[rows["train"]], args.seed))
+                  for c in C_GRID}
+        best_c = max(scores, key=scores.get)
+        alphas = {a: [ccc(av[rows["val"], k], Ridge(alpha=a).fit(x[rows["train"]], av[rows["train"], k])
+                          .predict(x[rows["val"]])) for k in range(2)] for a in ALPHA_GRID}
+        best_alpha = [max(ALPHA_GRID, key=lambda a: alphas[a][k]) for k in range(2)]
+    else:
+        best_c, best_alpha = 1.0, [100.0, 100.0]
+    classifier = fit_classifier(args.classifier, best_c, x[rows["train"]], y[rows["train"]], args.seed)
+    regressors = [Ridge(alpha=best_alpha[k]).fit(x[rows["train"]], av[rows["train"], k]) for k in range(2)]
+
+    def predict(split_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        probs = class_probabilities(classifier, x[split_rows])
+        av_pred = np.clip(np.stack([r.predict(x[split_rows]) for r in regressors], axis=1), *RATING_RANGE)
+        return probs, av_pred, emotion_metrics(probs, av_pred, corpus.labels[split_rows], y[split_rows],
+                                               av[split_rows])
+
+    val = {}
+    if len(rows["val"]):
+        val = {f"val_{k}": v for k, v in predict(rows["val"])[2].items() if not isinstance(v, (dict, list))}
+    probs, av_pred, metrics = predict(rows["test"])
+    write_test_outputs(run_dir, corpus, rows["test"], probs, av_pred, metrics, "results.json", {
+        "model": "baseline", "features": {k: int(v.shape[1]) for k, v in blocks.items()},
+        "chosen": {"C": best_c, "alpha_arousal": best_alpha[0], "alpha_valence": best_alpha[1]}, "val": val,
+        "sessions": {"train": train_sessions, "val": val_sessions, "test": test_sessions}})
+    print(f"baseline: {args.classifier} C={best_c}, ridge alpha {best_alpha} (chosen on validation)")
+    print(summary_table(metrics, f"test {test_sessions}"))
+    print(f"results: {run_dir / 'results.json'}")
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_parser().parse_args(argv)
+    if args.resume or is_experiment(args):
+        run_experiment(args, f"baseline_{args.SorL}", train)
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""What main.py and baseline.py share: the data and split flags, the session splits, the test
+outputs of a run folder, and experiments of several runs (seeds x session folds) with a summary.
+
+An experiment is one parent folder holding a normal run folder per (seed, fold), named `foldK`,
+`seedS` or `seedS_foldK`, plus `runs.json` (the plan) and `summary.json` / `summary.md` (mean +-
+sample std of every test metric over all its runs). It is resumable: finished runs are kept.
+"""
+import argparse
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from constants import CV_FOLDS, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, NUM_SESSIONS
+from dataset import Corpus, parse_sessions
+from preprocess import CorpusError, is_demo_corpus, preprocess
+from utils import SUMMARY_METRICS, atomic_path, make_run_dir, plot_confusion, write_json, write_text
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Flags with the same name and meaning in main.py and baseline.py."""
+    a = p.add_argument
+    a("--save_path", default="exp", help="folder that holds the run folders (default: %(default)s)")
+    a("--data_dir", default=DEFAULT_DATA_DIR,
+      help="KEMDy19 folder; if it is the default and empty, the synthetic demo corpus is made there (default: %(default)s)")
+    a("--text_encoder", default=None, help="sentence encoder for preprocessing: skt/kobert-base-v1 (default for "
+                                           "KEMDy19), a Hugging Face id or folder, or tfidf (default for the demo)")
+    a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
+    a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
+    a("--test_split", default="13,14,15,16", help="test sessions, e.g. [13,14,15,16] or 13,14,15,16 (default: %(default)s)")
+    a("--val_split", default="auto", help="validation sessions held out of training: a list, 'auto' (the two sessions "
+                                          "before the test split) or 'none' (published protocol: keep the last epoch) "
+                                          "(default: %(default)s)")
+    a("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    a("--seeds", default=None, help="several seeds, e.g. 0,1,2: one run folder each in one experiment folder with a "
+                                    "mean +- std summary; combines with --cv (default: only --seed)")
+    a("--cv", action="store_true", help="run the session cross-validation folds (one run folder each, with a summary)")
+    a("--cv_folds", default=";".join(",".join(map(str, f)) for f in CV_FOLDS),
+      help="test sessions of each fold, folds separated by ';' (default: the published 5 folds %(default)s)")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise SystemExit(f"error: --seeds '{text}' is not a list of integers like 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: --seeds '{text}' must list distinct seeds, like 0,1,2")
+    return seeds
+
+
+def split_sessions(args: argparse.Namespace) -> tuple[list[int], list[int], list[int]]:
+    """(train, validation, test) sessions from --test_split and --val_split."""
+    test = parse_sessions(args.test_split, "--test_split")
+    if args.val_split == "none":
+        val = []
+    elif args.val_split == "auto":  # the two sessions just before the test fold, wrapping around
+        before = [(test[0] - 1 - k - 1) % NUM_SESSIONS + 1 for k in range(NUM_SESSIONS)]
+        val = sorted([s for s in before if s not in test][:2])
+    else:
+        val = parse_sessions(args.val_split, "--val_split")
+        if set(val) & set(test):
+            raise SystemExit(f"error: --val_split {val} overlaps --test_split {test}")
+    train = [s for s in range(1, NUM_SESSIONS + 1) if s not in test and s not in val]
+    return train, val, test
+
+
+def prepare_data(args: argparse.Namespace) -> Path:
+    """Make the demo corpus if the default folder is empty, then preprocess (a no-op when up to date)."""
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "annotation").exists() and args.data_dir == DEFAULT_DATA_DIR:
+        from demo_corpus import make_demo_corpus
+        print(f"No KEMDy19 corpus in {data_dir}: making the synthetic DEMO corpus there. Results on it say "
+              "nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
+        make_demo_corpus(data_dir, seed=0)
+    try:
+        preprocess(data_dir, args.text_encoder, args.text_dim)
+    except CorpusError as error:
+        raise SystemExit(f"error: {error}") from None
+    if is_demo_corpus(data_dir):
+        print("NOTE: training on the synthetic demo corpus, not KEMDy19.")
+    return data_dir
+
+
+def write_test_outputs(run_dir: Path, corpus: Corpus, rows: np.ndarray, probs: np.ndarray, av_pred: np.ndarray,
+                       metrics: dict, results_name: str, extra: dict) -> None:
+    """results*.json ({"test": metrics, **extra}), predictions*.csv (one row per test utterance: Segment ID,
+    label(s) as written, 7 probabilities, arousal/valence true and predicted) and confusion*.png."""
+    table = pd.DataFrame({"Segment ID": corpus.table["Segment ID"].to_numpy()[rows],
+                          "emotion": corpus.table["Emotion"].to_numpy()[rows]})
+    for i, name in enumerate(EMOTIONS):
+        table[name] = probs[:, i]
+    av_true = corpus.arousal_valence[rows]
+    table["arousal_true"], table["arousal_pred"] = av_true[:, 0], av_pred[:, 0]
+    table["valence_true"], table["valence_pred"] = av_true[:, 1], av_pred[:, 1]
+    with atomic_path(run_dir / results_name.replace("results", "predictions").replace(".json", ".csv")) as tmp:
+        table.to_csv(tmp, index=False)
+    write_json(run_dir / results_name, {"test": metrics, **extra})
+    plot_confusion(metrics["confusion"], run_dir / results_name.replace("results", "confusion").replace(".json", ".png"),
+                   f"test confusion ({run_dir.name})")
+
+
+def is_experiment(args: argparse.Namespace) -> bool:
+    return bool(args.cv or args.seeds)
+
+
+def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[argparse.Namespace, Path], object],
+                   continue_run: Callable[[Path], object] | None = None) -> Path:
+    """Every (seed, fold) of `args` as a run folder in one experiment folder, then the summary.
+
+    `train_run(run_args, folder)` trains one run into an existing empty folder; `continue_run(folder)`,
+    if given, continues a run interrupted after a checkpoint. With `args.resume` (an experiment folder)
+    the saved plan is continued: finished runs are kept, and a run stopped before its first checkpoint
+    is renamed `<run>_interrupted_<time>` (never deleted) and trained again.
+    """
+    if args.resume:
+        folder = Path(args.resume)
+        if not (folder / "runs.json").exists():
+            raise SystemExit(f"error: --resume {folder} is not an experiment folder (no runs.json)")
+        saved = json.loads((folder / "runs.json").read_text(encoding="utf-8"))
+        args, runs = argparse.Namespace(**{**saved["args"], "resume": str(folder)}), saved["runs"]
+    else:
+        seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+        folds = ([parse_sessions(f, "--cv_folds") for f in args.cv_folds.split(";")] if args.cv
+                 else [parse_sessions(args.test_split, "--test_split")])
+        runs = [{"name": "_".join(([f"seed{seed}"] if args.seeds else []) + ([f"fold{k}"] if args.cv else [])),
+                 "seed": seed, "test_split": ",".join(map(str, fold))}
+                for seed in seeds for k, fold in enumerate(folds, 1)]
+        prefix = ("cv_" if args.cv else "seeds_") + name
+        prepare_data(args)  # bad data stops here, before an experiment folder exists
+        folder = make_run_dir(args.save_path, prefix)
+        write_json(folder / "runs.json", {"args": vars(args), "runs": runs})
+    for k, run in enumerate(runs, 1):
+        run_dir = folder / run["name"]
+        if (run_dir / "results.json").exists():
+            print(f"{run['name']} (test {run['test_split']}) already finished: kept")
+            continue
+        print(f"=== run {k}/{len(runs)}: {run['name']}, seed {run['seed']}, test sessions {run['test_split']} ===")
+        try:
+            if continue_run is not None and (run_dir / "checkpoint.pth").exists():
+                continue_run(run_dir)
+                continue
+            if run_dir.exists():
+                run_dir.rename(folder / f"{run['name']}_interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.mkdir()
+            run_args = copy.copy(args)
+            run_args.seed, run_args.test_split = run["seed"], run["test_split"]
+            run_args.cv, run_args.seeds = False, None
+            train_run(run_args, run_dir)
+        except KeyboardInterrupt:
+            print(f"experiment interrupted in {run['name']}; continue the whole experiment (finished runs are kept) "
+                  f"with the same script and --resume {folder}")
+            raise
+    summary = summarize_runs(folder, runs)
+    write_json(folder / "summary.json", summary)
+    table = summary_markdown(summary)
+    write_text(folder / "summary.md", table + "\n")
+    print(table)
+    print(f"summary: {folder / 'summary.json'}")
+    return folder
+
+
+def summarize_runs(folder: Path, runs: list[dict]) -> dict:
+    """Mean and sample standard deviation over runs of every scalar test metric, and each run's values."""
+    tests = [json.loads((folder / r["name"] / "results.json").read_text(encoding="utf-8"))["test"] for r in runs]
+    per_run = [{**r, **{m: t[m] for m in SUMMARY_METRICS}} for r, t in zip(runs, tests)]
+    values = {m: np.array([t[m] for t in tests]) for m in SUMMARY_METRICS}
+    per_class = {e: float(np.mean([t["per_class"][e]["f1"] for t in tests])) for e in EMOTIONS}
+    return {"runs": per_run, "n_runs": len(runs), "n_seeds": len({r["seed"] for r in runs}),
+            "n_folds": len({r["test_split"] for r in runs}),
+            "mean": {m: float(v.mean()) for m, v in values.items()},
+            "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
+            "mean_per_class_f1": per_class}
+
+
+def summary_markdown(summary: dict) -> str:
+    runs = summary["runs"]
+    lines = ["| metric | mean ± std | " + " | ".join(r["name"] for r in runs) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in runs) + " |"]
+    for m in SUMMARY_METRICS:
+        lines.append(f"| {m} | {summary['mean'][m]:.3f} ± {summary['std'][m]:.3f} | "
+                     + " | ".join(f"{r[m]:.3f}" for r in runs) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""Bad input and self-contained runs: nothing the user had is overwritten, one bad file never stops a
+run, a run folder evaluates and predicts from anywhere, and every error is one line without a traceback."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from conftest import ROOT, TEXT_DIM
+from demo_corpus import make_demo_corpus
+from main import get_parser, main, train
+from preprocess import preprocess, segment_path
+from test_train import TINY
+
+ONE_EPOCH = [a if a != "2" else "1" for a in TINY]
+EMOTIONS = ["neutral", "happy", "surprise", "angry", "sad", "disgust", "fear"]
+
+
+def run_cli(script: str, argv: list[str], cwd=ROOT, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script)] + argv, cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    for fragment in fragments:
+        assert fragment in last, (fragment, last)
+
+
+def snapshot(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def moved_run(demo_dir, tmp_path_factory):
+    """A finished tiny run, trained from another working directory with a relative --data_dir."""
+    base = tmp_path_factory.mktemp("moved")
+    os.symlink(demo_dir.parent, base / "corpora")
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        run_dir = train(get_parser().parse_args(["--data_dir", f"corpora/{demo_dir.name}",
+                                                 "--save_path", str(base / "exp")] + TINY))
+    finally:
+        os.chdir(cwd)
+    return run_dir
+
+
+def test_demo_generator_refuses_a_folder_with_user_files(tmp_path, monkeypatch):
+    user = tmp_path / "data" / "KEMDy19"
+    (user / "wav" / "Session01").mkdir(parents=True)
+    sf.write(user / "wav" / "Session01" / "mine.wav", np.zeros(1600, np.float32), 16000)
+    (user / "notes.txt").write_text("my notes", encoding="utf-8")
+    before = snapshot(user)
+    with pytest.raises(SystemExit, match=r"refusing to write the demo corpus into .*KEMDy19: it already holds "
+                                         r"notes.txt, wav/"):
+        make_demo_corpus(user, seed=0, n_sessions=2, n_turns=3)
+    assert snapshot(user) == before
+    # The quick start (default --data_dir, no annotation/) refuses the same way, and leaves no run folder.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="refusing to write the demo corpus"):
+        main(["--save_path", str(tmp_path / "exp")] + ONE_EPOCH)
+    assert snapshot(user) == before and not (tmp_path / "exp").exists()
+    # An earlier demo corpus (its marker file) is replaced whole: no file of the old one is left to mix in.
+    demo = make_demo_corpus(tmp_path / "demo", seed=0, n_sessions=3, n_scripts=1, n_impros=0, n_turns=3)
+    make_demo_corpus(demo, seed=0, n_sessions=2, n_scripts=1, n_impros=0, n_turns=3)
+    assert sorted(p.name for p in (demo / "wav").iterdir()) == ["Session01", "Session02"]
+    assert len(list((demo / "annotation").iterdir())) == 4
+
+
+def test_a_500_sample_wav_preprocesses_and_trains(corpus_copy, tmp_path, capsys):
+    wav = sorted(corpus_copy.glob("wav/Session03/*/*.wav"))[1]
+    sf.write(wav, 0.1 * np.random.default_rng(0).standard_normal(500).astype(np.float32), 16000)
+    summary = preprocess(corpus_copy, "tfidf", TEXT_DIM)
+    assert f"{wav} has 500 samples" in capsys.readouterr().out
+    meta = json.loads((corpus_copy / "features" / "logmel.json").read_text())
+    assert dict(zip(meta["ids"], meta["lengths"]))[wav.stem] == 2048 // 512 + 1  # one padded FFT window
+    assert "unusable wav" not in summary["dropped_rows"]
+    run = train(get_parser().parse_args(["--data_dir", str(corpus_copy), "--save_path", str(tmp_path)] + ONE_EPOCH))
+    assert (run / "results.json").exists()
+
+
+def test_rows_without_start_time_are_named_and_a_bad_time_is_one_line(corpus_copy, capsys):
+    path = corpus_copy / "annotation" / "Session07_M_res.csv"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    cells = lines[4].split(",")
+    cells[1] = ""  # an empty wav start
+    lines[4] = ",".join(cells)
+    path.write_text("".join(lines), encoding="utf-8")
+    summary = preprocess(corpus_copy, "tfidf", TEXT_DIM)
+    assert summary["dropped"]["no start time"] == [cells[9]]
+    assert f"no start time: 1 ({cells[9]})" in capsys.readouterr().out
+    dropped_role = "speaker" if cells[9][-4] == "M" else "listener"  # the M file labels the male actor
+    for role in ("speaker", "listener"):  # every dialogue in time order: the windows hold the right context
+        table = pd.read_csv(corpus_copy / f"df_{role}.csv", keep_default_na=False)
+        assert table.groupby("dialogue")["start"].apply(lambda s: s.is_monotonic_increasing).all()
+        assert (cells[9] in table["Segment ID"].tolist()) == (role != dropped_role)
+
+    cells[1] = "1:234"
+    lines[4] = ",".join(cells)
+    path.write_text("".join(lines), encoding="utf-8")
+    result = run_cli("preprocess.py", ["--data_dir", str(corpus_copy), "--text_encoder", "tfidf",
+                                       "--text_dim", str(TEXT_DIM)])
+    assert_one_line_error(result, "Session07_M_res.csv line 5", "wav time '1:234' is not a number of seconds")
+
+
+def test_two_preprocessings_at_once_do_not_collide(corpus_copy):
+    argv = [sys.executable, str(ROOT / "preprocess.py"), "--data_dir", str(corpus_copy), "--text_encoder", "tfidf",
+            "--text_dim", str(TEXT_DIM)]
+    processes = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    assert not list(corpus_copy.rglob("*.tmp"))
+    meta = json.loads((corpus_copy / "features" / "logmel.json").read_text())
+    assert np.load(corpus_copy / "features" / "logmel.npy").shape[0] == sum(meta["lengths"])
+
+
+def test_predict_needs_only_the_moved_run_folder(moved_run, demo_dir, tmp_path):
+    moved = shutil.copytree(moved_run, tmp_path / "elsewhere")
+    wavs = tmp_path / "mine"
+    wavs.mkdir()
+    seg = pd.read_csv(demo_dir / "df_speaker.csv", keep_default_na=False)["Segment ID"].iloc[0]
+    for suffix in (".wav", ".txt"):
+        shutil.copy(segment_path(demo_dir, seg, suffix), wavs / f"a{suffix}")
+    (wavs / "b.txt").write_text("정말 기뻐요", encoding="utf-16")  # Windows "Unicode" transcript
+    shutil.copy(segment_path(demo_dir, seg, ".wav"), wavs / "b.wav")
+    sf.write(wavs / "c_short.wav", np.zeros(128, np.int16), 16000, subtype="PCM_16")  # a 300-byte wav
+    assert (wavs / "c_short.wav").stat().st_size == 300
+    (wavs / "d_bad.wav").write_bytes(b"RIFF not really a wav")
+    hidden, away = demo_dir.with_name("hidden_corpus"), moved_run.with_name("away")
+    demo_dir.rename(hidden)  # no corpus anywhere the run could look, and nothing left where it was trained
+    moved_run.rename(away)
+    try:
+        result = run_cli("predict.py", ["--run", str(moved), "--input_dir", str(wavs), "--out",
+                                        str(tmp_path / "p.csv")], cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    finally:
+        hidden.rename(demo_dir)
+        away.rename(moved_run)
+    assert result.returncode == 0, result.stderr
+    assert "d_bad.wav: unreadable audio" in result.stdout and "c_short.wav has 128 samples" in result.stdout
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert [f.split("/")[-1] for f in table["file"]] == ["a.wav", "b.wav", "c_short.wav"]
+    np.testing.assert_allclose(table[EMOTIONS].sum(1), 1.0, rtol=1e-5)
+    assert table.loc[0, EMOTIONS].tolist() != table.loc[1, EMOTIONS].tolist()  # b's UTF-16 text was read
+
+
+def test_test_only_from_another_directory_and_a_changed_corpus(moved_run, demo_dir, tmp_path, monkeypatch):
+    results = json.loads((moved_run / "results.json").read_text())["test"]
+    monkeypatch.chdir(tmp_path)  # the relative --data_dir of training means nothing here
+    assert main(["--test_only", str(moved_run)]) is None
+    again = json.loads((moved_run / "results_test_only.json").read_text())["test"]
+    assert again["macro_f1"] == pytest.approx(results["macro_f1"]) and not (tmp_path / "data").exists()
+
+    table = pd.read_csv(demo_dir / "df_speaker.csv", keep_default_na=False)
+    txt = segment_path(demo_dir, table["Segment ID"].iloc[0], ".txt")
+    original = txt.read_bytes()
+    txt.write_text("완전히 다른 문장이에요", encoding="utf-8")
+    try:
+        result = run_cli("main.py", ["--test_only", str(moved_run)], cwd=tmp_path)
+        assert_one_line_error(result, "has changed since", "--allow_corpus_change")
+        allowed = run_cli("main.py", ["--test_only", str(moved_run), "--allow_corpus_change"], cwd=tmp_path)
+        assert allowed.returncode == 0 and "warning: the corpus" in allowed.stdout
+    finally:
+        txt.write_bytes(original)
+        preprocess(demo_dir, "tfidf", TEXT_DIM)
+
+
+def test_missing_model_id_fails_fast_offline(corpus_copy, monkeypatch):
+    from text_encoder import load_transformer
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(SystemExit, match="cannot load text encoder 'no-such/model' .*--text_encoder DIR"):
+        load_transformer("no-such/model", "cpu")
+    assert time.perf_counter() - started < 10
+    result = run_cli("preprocess.py", ["--data_dir", str(corpus_copy), "--text_encoder", "no-such/model"],
+                     env={"HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(result, "cannot load text encoder 'no-such/model'", "--text_encoder tfidf")
+
+
+def test_unfinished_runs_and_damaged_files(demo_dir, tmp_path):
+    run = train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(tmp_path)] + ONE_EPOCH))
+    (run / "best.pth").write_bytes((run / "best.pth").read_bytes()[:1000])
+    assert_one_line_error(run_cli("main.py", ["--test_only", str(run)]), "best.pth is damaged")
+    (run / "results.json").unlink()
+    (run / "results_test_only.json").write_text("{}")
+    assert_one_line_error(run_cli("main.py", ["--test_only", str(run)]), "did not finish training",
+                          f"python main.py --resume {run}")
+    (run / "checkpoint.pth").write_bytes(b"PK\x03\x04 truncated")
+    assert_one_line_error(run_cli("main.py", ["--resume", str(run)]), "checkpoint.pth is damaged")
+    assert not (run / "results_test_only.json").exists()  # stale: removed when the run is resumed
+
+    other = train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(tmp_path)] + ONE_EPOCH))
+    (other / "results.json").write_text('{"test": {"macro_f1": 0.5')
+    printed = run_cli("report.py", [str(other), str(run)])
+    assert printed.returncode == 0 and "Traceback" not in printed.stderr
+    assert "results.json is not valid JSON" in printed.stderr and "| damaged |" in printed.stdout
+
+
+def test_ctrl_c_prints_the_resume_command(demo_dir, tmp_path):
+    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--data_dir", str(demo_dir), "--save_path",
+                                str(tmp_path)] + TINY[:-4] + ["--ws", "4", "--epochs", "50"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("*/checkpoint.pth")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    run = next(tmp_path.iterdir())
+    assert process.returncode == 130 and "Traceback" not in err
+    assert f"continue with: python main.py --resume {run}" in out
+
+
+@pytest.mark.parametrize("flag, value", [("--num_layers", "0"), ("--hidden_size", "0"), ("--dropout", "1.5"),
+                                         ("--num_workers", "-1"), ("--seed", "-1"), ("--text_dim", "0")])
+def test_bad_model_flags_are_one_line_and_leave_no_folder(flag, value, tmp_path):
+    result = run_cli("main.py", [flag, value, "--save_path", str(tmp_path / "exp")])
+    assert_one_line_error(result, flag)
+    assert not (tmp_path / "exp").exists()
+
+
+def test_bad_data_leaves_no_run_folder(demo_dir, tmp_path):
+    sparse = make_demo_corpus(tmp_path / "sparse", seed=2, n_sessions=12, n_scripts=1, n_impros=0, n_turns=4)
+    result = run_cli("main.py", ["--data_dir", str(sparse), "--save_path", str(tmp_path / "exp"),
+                                 "--text_encoder", "tfidf"] + ONE_EPOCH)
+    assert_one_line_error(result, "--test_split sessions [13, 14, 15, 16] have no utterances")
+    assert not (tmp_path / "exp").exists() or not list((tmp_path / "exp").iterdir())
+
+
+def test_predict_input_errors_are_one_line(moved_run, tmp_path):
+    wav = next(iter(sorted(moved_run.parent.parent.glob("corpora/*/wav/*/*/*.wav"))))
+    cases = [
+        (["--run", str(moved_run)], "one of the arguments --wav --input_dir --dialogue is required"),
+        (["--run", str(moved_run), "--wav", str(wav), "--txt", str(tmp_path / "missing.txt")],
+         "--txt " + str(tmp_path / "missing.txt") + " does not exist"),
+        (["--run", str(moved_run), "--wav", str(wav), "--out", str(tmp_path / "no" / "p.csv")],
+         "the folder " + str(tmp_path / "no") + " does not exist"),
+    ]
+    for argv, message in cases:
+        assert_one_line_error(run_cli("predict.py", argv), message)

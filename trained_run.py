@@ -1,0 +1,124 @@
+"""A trained run folder as other entry points use it (main.py --test_only, predict.py, benchmark.py).
+
+A run folder is self-contained: `best.pth` holds the weights, the arguments and the feature settings;
+`corpus.json` the absolute corpus path, the sentence encoder and a fingerprint of the tables and
+embeddings the run was trained on; `text_encoder.joblib` the fitted TF-IDF pipeline when the run
+used one. So a run evaluates or predicts from any directory, and a changed corpus is noticed.
+"""
+import argparse
+import hashlib
+import json
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import joblib
+import numpy as np
+import torch
+
+from constants import DEFAULT_TEXT_ENCODER_REAL
+from model import EmotionModel
+from preprocess import feature_settings
+from text_encoder import embedding_paths, tfidf_embeddings, transformer_embeddings
+from utils import write_json
+
+# Arguments that define the model's shape: it is rebuilt from exactly these.
+MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat", "dropout",
+              "audio_pool", "no_direct")
+TFIDF_FILE = "text_encoder.joblib"
+
+
+def build_model(args: argparse.Namespace) -> EmotionModel:
+    return EmotionModel(text_dim=args.text_dim, audio_dim=args.audio_dim, hidden_size=args.hidden_size,
+                        num_layers=args.num_layers, bidirectional=args.bidirectional, backbone=args.backbone,
+                        emotion_concat=not args.no_cat, dropout=args.dropout, audio_pool=args.audio_pool,
+                        direct=not args.no_direct, freq_mask=args.freq_mask,
+                        time_mask=args.time_mask)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """torch.load with a one-line error for a missing, truncated or foreign file."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"error: {path} does not exist") from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SystemExit(f"error: {path} is damaged or not a checkpoint of this repo ({first_line}); "
+                         "if the run was interrupted, continue it with python main.py --resume <run>") from None
+
+
+def load_trained_model(checkpoint_path: Path, device: torch.device) -> tuple[EmotionModel, argparse.Namespace, dict]:
+    """Rebuild exactly the saved model from the arguments inside its checkpoint -> (model, args, checkpoint)."""
+    checkpoint = load_checkpoint(checkpoint_path, device)
+    missing = [k for k in MODEL_ARGS if k not in checkpoint["args"]]
+    if missing:
+        raise SystemExit(f"error: {checkpoint_path} lacks the model arguments {missing}; "
+                         "it was saved by an incompatible version")
+    if checkpoint.get("features", feature_settings()) != feature_settings():
+        raise SystemExit(f"error: {checkpoint_path} was trained on features {checkpoint['features']}, "
+                         f"this code computes {feature_settings()}")
+    args = argparse.Namespace(**{"freq_mask": 0, "time_mask": 0, **checkpoint["args"]})
+    model = build_model(args).to(device)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), args, checkpoint
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def corpus_record(data_dir: Path, role: str, text_dim: int) -> dict:
+    """What a run was trained on: the corpus folder, the encoder, and content hashes of the tables,
+    embeddings and spectrogram index it read (editing a transcript or a label changes them)."""
+    npy_path, meta_path, _ = embedding_paths(data_dir, text_dim)
+    encoder = json.loads(meta_path.read_text(encoding="utf-8"))["encoder"] if meta_path.exists() else "given"
+    files = [data_dir / f"df_{role}.csv", npy_path, data_dir / "features" / "logmel.json"]
+    return {"data_dir": str(data_dir.resolve()), "role": role, "text_encoder": encoder, "text_dim": text_dim,
+            "fingerprint": {p.name: _sha1(p) for p in files}}
+
+
+def save_corpus_record(run_dir: Path, data_dir: Path, role: str, text_dim: int) -> None:
+    record = corpus_record(data_dir, role, text_dim)
+    if record["text_encoder"] == "tfidf":  # the fitted pipeline travels with the run
+        shutil.copyfile(embedding_paths(data_dir, text_dim)[2], run_dir / TFIDF_FILE)
+    write_json(run_dir / "corpus.json", record)
+
+
+def check_corpus_unchanged(run_dir: Path, data_dir: Path, role: str, text_dim: int, allow_change: bool) -> None:
+    """Refuse (or, with `allow_change`, warn) when the corpus differs from the one the run was trained on."""
+    saved_path = run_dir / "corpus.json"
+    if not saved_path.exists():
+        print(f"warning: {run_dir} has no corpus.json (an older run): cannot check that the corpus is unchanged")
+        return
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    now = corpus_record(data_dir, role, text_dim)
+    changed = [name for name, digest in saved["fingerprint"].items() if now["fingerprint"].get(name) != digest]
+    if not changed:
+        return
+    message = (f"the corpus at {data_dir} has changed since {run_dir.name} was trained ({', '.join(changed)} "
+               f"differ; transcripts, labels or wavs were edited, or it was preprocessed again)")
+    if not allow_change:
+        raise SystemExit(f"error: {message}; its test figures would not be the run's. Pass --allow_corpus_change "
+                         "to evaluate on the corpus as it is now")
+    print(f"warning: {message}; evaluating on the corpus as it is now (--allow_corpus_change)")
+
+
+def run_text_encoder(run_dir: Path, args: argparse.Namespace):
+    """texts -> (N, text_dim) embeddings with the run's own sentence encoder."""
+    saved_path = run_dir / "corpus.json"
+    encoder = json.loads(saved_path.read_text(encoding="utf-8"))["text_encoder"] if saved_path.exists() else None
+    if encoder == "tfidf":
+        pipeline = joblib.load(run_dir / TFIDF_FILE)
+        return lambda texts: tfidf_embeddings(texts, pipeline, args.text_dim)
+    if encoder is None:
+        raise SystemExit(f"error: {run_dir} has no corpus.json (an older run): its text encoder is unknown; "
+                         "train it again with this version to predict from text")
+    if encoder == "given":  # the contest's own embedding_768.npy: KoBERT, as published
+        encoder = DEFAULT_TEXT_ENCODER_REAL
+    return lambda texts: np.asarray(transformer_embeddings(texts, encoder))
