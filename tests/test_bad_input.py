@@ -209,7 +209,10 @@ def test_unfinished_runs_and_damaged_files(demo_dir, tmp_path):
 def test_ctrl_c_prints_the_resume_command(demo_dir, tmp_path):
     process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--data_dir", str(demo_dir), "--save_path",
                                 str(tmp_path)] + TINY[:-4] + ["--ws", "4", "--epochs", "500", "--patience", "0"],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # A shell's background job inherits SIGINT ignored (CI may run so); a terminal's
+                               # Ctrl-C reaches a process with the default disposition, as restored here.
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob("*/checkpoint.pth")):
         time.sleep(0.05)
