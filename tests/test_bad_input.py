@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 
+import predict
 from conftest import ROOT, TEXT_DIM
 from demo_corpus import make_demo_corpus
 from main import get_parser, main, train
@@ -250,3 +252,9 @@ def test_predict_input_errors_are_one_line(moved_run, tmp_path):
     ]
     for argv, message in cases:
         assert_one_line_error(run_cli("predict.py", argv), message)
+
+
+def test_dialogue_files_are_ordered_by_name_with_numbers_as_numbers():
+    names = ["utt10.wav", "utt2.wav", "utt1.wav", "intro.wav"]
+    assert [p.name for p in sorted(map(Path, names), key=predict.natural_key)] == \
+        ["intro.wav", "utt1.wav", "utt2.wav", "utt10.wav"]  # plain sorting would put utt10 before utt2
