@@ -16,13 +16,13 @@ import soundfile as sf
 
 import predict
 from conftest import ROOT, TEXT_DIM
+from constants import EMOTIONS
 from demo_corpus import make_demo_corpus
 from main import get_parser, main, train
 from preprocess import preprocess, segment_path
 from test_train import TINY
 
 ONE_EPOCH = [a if a != "2" else "1" for a in TINY]
-EMOTIONS = ["neutral", "happy", "surprise", "angry", "sad", "disgust", "fear"]
 
 
 def run_cli(script: str, argv: list[str], cwd=ROOT, env=None) -> subprocess.CompletedProcess:
