@@ -1,4 +1,5 @@
-"""lam * L_emotion + (1 - lam) * (MSE_arousal + MSE_valence); L_emotion is KLDiv to the raters' soft target."""
+"""lam * L_emotion + (1 - lam) * (L_arousal + L_valence); L_emotion is KLDiv to the raters' soft target,
+L_arousal/L_valence are MSE (published) or 1 - CCC over the batch."""
 import numpy as np
 import torch
 import torch.nn as nn
@@ -15,10 +16,21 @@ def class_balanced_weights(counts: np.ndarray, beta: float) -> torch.Tensor:
     return torch.tensor(weights / weights.sum() * len(counts), dtype=torch.float32)
 
 
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - concordance correlation over the batch (population moments, as metric.ccc)."""
+    pred_mean, target_mean = pred.mean(), target.mean()
+    covariance = ((pred - pred_mean) * (target - target_mean)).mean()
+    denominator = pred.var(unbiased=False) + target.var(unbiased=False) + (pred_mean - target_mean) ** 2
+    return 1 - 2 * covariance / (denominator + 1e-8)
+
+
 class EmotionLoss(nn.Module):
-    def __init__(self, lam: float, class_weights: torch.Tensor | None = None):
+    def __init__(self, lam: float, class_weights: torch.Tensor | None = None, av_loss: str = "mse"):
         super().__init__()
         self.lam = lam
+        # MSE pulls predictions towards the mean (it rewards shrinkage); 1 - CCC scores what the benchmark
+        # scores: correlation, and matching mean and spread (the usual dimensional-emotion loss since AVEC).
+        self.av_loss = {"mse": F.mse_loss, "ccc": ccc_loss}[av_loss]
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(0))
 
     def forward(self, logits: torch.Tensor, av_pred: torch.Tensor, soft_target: torch.Tensor,
@@ -29,7 +41,7 @@ class EmotionLoss(nn.Module):
         if self.class_weights.numel():
             kl = kl * self.class_weights
         emotion = kl.sum(1).mean()
-        arousal = F.mse_loss(av_pred[:, 0].float(), av_target[:, 0])
-        valence = F.mse_loss(av_pred[:, 1].float(), av_target[:, 1])
+        arousal = self.av_loss(av_pred[:, 0].float(), av_target[:, 0])
+        valence = self.av_loss(av_pred[:, 1].float(), av_target[:, 1])
         total = self.lam * emotion + (1 - self.lam) * (arousal + valence)
         return total, {"emotion": emotion.item(), "arousal": arousal.item(), "valence": valence.item()}

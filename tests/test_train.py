@@ -94,6 +94,20 @@ def test_loss_parts_and_lam_weighting():
     assert weighted.item() == pytest.approx((ce * weights[one_hot.argmax(1)]).mean().item(), rel=1e-5)
 
 
+def test_ccc_loss_is_one_minus_the_metric():
+    torch.manual_seed(0)
+    logits, soft = torch.randn(6, 7), torch.softmax(torch.randn(6, 7), 1)
+    av_true, av = 1 + 4 * torch.rand(6, 2), 1 + 4 * torch.rand(6, 2)
+    _, parts = EmotionLoss(0.5, av_loss="ccc")(logits, av, soft, av_true)
+    assert parts["arousal"] == pytest.approx(1 - ccc(av_true[:, 0].numpy(), av[:, 0].numpy()), rel=1e-4)
+    _, perfect = EmotionLoss(0.5, av_loss="ccc")(logits, av_true, soft, av_true)
+    assert perfect["valence"] == pytest.approx(0.0, abs=1e-5)
+    # A constant guess at the mean has MSE = the variance but CCC loss 1: CCC punishes shrinkage, MSE rewards it.
+    constant = av_true.mean(0, keepdim=True).expand(6, 2)
+    _, shrunk = EmotionLoss(0.5, av_loss="ccc")(logits, constant, soft, av_true)
+    assert shrunk["arousal"] == pytest.approx(1.0, abs=1e-5)
+
+
 @pytest.mark.parametrize("ws", [1, 8])
 @pytest.mark.parametrize("bidirectional,audio_pool,direct", [(False, "bands", True), (True, "mean", False)])
 def test_model_shapes_and_ranges(ws, bidirectional, audio_pool, direct):
