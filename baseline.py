@@ -3,9 +3,11 @@
     python baseline.py --SorL speaker                        # eGeMAPSv02 + log-mel band statistics + text
     python baseline.py --SorL speaker --cv --seeds 0,1,2     # same protocol as main.py
     python baseline.py --audio_features compare              # ComParE_2016 (6,373 functionals)
+    python baseline.py --speech_model ID_OR_DIR              # a pretrained speech encoder's layers, averaged
 
 Audio: openSMILE functionals (`opensmile` package; eGeMAPSv02, Eyben et al. 2016, or
-ComParE_2016) and/or the mean and std of every log-mel band over the voiced frames. Text: the
+ComParE_2016) and/or the mean and std of every log-mel band over the voiced frames, or a pretrained
+speech encoder's pooled layers (--speech_model, see speech_features.py). Text: the
 same sentence embeddings the neural run uses. Each block is standardised with training
 statistics; emotion is a class-weighted logistic regression (or linear SVM) on the first
 written label, arousal and valence are ridge regressions. C and alpha are chosen on the
@@ -31,7 +33,7 @@ from preprocess import CorpusError, load_audio, save_npy, segment_path
 from utils import make_run_dir, summary_table, write_json, write_text
 
 OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
-AUDIO_FEATURES = [*OPENSMILE_SETS, "logmel"]
+AUDIO_FEATURES = [*OPENSMILE_SETS, "logmel", "speech"]
 C_GRID = [0.01, 0.1, 1.0, 10.0]
 ALPHA_GRID = [1.0, 10.0, 100.0, 1000.0]
 VOICED_RANGE_DB = 40.0  # frames within 40 dB of the loudest frame of the clip count as voiced
@@ -40,8 +42,9 @@ VOICED_RANGE_DB = 40.0  # frames within 40 dB of the loudest frame of the clip c
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
-    p.add_argument("--audio_features", default="egemaps,logmel",
-                   help=f"comma list of {', '.join(AUDIO_FEATURES)}, or none for text only (default: %(default)s)")
+    p.add_argument("--audio_features", default=None,
+                   help=f"comma list of {', '.join(AUDIO_FEATURES)} (speech = the --speech_model's layers, "
+                        "averaged), or none for text only (default: speech with --speech_model, else egemaps,logmel)")
     p.add_argument("--no_text", action="store_true", help="audio features only")
     p.add_argument("--classifier", choices=["logreg", "svm"], default="logreg",
                    help="class-weighted emotion classifier (default: %(default)s)")
@@ -60,6 +63,14 @@ def logmel_band_statistics(corpus: Corpus) -> np.ndarray:
         voiced = frames[energy >= energy.max() - VOICED_RANGE_DB * np.log(10) / 10]
         out[row] = np.concatenate([voiced.mean(0), voiced.std(0)])
     return out
+
+
+def speech_layer_average(corpus: Corpus) -> np.ndarray:
+    """(rows, 2 * dim): a --speech_model's per-layer [mean | std] averaged over its layers (the uniform
+    layer weighting of a SUPERB linear probe, before any layer is learned)."""
+    layers, _ = corpus.speech_shape()
+    return np.stack([np.asarray(corpus.frames[offset:offset + layers], dtype=np.float32).mean(0)
+                     for offset in corpus.offsets])
 
 
 def opensmile_functionals(data_dir: Path, seg_ids: list[str], feature_set: str) -> np.ndarray:
@@ -102,10 +113,14 @@ def feature_blocks(args: argparse.Namespace, data_dir: Path, corpus: Corpus) -> 
     if unknown:
         raise SystemExit(f"error: --audio_features {args.audio_features}: unknown {unknown} "
                          f"(expected a comma list of {', '.join(AUDIO_FEATURES)} or none)")
+    if "speech" in names and not args.speech_model:
+        raise SystemExit("error: --audio_features speech needs --speech_model ID_OR_DIR")
     blocks = {}
     for name in names:
         if name == "logmel":
             blocks[name] = logmel_band_statistics(corpus)
+        elif name == "speech":
+            blocks[name] = speech_layer_average(Corpus(data_dir, args.SorL, args.text_dim, args.speech_model))
         else:
             blocks[name] = opensmile_functionals(data_dir, corpus.table["Segment ID"].tolist(), OPENSMILE_SETS[name])
     if not args.no_text:
@@ -138,6 +153,8 @@ def class_probabilities(model, x: np.ndarray) -> np.ndarray:
 
 
 def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
+    if args.audio_features is None:
+        args.audio_features = "speech" if args.speech_model else "egemaps,logmel"
     train_sessions, val_sessions, test_sessions = split_sessions(args)
     data_dir = prepare_data(args)
     corpus = Corpus(data_dir, args.SorL, args.text_dim)

@@ -6,7 +6,9 @@ so they scale to KEMDy19 (~10,280 utterances per role).
 
 Prints a table and writes benchmark.json. Targets (2 CPU cores): data path >= 100x the published
 per-sample loader; waiting for data <= 5% of a training step; KEMDy19's spectrogram cache in
-under 5 minutes; peak training memory at KEMDy19's size under 4 GB.
+under 5 minutes; peak training memory at KEMDy19's size under 4 GB. Pretrained speech encoders:
+extraction throughput of a randomly initialised base-size wav2vec2 (random weights cost the same
+compute), and its peak memory on one long clip, which chunking keeps independent of the length.
 """
 import main  # noqa: F401  (sets the oneDNN cache size before torch loads)
 
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,7 +33,8 @@ from experiment import split_sessions
 from loss import EmotionLoss
 from main import get_parser, make_loader, make_optimizer, train
 from predict import predict
-from preprocess import load_audio, log_mel, preprocess, segment_path
+from preprocess import fingerprint, load_audio, log_mel, preprocess, segment_path
+from speech_features import build_speech_cache, encode_clips, load_speech_model
 from trained_run import build_model
 
 KEMDY19_UTTERANCES = 10280  # per role
@@ -94,14 +98,45 @@ def _train_child(data_dir: str, model_flags: list[str], argv: list[str], max_win
                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6})
 
 
-def bench_training(data_dir: Path, model_flags: list[str], argv: list[str], max_windows: int, device: str) -> dict:
+def in_fresh_process(target, *args) -> dict:
+    """target(*args, queue) in a spawned process, so that its peak memory is its own -> what it put."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_train_child, args=(str(data_dir), model_flags, argv, max_windows, device, queue))
+    child = context.Process(target=target, args=(*args, queue))
     child.start()
-    result = queue.get()
     child.join()
-    return result
+    if child.exitcode != 0:
+        raise SystemExit(f"error: benchmark step {target.__name__} failed (exit code {child.exitcode}); see above")
+    return queue.get()
+
+
+def save_random_speech_model(folder: Path, size: str) -> Path:
+    """A randomly initialised wav2vec2 of the base size (95M parameters, like wav2vec2-base, HuBERT-base,
+    WavLM-base+) or a tiny one for smoke runs, saved as a hub folder would hold it."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+    shape = {} if size == "base" else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                           intermediate_size=64, conv_dim=(32,) * 7)
+    torch.manual_seed(0)
+    Wav2Vec2Model(Wav2Vec2Config(**shape)).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(folder)
+    return folder
+
+
+def _speech_child(task: str, model_dir: str, data_dir: str, seg_ids: list[str], clip_seconds: float, queue) -> None:
+    """Extraction of `seg_ids` ("extract") or of one clip of `clip_seconds` ("clip"), in a fresh process."""
+    device = torch.device("cpu")
+    if task == "extract":  # timed from the model being loaded to the cache being written
+        wavs = [segment_path(Path(data_dir), s, ".wav") for s in seg_ids]
+        seconds = build_speech_cache(Path(data_dir), seg_ids, wavs, model_dir, fingerprint(wavs), load_audio, device)
+        audio_seconds = sum(sf.info(w).duration for w in wavs)
+    else:
+        extractor, model = load_speech_model(model_dir, device)
+        clip = np.random.default_rng(0).standard_normal(int(clip_seconds * SAMPLE_RATE)).astype(np.float32) * 0.1
+        start = time.perf_counter()
+        encode_clips([clip], extractor, model, device)
+        seconds, audio_seconds = time.perf_counter() - start, clip_seconds
+    queue.put({"utt_per_s": len(seg_ids) / seconds, "real_time": audio_seconds / seconds,
+               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6})
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -139,7 +174,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                             "--no_direct", "--freq_mask", "0", "--time_mask", "0"],
               "recipe": []}
     for name, model_flags in models.items():
-        result = bench_training(data_dir, model_flags, common, args.train_windows, args.device)
+        result = in_fresh_process(_train_child, str(data_dir), model_flags, common, args.train_windows, args.device)
         figures[f"{name}_train_windows_per_s"] = result["windows_per_s"]
         figures[f"{name}_seconds_per_epoch_kemdy19"] = KEMDY19_TRAIN_WINDOWS / result["windows_per_s"]
         figures[f"{name}_data_wait_share"] = result["data_wait_share"]
@@ -159,6 +194,20 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     start = time.perf_counter()
     predict(run_dir, wavs, [None] * len(wavs), dialogue=False)
     figures["predict_s_per_utterance"] = (time.perf_counter() - start) / len(wavs)
+
+    model_dir = save_random_speech_model(work / f"wav2vec2-{args.speech_size}", args.speech_size)
+    extraction = in_fresh_process(_speech_child, "extract", str(model_dir), str(data_dir),
+                                  corpus.table["Segment ID"][:args.speech_utterances].tolist(), 0.0)
+    figures["speech_extract_utt_per_s"] = extraction["utt_per_s"]
+    figures["speech_extract_real_time"] = extraction["real_time"]
+    figures["speech_extract_peak_rss_gb"] = extraction["peak_rss_gb"]
+    figures["speech_kemdy19_extract_minutes"] = KEMDY19_UTTERANCES / extraction["utt_per_s"] / 60
+    config = json.loads((model_dir / "config.json").read_text())
+    row_bytes = (config["num_hidden_layers"] + 1) * 2 * config["hidden_size"] * 2  # float16 mean and std per layer
+    figures["speech_cache_mb_per_10k_utterances"] = row_bytes * 10_000 / 1e6
+    for seconds in (10, 30, 120):  # chunking bounds memory: a 120 s clip needs what a 20 s piece needs
+        figures[f"speech_peak_rss_gb_{seconds}s_clip"] = in_fresh_process(
+            _speech_child, "clip", str(model_dir), str(data_dir), [], float(seconds))["peak_rss_gb"]
     return figures
 
 
@@ -180,11 +229,17 @@ def main_cli(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reference_batches", type=int, default=2,
                         help="batches timed for the slow reference loader (default: %(default)s)")
     parser.add_argument("--predict_files", type=int, default=20, help="(default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="smoke size: 240 utterances, few windows")
+    parser.add_argument("--speech_size", choices=["base", "tiny"], default="base",
+                        help="random wav2vec2 timed for speech feature extraction (default: %(default)s)")
+    parser.add_argument("--speech_utterances", type=int, default=200,
+                        help="utterances timed for speech feature extraction (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="smoke size: 240 utterances, few windows, a tiny "
+                                                             "speech model")
     parser.add_argument("--out", default="benchmark.json", help="(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.quick:
         args.utterances, args.train_windows, args.reference_batches, args.predict_files = 240, 64, 1, 4
+        args.speech_size, args.speech_utterances = "tiny", 20
     with tempfile.TemporaryDirectory(prefix="kemdy_bench_") as work:
         figures = run(args, Path(work))
     figures["config"] = {k: v for k, v in vars(args).items() if k != "out"}

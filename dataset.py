@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from constants import EMOTION_INDEX, EMOTIONS, MAX_FRAMES, NUM_RATERS, NUM_SESSIONS
+from speech_features import speech_cache_paths
 from text_encoder import embedding_paths, load_embeddings
 
 
@@ -53,14 +54,30 @@ def context_windows(dialogues: np.ndarray, ws: int) -> np.ndarray:
     return np.where(rows >= start_of[:, None], rows, -1)
 
 
-class Corpus:
-    """Everything a run needs from the preprocessing outputs of one role, aligned by table row."""
+def audio_cache_paths(data_dir: str | Path, speech_model: str | None = None) -> tuple[Path, Path]:
+    """(rows .npy, index .json) of the audio features: log-mel frames, or a speech model's pooled layers."""
+    if speech_model:
+        return speech_cache_paths(data_dir, speech_model)
+    return Path(data_dir) / "features" / "logmel.npy", Path(data_dir) / "features" / "logmel.json"
 
-    def __init__(self, data_dir: str | Path, role: str, text_dim: int):
+
+class Corpus:
+    """Everything a run needs from the preprocessing outputs of one role, aligned by table row.
+
+    `frames` holds the audio features of all utterances, one after the other: log-mel frames, or with
+    `speech_model` the L layer rows of each utterance (speech_features.py); `audio_settings` says which.
+    """
+
+    def __init__(self, data_dir: str | Path, role: str, text_dim: int, speech_model: str | None = None):
         data_dir = Path(data_dir)
         self.table = pd.read_csv(data_dir / f"df_{role}.csv", keep_default_na=False)
-        meta = json.loads((data_dir / "features" / "logmel.json").read_text(encoding="utf-8"))
-        self.frames = np.load(data_dir / "features" / "logmel.npy", mmap_mode="r")
+        npy_path, meta_path = audio_cache_paths(data_dir, speech_model)
+        if not meta_path.exists():
+            raise SystemExit(f"error: no features of --speech_model {speech_model} in {data_dir}; make them with "
+                             f"python preprocess.py --data_dir {data_dir} --speech_model {speech_model}")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        self.audio_settings = meta["settings"]
+        self.frames = np.load(npy_path, mmap_mode="r")
         position = {seg: i for i, seg in enumerate(meta["ids"])}
         rows = self.table["Segment ID"].map(position).to_numpy()
         self.offsets = np.asarray(meta["offsets"], dtype=np.int64)[rows]
@@ -85,6 +102,10 @@ class Corpus:
         self.arousal_valence = self.table[["Arousal", "Valence"]].to_numpy(dtype=np.float32)
         self.sessions = self.table["Session"].to_numpy()
         self.dialogues = self.table["dialogue"].to_numpy()
+
+    def speech_shape(self) -> tuple[int, int]:
+        """(layers, hidden size) of the speech model's features; (0, 0) for log-mel frames."""
+        return self.audio_settings.get("layers", 0), self.audio_settings.get("dim", 0)
 
     def mel_statistics(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-mel mean and std over the frames of `rows` (the training utterances)."""

@@ -29,6 +29,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
       help="KEMDy19 folder; if it is the default and empty, the synthetic demo corpus is made there (default: %(default)s)")
     a("--text_encoder", default=None, help="sentence encoder for preprocessing: skt/kobert-base-v1 (default for "
                                            "KEMDy19), a Hugging Face id or folder, or tfidf (default for the demo)")
+    a("--speech_model", default=None, metavar="ID_OR_DIR",
+      help="audio from this pretrained speech encoder's cached layer features (a Hugging Face id or local folder: "
+           "wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) instead of log-mel spectrograms (default: log-mel)")
     a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
     a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
     a("--test_split", default="13,14,15,16", help="test sessions, e.g. [13,14,15,16] or 13,14,15,16 (default: %(default)s)")
@@ -78,7 +81,7 @@ def prepare_data(args: argparse.Namespace) -> Path:
               "nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
         make_demo_corpus(data_dir, seed=0)
     try:
-        preprocess(data_dir, args.text_encoder, args.text_dim)
+        preprocess(data_dir, args.text_encoder, args.text_dim, speech_model=args.speech_model)
     except CorpusError as error:
         raise SystemExit(f"error: {error}") from None
     if is_demo_corpus(data_dir):

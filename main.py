@@ -26,7 +26,6 @@ from engine import evaluate, train_one_epoch
 from experiment import add_data_args, is_experiment, prepare_data, run_experiment, split_sessions, write_test_outputs
 from loss import EmotionLoss, class_balanced_weights
 from metric import selection_score
-from preprocess import feature_settings
 from trained_run import build_model, check_corpus_unchanged, load_checkpoint, load_trained_model, save_corpus_record
 from utils import (append_jsonl, atomic_torch_save, check_save_path, make_run_dir, plot_curves, restore_rng_states,
                    rng_states, set_seed, summary_table, write_json, write_text)
@@ -60,6 +59,8 @@ def get_parser() -> argparse.ArgumentParser:
       help="optimizer; adamw decouples --weight_decay from the gradient (default: %(default)s)")
     a("--loss", choices=["normal", "cbloss"], default="normal", help="normal = KLDiv + MSE; cbloss = class-balanced "
                                                                      "emotion term (default: %(default)s)")
+    a("--av_loss", choices=["mse", "ccc"], default="mse", help="arousal/valence loss: mse (published) or 1 - CCC "
+                                                                "over the batch (default: %(default)s)")
     a("--lam", type=float, default=0.66, help="weight of the emotion loss; 1-lam goes to arousal+valence (default: %(default)s)")
     a("--beta", type=float, default=0.99, help="class-balanced loss beta (default: %(default)s)")
     a("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
@@ -79,6 +80,7 @@ def get_parser() -> argparse.ArgumentParser:
     a("--test_path", default=None, help="the run to evaluate with --test_only (same as --test_only RUN)")
     a("--allow_corpus_change", action="store_true", help="--test_only on a corpus that differs from the one the run "
                                                          "was trained on: warn instead of refusing")
+    p.set_defaults(speech_layers=0, speech_dim=0)  # not flags: the --speech_model cache's shape, set by train()
     return p
 
 
@@ -142,7 +144,8 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     # Data first: bad data stops the start before a run folder exists, so none is left behind.
     data_dir = prepare_data(args)
     args.data_dir = str(data_dir.resolve())  # the run evaluates and resumes from any directory
-    corpus = Corpus(data_dir, args.SorL, args.text_dim)
+    corpus = Corpus(data_dir, args.SorL, args.text_dim, args.speech_model)
+    args.speech_layers, args.speech_dim = corpus.speech_shape()  # the model's input shape, saved with its args
     train_loader = make_loader(corpus, train_sessions, args, True, device)
     val_loader = make_loader(corpus, val_sessions, args, False, device, "--val_split") if val_sessions else None
     test_loader = make_loader(corpus, test_sessions, args, False, device, "--test_split")
@@ -150,22 +153,23 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     if not resume:  # a resumed run keeps its args.json; the checkpoints carry any --resume overrides
         try:
             write_json(run_dir / "args.json", vars(args))
-            save_corpus_record(run_dir, data_dir, args.SorL, args.text_dim)
+            save_corpus_record(run_dir, data_dir, args.SorL, args.text_dim, args.speech_model)
         except OSError as error:
             raise SystemExit(f"error: cannot write the run folder {run_dir}: {error.strerror}") from None
     print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
 
     model = build_model(args)
     train_rows = np.flatnonzero(np.isin(corpus.sessions, train_sessions))
-    mean, std = corpus.mel_statistics(train_rows)
-    model.audio.mel_mean.copy_(torch.from_numpy(mean))
-    model.audio.mel_std.copy_(torch.from_numpy(std))
+    if not args.speech_model:  # log-mel bands are standardised with the training sessions' statistics
+        mean, std = corpus.mel_statistics(train_rows)
+        model.audio.mel_mean.copy_(torch.from_numpy(mean))
+        model.audio.mel_std.copy_(torch.from_numpy(std))
     model.to(device)
     class_weights = None
     if args.loss == "cbloss":
         class_weights = class_balanced_weights(corpus.labels[train_rows].sum(0), args.beta)
         print("class-balanced weights:", dict(zip(EMOTIONS, class_weights.round(decimals=3).tolist())))
-    loss_fn = EmotionLoss(args.lam, class_weights).to(device)
+    loss_fn = EmotionLoss(args.lam, class_weights, args.av_loss).to(device)
     optimizer = make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
     # Weights averaged over epochs (an exponential moving average, buffers included): what is validated,
@@ -227,7 +231,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
                           "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars(args),
                           "best_score": best_score, "best_epoch": best_epoch, "best_val": best_val, "rng": rng_states(),
-                          "features": feature_settings()}
+                          "features": corpus.audio_settings}
             if improved:
                 atomic_torch_save({**checkpoint, "model": scored.state_dict()}, run_dir / "best.pth")
             atomic_torch_save(checkpoint, run_dir / "checkpoint.pth")  # last: it marks the epoch as done
@@ -243,11 +247,20 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     metrics, outputs = evaluate(model, test_loader, device, desc="test")
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics, "results.json",
                        {"model": "neural", "best_epoch": best_epoch, "val": best_val, "sessions": {
-                           "train": train_sessions, "val": val_sessions, "test": test_sessions}})
+                           "train": train_sessions, "val": val_sessions, "test": test_sessions},
+                        **speech_record(model, corpus)})
     print(f"best epoch {best_epoch} (by {'validation score' if val_loader else 'last epoch, --val_split none'})")
     print(summary_table(metrics, f"test {test_sessions}"))
     print(f"results: {run_dir / 'results.json'}")
     return run_dir
+
+
+def speech_record(model: torch.nn.Module, corpus: Corpus) -> dict:
+    """For a --speech_model run: the encoder (id, revision) and the learned weight of each of its layers."""
+    if not corpus.speech_shape()[0]:
+        return {}
+    return {"speech_model": corpus.audio_settings,
+            "speech_layer_weights": [round(w, 4) for w in model.audio.layer_weights().tolist()]}
 
 
 def resume_run(run_dir: Path, overrides: dict) -> Path:
@@ -294,12 +307,13 @@ def evaluate_run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: the corpus of {run_dir.name} is not at {data_dir} any more; --test_only needs it "
                          "(predict.py needs only the run folder)")
     prepare_data(saved)
-    check_corpus_unchanged(run_dir, data_dir, saved.SorL, saved.text_dim, args.allow_corpus_change)
-    corpus = Corpus(data_dir, saved.SorL, saved.text_dim)
+    check_corpus_unchanged(run_dir, data_dir, saved.SorL, saved.text_dim, saved.speech_model, args.allow_corpus_change)
+    corpus = Corpus(data_dir, saved.SorL, saved.text_dim, saved.speech_model)
     test_loader = make_loader(corpus, test_sessions, saved, False, device, "--test_split")
     metrics, outputs = evaluate(model, test_loader, device, desc="test")
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics,
-                       "results_test_only.json", {"model": "neural", "best_epoch": checkpoint["best_epoch"]})
+                       "results_test_only.json", {"model": "neural", "best_epoch": checkpoint["best_epoch"],
+                                                  **speech_record(model, corpus)})
     print(summary_table(metrics, f"test {test_sessions} ({run_dir.name})"))
     print(f"results: {run_dir / 'results_test_only.json'}")
     return metrics
@@ -310,6 +324,7 @@ def explicit_flags(argv: list[str]) -> dict:
     parser = get_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS  # absent flags then stay out of the namespace
+    parser._defaults.clear()  # and so do the derived values of set_defaults
     return vars(parser.parse_args(argv))
 
 

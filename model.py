@@ -100,14 +100,41 @@ class AudioEncoder(nn.Module):
         return self.proj(pooled)
 
 
+class SpeechEncoder(nn.Module):
+    """Pooled layers of a frozen pretrained speech model -> (U, dim), the SUPERB way: every layer is
+    normalised, then a learnable softmax-weighted sum over layers (which layer carries emotion differs
+    between models and is learned, not guessed), dropout and a projection.
+
+    Input: U utterances' L rows each, packed like log-mel frames (spec (U * L, 2 * D), lengths all L);
+    a row is [mean | std] over time of one layer's hidden states.
+    """
+
+    def __init__(self, layers: int, speech_dim: int, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.layers, self.speech_dim = layers, speech_dim
+        self.layer_logits = nn.Parameter(torch.zeros(layers))
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * speech_dim, dim))
+
+    def layer_weights(self) -> torch.Tensor:
+        return torch.softmax(self.layer_logits, dim=0)
+
+    def forward(self, spec: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = spec.view(len(lengths), self.layers, 2, self.speech_dim)
+        x = F.layer_norm(x, (self.speech_dim,))  # each layer's mean and std vectors on one scale
+        x = torch.einsum("l,ulsd->usd", self.layer_weights(), x)
+        return self.proj(x.flatten(1))
+
+
 class EmotionModel(nn.Module):
     def __init__(self, text_dim: int = 768, audio_dim: int = 256, hidden_size: int = 512, num_layers: int = 4,
                  bidirectional: bool = False, backbone: str = "lstm", emotion_concat: bool = True,
                  dropout: float = 0.2, audio_pool: str = "bands", direct: bool = True, freq_mask: int = 0,
-                 time_mask: int = 0):
+                 time_mask: int = 0, speech_layers: int = 0, speech_dim: int = 0):
         super().__init__()
-        self.audio = AudioEncoder(audio_dim, pool=audio_pool, freq_mask=freq_mask, time_mask=time_mask,
-                                  dropout=dropout)
+        # Log-mel spectrograms through the CNN, or with speech_layers > 0 a speech model's pooled layers.
+        self.audio = (SpeechEncoder(speech_layers, speech_dim, audio_dim, dropout) if speech_layers else
+                      AudioEncoder(audio_dim, pool=audio_pool, freq_mask=freq_mask, time_mask=time_mask,
+                                   dropout=dropout))
         self.text_norm = nn.LayerNorm(text_dim)
         self.fuse = nn.Sequential(nn.Linear(audio_dim + text_dim, hidden_size), nn.ReLU(inplace=True),
                                   nn.Dropout(dropout))

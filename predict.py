@@ -5,7 +5,8 @@
     python predict.py --run exp/<run> --dialogue DIR         # the files, in name order, form one dialogue
     ... [--out predictions.csv | predictions.json]
 
-Audio of any sample rate, mono or stereo, any length (the first 10 s are used, as in evaluation).
+Audio of any sample rate, mono or stereo, any length (the first 10 s are used, as in evaluation; a
+--speech_model run encodes the whole clip with the run's speech model, as its preprocessing did).
 Text goes through the run's own text encoder (saved in the run folder); no text means a zero embedding.
 Only the run folder is needed: no corpus, no network for a TF-IDF run.
 """
@@ -22,6 +23,7 @@ from constants import EMOTIONS, N_FFT
 from dataset import assemble_batch, context_windows
 from engine import MODEL_INPUTS
 from preprocess import CorpusError, clean_transcript, decode_text, load_audio, log_mel
+from speech_features import encode_clips, load_speech_config, load_speech_model, speech_settings
 from trained_run import load_trained_model, run_text_encoder
 from utils import atomic_path
 
@@ -53,6 +55,21 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
+def audio_features(audios: list[np.ndarray], speech_model: str | None, trained_on: dict,
+                   device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """The run's audio features of the clips, packed like the training cache -> (rows, rows per clip)."""
+    if not speech_model:
+        spectrograms = [log_mel(audio) for audio in audios]
+        return np.concatenate(spectrograms), np.array([len(s) for s in spectrograms])
+    settings = speech_settings(speech_model, load_speech_config(speech_model))
+    if settings["revision"] != trained_on["revision"]:
+        print(f"warning: --speech_model {speech_model} is now revision {settings['revision']}, the run was trained "
+              f"on features of revision {trained_on['revision']}")
+    extractor, encoder = load_speech_model(speech_model, device)
+    pooled = encode_clips(audios, extractor, encoder, device)  # (clips, layers, 2 * dim)
+    return pooled.reshape(-1, pooled.shape[-1]), np.full(len(audios), pooled.shape[1])
+
+
 @torch.inference_mode()
 def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: bool,
             device: torch.device | None = None) -> pd.DataFrame:
@@ -60,8 +77,8 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
     device = device or torch.device("cpu")
     if not (run_dir / "best.pth").exists():
         raise SystemExit(f"error: {run_dir} has no best.pth (not a finished run folder)")
-    model, run_args, _ = load_trained_model(run_dir / "best.pth", device)
-    spectrograms, kept, kept_texts, skipped = [], [], [], []
+    model, run_args, checkpoint = load_trained_model(run_dir / "best.pth", device)
+    audios, kept, kept_texts, skipped = [], [], [], []
     for wav, text in zip(wavs, texts):
         try:
             if text is None:
@@ -71,16 +88,16 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
         except CorpusError as error:
             skipped.append(str(error))
             continue
-        if len(audio) < N_FFT:
+        if len(audio) < N_FFT and not run_args.speech_model:
             print(f"note: {wav} has {len(audio)} samples, less than one {N_FFT}-sample FFT window: zero-padded")
-        spectrograms.append(log_mel(audio))
+        audios.append(audio)
         kept.append(wav)
         kept_texts.append(clean_transcript(text))
     for reason in skipped:
         print(f"skipped: {reason}")
     if not kept:
         raise SystemExit("error: none of the input files could be read")
-    lengths = np.array([len(s) for s in spectrograms])
+    frames, lengths = audio_features(audios, run_args.speech_model, checkpoint["features"], device)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     if dialogue:  # windows over the files in order, exactly like training
         windows = context_windows(np.zeros(len(kept)), run_args.ws)
@@ -88,7 +105,7 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
         windows = np.full((len(kept), run_args.ws), -1)
         windows[:, -1] = np.arange(len(kept))
     embeddings = run_text_encoder(run_dir, run_args)(kept_texts)
-    batch = assemble_batch(np.concatenate(spectrograms), offsets, lengths, embeddings, windows)
+    batch = assemble_batch(frames, offsets, lengths, embeddings, windows)
     logits, av = model(*(batch[k].to(device) for k in MODEL_INPUTS))
     probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
     table = pd.DataFrame({"file": [str(p) for p in kept]})

@@ -1,7 +1,7 @@
 """Raw KEMDy19 folder -> annotation tables, sentence embeddings and a log-mel spectrogram cache.
 
     python preprocess.py --make_demo data/KEMDy19        # synthetic corpus in the real layout
-    python preprocess.py --data_dir data/KEMDy19 [--text_encoder NAME]
+    python preprocess.py --data_dir data/KEMDy19 [--text_encoder NAME] [--speech_model ID_OR_DIR]
 
 Outputs go next to the corpus (the published layout): annotation.csv, df_speaker.csv,
 df_listener.csv, embedding_<dim>.npy (+ .json with ids), features/logmel.npy (+ .json). Every
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from constants import (DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO, DEFAULT_TEXT_ENCODER_REAL,
                        DEMO_MARKER_FILE, EMOTION_ALIASES, EMOTIONS, F_MAX, F_MIN, HOP_LENGTH, LOG_OFFSET, N_FFT,
                        N_MELS, NUM_RATERS, RATING_RANGE, SAMPLE_RATE)
+from speech_features import build_speech_cache
 from text_encoder import embedding_paths, fit_tfidf, save_tfidf, tfidf_embeddings, transformer_embeddings
 from utils import atomic_path, write_text
 
@@ -293,9 +294,10 @@ def build_embeddings(data_dir: Path, table: pd.DataFrame, text_encoder: str, tex
 
 
 def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
-               text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0) -> dict:
+               text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0, speech_model: str | None = None) -> dict:
     """Run every step that is not up to date; return the summary (rows per role, classes, drops) with the
-    seconds taken by the steps that ran (`seconds`)."""
+    seconds taken by the steps that ran (`seconds`). With `speech_model`, also the cache of its pooled
+    layer features (speech_features.py)."""
     data_dir = Path(data_dir)
     seconds = {}
     files = check_corpus(data_dir)
@@ -339,6 +341,12 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         seconds["embeddings"] = time.perf_counter() - started
         manifest.setdefault("embedding", {})[str(text_dim)] = wanted
         write_text(manifest_path, json.dumps(manifest, indent=1))
+    if speech_model:
+        if table is None:
+            table = pd.read_csv(data_dir / "annotation.csv", keep_default_na=False)
+        seg_ids = sorted(table["Segment ID"].unique())
+        seconds["speech"] = build_speech_cache(data_dir, seg_ids, [segment_path(data_dir, s, ".wav") for s in seg_ids],
+                                               speech_model, sources, load_audio)
     print_summary(manifest["summary"], data_dir)
     return {**manifest["summary"], "seconds": seconds}
 
@@ -376,6 +384,9 @@ def main() -> None:
                         help=f"'{DEFAULT_TEXT_ENCODER_REAL}' (default for KEMDy19), another Hugging Face id or "
                              f"local folder, or 'tfidf' (offline; default for the demo corpus)")
     parser.add_argument("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="embedding size (default: %(default)s)")
+    parser.add_argument("--speech_model", default=None, metavar="ID_OR_DIR",
+                        help="also cache the pooled layer features of this pretrained speech encoder (a Hugging Face "
+                             "id or local folder: wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) (default: none)")
     parser.add_argument("--seed", type=int, default=0, help="demo corpus and tf-idf seed (default: %(default)s)")
     parser.add_argument("--sessions", type=int, default=20, help="demo: sessions (default: %(default)s)")
     parser.add_argument("--scripts", type=int, default=1, help="demo: scripted dialogues per session (default: %(default)s)")
@@ -388,7 +399,7 @@ def main() -> None:
             make_demo_corpus(args.make_demo, args.seed, args.sessions, args.scripts, args.impros, args.turns)
             print(f"demo corpus written to {args.make_demo}; next: python preprocess.py --data_dir {args.make_demo}")
         else:
-            preprocess(args.data_dir, args.text_encoder, args.text_dim, args.seed)
+            preprocess(args.data_dir, args.text_encoder, args.text_dim, args.seed, args.speech_model)
     except CorpusError as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -4,9 +4,7 @@ A sentence embedding is the mean of the encoder's token states under the attenti
 empty transcript gets the zero vector, as in the published method.
 """
 import json
-import os
 import pickle
-import socket
 import unicodedata
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
 from constants import TEXT_MAX_LENGTH
-from utils import atomic_path
+from utils import atomic_path, hub_reachable, pretrained_load_error
 
 SPIECE_UNDERLINE = "\u2581"
 
@@ -84,18 +82,6 @@ def _is_kobert(name: str) -> bool:
         json.loads(config.read_text(encoding="utf-8")).get("model_type") == "bert"
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """False at once when HF_HUB_OFFLINE is set, else whether the hub answers within `timeout` seconds.
-    Without this, an unreachable hub costs tens of seconds of retries before the error."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_transformer(name: str, device: torch.device):
     """(tokenizer, model) for a Hugging Face id or a local folder; one clear error if unavailable."""
     from huggingface_hub import hf_hub_download
@@ -111,13 +97,8 @@ def load_transformer(name: str, device: torch.device):
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=cache_only)
         model = AutoModel.from_pretrained(name, local_files_only=cache_only)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        where = ("it is not a local folder, not in the local Hugging Face cache, and the hub cannot be reached"
-                 if cache_only else first_line)
-        raise SystemExit(
-            f"error: cannot load text encoder '{name}' ({where}). Download it where the "
-            f"Hugging Face hub is reachable (`hf download {name} --local-dir DIR`) and pass "
-            "--text_encoder DIR, or use the offline --text_encoder tfidf") from None
+        raise pretrained_load_error("text encoder", name, "--text_encoder", error, cache_only,
+                                    ", or use the offline --text_encoder tfidf") from None
     return tokenizer, model.to(device).eval()
 
 

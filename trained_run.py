@@ -6,7 +6,6 @@ embeddings the run was trained on; `text_encoder.joblib` the fitted TF-IDF pipel
 used one. So a run evaluates or predicts from any directory, and a changed corpus is noticed.
 """
 import argparse
-import hashlib
 import json
 import pickle
 import shutil
@@ -18,14 +17,15 @@ import numpy as np
 import torch
 
 from constants import DEFAULT_TEXT_ENCODER_REAL
+from dataset import audio_cache_paths
 from model import EmotionModel
 from preprocess import feature_settings
 from text_encoder import embedding_paths, tfidf_embeddings, transformer_embeddings
-from utils import write_json
+from utils import file_sha1, write_json
 
 # Arguments that define the model's shape: it is rebuilt from exactly these.
 MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat", "dropout",
-              "audio_pool", "no_direct")
+              "audio_pool", "no_direct")  # and speech_layers, speech_dim (0 = log-mel) since --speech_model
 TFIDF_FILE = "text_encoder.joblib"
 
 
@@ -33,8 +33,8 @@ def build_model(args: argparse.Namespace) -> EmotionModel:
     return EmotionModel(text_dim=args.text_dim, audio_dim=args.audio_dim, hidden_size=args.hidden_size,
                         num_layers=args.num_layers, bidirectional=args.bidirectional, backbone=args.backbone,
                         emotion_concat=not args.no_cat, dropout=args.dropout, audio_pool=args.audio_pool,
-                        direct=not args.no_direct, freq_mask=args.freq_mask,
-                        time_mask=args.time_mask)
+                        direct=not args.no_direct, freq_mask=args.freq_mask, time_mask=args.time_mask,
+                        speech_layers=args.speech_layers, speech_dim=args.speech_dim)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -56,48 +56,42 @@ def load_trained_model(checkpoint_path: Path, device: torch.device) -> tuple[Emo
     if missing:
         raise SystemExit(f"error: {checkpoint_path} lacks the model arguments {missing}; "
                          "it was saved by an incompatible version")
-    if checkpoint.get("features", feature_settings()) != feature_settings():
+    args = argparse.Namespace(**{"freq_mask": 0, "time_mask": 0, "speech_model": None, "speech_layers": 0,
+                                 "speech_dim": 0, **checkpoint["args"]})
+    if not args.speech_model and checkpoint.get("features", feature_settings()) != feature_settings():
         raise SystemExit(f"error: {checkpoint_path} was trained on features {checkpoint['features']}, "
                          f"this code computes {feature_settings()}")
-    args = argparse.Namespace(**{"freq_mask": 0, "time_mask": 0, **checkpoint["args"]})
     model = build_model(args).to(device)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), args, checkpoint
 
 
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def corpus_record(data_dir: Path, role: str, text_dim: int) -> dict:
-    """What a run was trained on: the corpus folder, the encoder, and content hashes of the tables,
-    embeddings and spectrogram index it read (editing a transcript or a label changes them)."""
+def corpus_record(data_dir: Path, role: str, text_dim: int, speech_model: str | None) -> dict:
+    """What a run was trained on: the corpus folder, the encoders, and content hashes of the tables,
+    embeddings and audio feature index it read (editing a transcript or a label changes them)."""
     npy_path, meta_path, _ = embedding_paths(data_dir, text_dim)
     encoder = json.loads(meta_path.read_text(encoding="utf-8"))["encoder"] if meta_path.exists() else "given"
-    files = [data_dir / f"df_{role}.csv", npy_path, data_dir / "features" / "logmel.json"]
+    files = [data_dir / f"df_{role}.csv", npy_path, audio_cache_paths(data_dir, speech_model)[1]]
     return {"data_dir": str(data_dir.resolve()), "role": role, "text_encoder": encoder, "text_dim": text_dim,
-            "fingerprint": {p.name: _sha1(p) for p in files}}
+            "speech_model": speech_model, "fingerprint": {p.name: file_sha1(p) for p in files}}
 
 
-def save_corpus_record(run_dir: Path, data_dir: Path, role: str, text_dim: int) -> None:
-    record = corpus_record(data_dir, role, text_dim)
+def save_corpus_record(run_dir: Path, data_dir: Path, role: str, text_dim: int, speech_model: str | None) -> None:
+    record = corpus_record(data_dir, role, text_dim, speech_model)
     if record["text_encoder"] == "tfidf":  # the fitted pipeline travels with the run
         shutil.copyfile(embedding_paths(data_dir, text_dim)[2], run_dir / TFIDF_FILE)
     write_json(run_dir / "corpus.json", record)
 
 
-def check_corpus_unchanged(run_dir: Path, data_dir: Path, role: str, text_dim: int, allow_change: bool) -> None:
+def check_corpus_unchanged(run_dir: Path, data_dir: Path, role: str, text_dim: int, speech_model: str | None,
+                           allow_change: bool) -> None:
     """Refuse (or, with `allow_change`, warn) when the corpus differs from the one the run was trained on."""
     saved_path = run_dir / "corpus.json"
     if not saved_path.exists():
         print(f"warning: {run_dir} has no corpus.json (an older run): cannot check that the corpus is unchanged")
         return
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    now = corpus_record(data_dir, role, text_dim)
+    now = corpus_record(data_dir, role, text_dim, speech_model)
     changed = [name for name, digest in saved["fingerprint"].items() if now["fingerprint"].get(name) != digest]
     if not changed:
         return

@@ -1,8 +1,10 @@
-"""Run folders, atomic writes, seeding, plots and the printed summary."""
+"""Run folders, atomic writes, file hashes, Hugging Face hub access, seeding, plots and the printed summary."""
 import errno
+import hashlib
 import json
 import os
 import random
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -152,3 +154,33 @@ def summary_table(metrics: dict, title: str) -> str:
     lines += [f"| F1 {name} | {scores['f1']:.3f} (n={scores['support']}) |"
               for name, scores in metrics["per_class"].items()]
     return "\n".join(lines)
+
+
+def file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False at once when HF_HUB_OFFLINE is set, else whether the hub answers within `timeout` seconds.
+    Without this, an unreachable hub costs tens of seconds of retries before the error."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def pretrained_load_error(what: str, name: str, flag: str, error: Exception, cache_only: bool,
+                          alternative: str = "") -> SystemExit:
+    """The one-line error for a Hugging Face id or folder that cannot be loaded."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    where = ("it is not a local folder, not in the local Hugging Face cache, and the hub cannot be reached"
+             if cache_only else first_line)
+    return SystemExit(f"error: cannot load {what} '{name}' ({where}). Download it where the Hugging Face hub is "
+                      f"reachable (`hf download {name} --local-dir DIR`) and pass {flag} DIR{alternative}")

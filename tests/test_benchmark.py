@@ -9,7 +9,9 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     figures = json.loads(out.read_text())
     expected = ["spectrogram_utt_per_s", "tfidf_utt_per_s", "cache_mb_per_audio_hour", "kemdy19_spectrogram_minutes",
                 "loader_windows_per_s", "reference_windows_per_s", "loader_speedup", "predict_single_file_s",
-                "predict_s_per_utterance"] + [f"{size}_{name}" for size in ("published", "recipe") for name in (
+                "predict_s_per_utterance", "speech_extract_utt_per_s", "speech_extract_real_time",
+                "speech_extract_peak_rss_gb", "speech_kemdy19_extract_minutes", "speech_cache_mb_per_10k_utterances",
+                "speech_peak_rss_gb_10s_clip", "speech_peak_rss_gb_30s_clip", "speech_peak_rss_gb_120s_clip"] + [f"{size}_{name}" for size in ("published", "recipe") for name in (
                     "train_windows_per_s", "seconds_per_epoch_kemdy19", "data_wait_share", "eval_windows_per_s",
                     "peak_rss_gb", "peak_rss_gb_kemdy19")]
     for key in expected:
@@ -17,3 +19,5 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert figures["utterances"] > 200 and figures["config"]["quick"] is True
     # Consistency between figures that are computed from each other:
     assert abs(figures["loader_speedup"] - figures["loader_windows_per_s"] / figures["reference_windows_per_s"]) < 1e-6
+    # The tiny quick-mode wav2vec2: 3 layers x (mean, std) x 32 dims x 2 bytes per utterance.
+    assert figures["speech_cache_mb_per_10k_utterances"] == 3 * 2 * 32 * 2 * 10_000 / 1e6

@@ -1,0 +1,205 @@
+"""Frozen pretrained speech encoders (wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) as cached features.
+
+    python preprocess.py --data_dir data/KEMDy19 --speech_model kresnik/wav2vec2-large-xlsr-korean
+
+Per utterance and per layer (the CNN output and every transformer layer), the mean and the standard
+deviation over time of the hidden states, as float16. The cache has the layout of the log-mel cache
+(features/logmel.npy + .json) so the Dataset reads both the same way: one memory-mapped array of rows,
+and per utterance an offset and a length; here an utterance's rows are its L layers, each row
+[mean | std] of width 2 * hidden size. The model learns a softmax-weighted sum over the layers (SUPERB).
+
+Extraction is batched by similar length, runs under bf16/fp16 autocast on CUDA, encodes clips longer
+than CHUNK_SECONDS in pieces (bounded memory), and is resumable: rows go to a `.partial` array and a
+progress file records how many utterances are done, so an interrupted run continues where it stopped.
+"""
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from constants import SAMPLE_RATE
+from utils import hub_reachable, pretrained_load_error, write_text
+
+CHUNK_SECONDS = 20.0  # longer clips are encoded in pieces of at most this length
+BATCH_SECONDS = 32.0  # padded audio per forward pass: bounds the CNN front end's activations (~1 GB at base size)
+MIN_SAMPLES = 400  # the CNN front end's receptive field (25 ms): shorter pieces are zero-padded to it
+
+
+def speech_cache_paths(data_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """(rows .npy, index .json) of `name`'s cache: one file per model (a hub id, or a folder by its full path)."""
+    identity = str(Path(name).resolve()) if Path(name).is_dir() else name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(identity).name)[:60]
+    base = Path(data_dir) / "features" / f"speech_{slug}_{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
+    return Path(f"{base}.npy"), Path(f"{base}.json")
+
+
+def _cache_only(name: str) -> bool:
+    return not Path(name).is_dir() and not hub_reachable()  # offline: nothing waits on the network
+
+
+def load_speech_config(name: str):
+    """The model's config alone (cheap): enough to tell whether a cache is up to date."""
+    from transformers import AutoConfig
+    cache_only = _cache_only(name)
+    try:
+        config = AutoConfig.from_pretrained(name, local_files_only=cache_only)
+    except (OSError, ValueError) as error:
+        raise pretrained_load_error("speech model", name, "--speech_model", error, cache_only) from None
+    if not hasattr(config, "conv_kernel"):
+        raise SystemExit(f"error: --speech_model {name} is a {config.model_type} model, not a speech encoder "
+                         "that takes raw audio (wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R)")
+    return config
+
+
+def load_speech_model(name: str, device: torch.device):
+    """(feature extractor, model in eval mode) for a hub id or local folder; one line if unavailable."""
+    from transformers import AutoFeatureExtractor, AutoModel
+    load_speech_config(name)
+    cache_only = _cache_only(name)
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(name, local_files_only=cache_only)
+        model = AutoModel.from_pretrained(name, local_files_only=cache_only)
+    except (OSError, ValueError) as error:
+        raise pretrained_load_error("speech model", name, "--speech_model", error, cache_only) from None
+    return extractor, model.to(device).eval()
+
+
+def model_revision(name: str, config) -> str:
+    """The hub commit of the weights, or for a local folder a fingerprint of its weight files."""
+    if Path(name).is_dir():
+        weights = sorted(p for p in Path(name).iterdir() if p.suffix in (".safetensors", ".bin"))
+        stamp = "".join(f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}\n" for p in weights)
+        return "files:" + hashlib.sha1(stamp.encode()).hexdigest()
+    return getattr(config, "_commit_hash", None) or "unknown"
+
+
+def speech_settings(name: str, config) -> dict:
+    return {"speech_model": name, "revision": model_revision(name, config), "model_type": config.model_type,
+            "layers": config.num_hidden_layers + 1, "dim": config.hidden_size, "pool": "mean,std",
+            "chunk_seconds": CHUNK_SECONDS, "sample_rate": SAMPLE_RATE}
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return nullcontext()  # float32 on CPU
+    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def length_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices grouped in length order so that a group padded to its longest member holds <= `budget` samples."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * lengths[i] > budget:
+            groups.append(current)
+            current = []
+        current.append(i)
+    return groups + [current] if current else groups
+
+
+@torch.inference_mode()
+def encode_clips(audios: list[np.ndarray], extractor, model, device: torch.device) -> np.ndarray:
+    """16 kHz clips -> (len(audios), L, 2 * D) float32: per layer, mean and std over the clip's frames.
+
+    A clip longer than CHUNK_SECONDS is cut into pieces encoded separately; its statistics are taken
+    over the frames of all its pieces, so memory depends on the piece length, not the clip length.
+    """
+    chunk = int(CHUNK_SECONDS * SAMPLE_RATE)
+    pieces = [(i, audio[start:start + chunk]) for i, audio in enumerate(audios)
+              for start in range(0, len(audio), chunk)]
+    pieces = [(i, np.pad(p, (0, max(0, MIN_SAMPLES - len(p))))) for i, p in pieces]
+    layers, dim = model.config.num_hidden_layers + 1, model.config.hidden_size
+    total = np.zeros((len(audios), layers, dim))
+    total_sq = np.zeros((len(audios), layers, dim))
+    count = np.zeros(len(audios))
+    # Models whose CNN uses group norm (wav2vec2-base) must not be given a mask: padding is then input,
+    # which batching by similar length keeps to a few percent of each clip.
+    masked = getattr(extractor, "return_attention_mask", False)
+    for group in length_batches([len(p) for _, p in pieces], int(BATCH_SECONDS * SAMPLE_RATE)):
+        inputs = extractor([pieces[k][1] for k in group], sampling_rate=SAMPLE_RATE, padding=True,
+                           return_attention_mask=masked, return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        with _autocast(device):
+            states = model(**inputs, output_hidden_states=True).hidden_states
+        states = torch.stack(states, dim=1).float()  # (B, L, T, D)
+        frames = model._get_feat_extract_output_lengths(torch.tensor([len(pieces[k][1]) for k in group]))
+        valid = (torch.arange(states.shape[2])[None, :] < frames[:, None]).to(device)[:, None, :, None]
+        sums = (states * valid).sum(2).double().cpu().numpy()
+        sums_sq = (states.square() * valid).sum(2).double().cpu().numpy()
+        for row, k in enumerate(group):
+            clip = pieces[k][0]
+            total[clip] += sums[row]
+            total_sq[clip] += sums_sq[row]
+            count[clip] += int(frames[row])
+    mean = total / count[:, None, None]
+    std = np.sqrt(np.maximum(total_sq / count[:, None, None] - mean ** 2, 0.0))
+    return np.concatenate([mean, std], axis=2).astype(np.float32)
+
+
+def build_speech_cache(data_dir: Path, seg_ids: list[str], wav_paths: list[Path], name: str, sources: str,
+                       load_audio: Callable[[Path], np.ndarray], device: torch.device | None = None) -> float:
+    """Write the cache of `name` for `seg_ids` unless it is up to date; resumes an interrupted extraction.
+    `load_audio` reads a wav as 16 kHz mono float32 (preprocessing's reader).
+
+    Returns the seconds spent extracting (0 when up to date).
+    """
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    npy_path, meta_path = speech_cache_paths(data_dir, name)
+    settings = speech_settings(name, load_speech_config(name))
+    if meta_path.exists() and npy_path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta["settings"] == settings and meta["sources"] == sources:
+            print(f"{npy_path.name} ({name}) is up to date")
+            return 0.0
+    extractor, model = load_speech_model(name, device)
+    # Utterances in length order, cut into batches by a fixed rule: a resumed run makes the same batches.
+    durations = [sf.info(p).frames for p in wav_paths]
+    order = sorted(range(len(seg_ids)), key=lambda i: (durations[i], seg_ids[i]))
+    batches = [[order[k] for k in group] for group in
+               length_batches([min(durations[i], int(CHUNK_SECONDS * SAMPLE_RATE)) for i in order],
+                              int(BATCH_SECONDS * SAMPLE_RATE))]
+    layers, dim = settings["layers"], settings["dim"]
+    plan = {"settings": settings, "sources": sources, "ids": [seg_ids[i] for i in order]}
+    partial_path = npy_path.with_name(npy_path.name + ".partial")
+    progress_path = npy_path.with_name(npy_path.name + ".progress.json")
+    progress = json.loads(progress_path.read_text(encoding="utf-8")) if progress_path.exists() else {}
+    done = progress.get("done", 0) if progress.get("plan") == plan and partial_path.exists() else 0
+    rows = np.lib.format.open_memmap(partial_path, mode="r+" if done else "w+", dtype=np.float16,
+                                     shape=(len(seg_ids) * layers, 2 * dim))
+    if done:
+        print(f"resuming the {name} extraction: {done} of {len(seg_ids)} utterances already done")
+    else:
+        write_text(progress_path, json.dumps({"plan": plan, "done": 0}))
+    position = {i: k for k, i in enumerate(order)}  # utterance -> its row block in the cache
+    started, seconds_of_audio = time.perf_counter(), 0.0
+    bar = tqdm(total=len(seg_ids), initial=done, desc=f"speech features {Path(name).name}", unit="utt")
+    finished = 0
+    for batch in batches:
+        finished += len(batch)
+        if finished <= done:
+            continue
+        audios = [load_audio(wav_paths[i]) for i in batch]
+        features = encode_clips(audios, extractor, model, device)
+        for i, feature in zip(batch, features):
+            rows[position[i] * layers:(position[i] + 1) * layers] = feature
+        rows.flush()
+        write_text(progress_path, json.dumps({"plan": plan, "done": finished}))
+        seconds_of_audio += sum(len(a) for a in audios) / SAMPLE_RATE
+        bar.update(len(batch))
+        bar.set_postfix(real_time=f"{seconds_of_audio / (time.perf_counter() - started):.1f}x")
+    bar.close()
+    del rows
+    os.replace(partial_path, npy_path)
+    write_text(meta_path, json.dumps({**plan, "offsets": [k * layers for k in range(len(order))],
+                                      "lengths": [layers] * len(order), "failed": {}}))
+    progress_path.unlink()
+    return time.perf_counter() - started
