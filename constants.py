@@ -1,4 +1,6 @@
-"""Fixed facts of KEMDy19 and the published feature settings (shared by every module)."""
+"""Fixed facts of KEMDy19 and KEMDy20 and the published feature settings (shared by every module)."""
+from dataclasses import dataclass
+
 EMOTIONS = ["neutral", "happy", "surprise", "angry", "sad", "disgust", "fear"]
 EMOTION_INDEX = {name: i for i, name in enumerate(EMOTIONS)}
 # The corpus spells disgust as "disqust" in places; both mean the same class.
@@ -27,3 +29,22 @@ DEMO_MARKER_FILE = "DEMO_CORPUS.txt"  # written by the demo generator so every t
 
 # Published 5-fold session cross-validation.
 CV_FOLDS = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16], [17, 18, 19, 20]]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A corpus's sessions and its published splits."""
+    name: str
+    sessions: int
+    test_split: tuple[int, ...]  # the default test sessions
+    cv_folds: tuple[tuple[int, ...], ...]  # test sessions of each cross-validation fold
+    listener: bool  # whether the listener's emotion is annotated too
+
+
+PROTOCOLS = {
+    "kemdy19": Protocol("KEMDy19", NUM_SESSIONS, (13, 14, 15, 16), tuple(map(tuple, CV_FOLDS)), True),
+    # KEMDy20: the 2022 contest's test sessions 33-40; 5 contiguous folds of 8 sessions (TensorMixer);
+    # each row is the speaker's own emotion, there are no listener labels.
+    "kemdy20": Protocol("KEMDy20", 40, tuple(range(33, 41)),
+                        tuple(tuple(range(8 * k + 1, 8 * k + 9)) for k in range(5)), False),
+}

@@ -20,16 +20,16 @@ from speech_features import speech_cache_paths
 from text_encoder import embedding_paths, load_embeddings
 
 
-def parse_sessions(text: str, flag: str = "--test_split") -> list[int]:
+def parse_sessions(text: str, flag: str = "--test_split", n_sessions: int = NUM_SESSIONS) -> list[int]:
     """'[13,14,15,16]' or '13,14,15,16' -> [13, 14, 15, 16]; anything else is a one-line error."""
     items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
     try:
         sessions = [int(s) for s in items]
     except ValueError:
         raise SystemExit(f"error: {flag} '{text}' is not a list of session numbers like 13,14,15,16") from None
-    bad = [s for s in sessions if not 1 <= s <= NUM_SESSIONS]
+    bad = [s for s in sessions if not 1 <= s <= n_sessions]
     if not sessions or bad:
-        raise SystemExit(f"error: {flag} '{text}' must name sessions from 1 to {NUM_SESSIONS}"
+        raise SystemExit(f"error: {flag} '{text}' must name sessions from 1 to {n_sessions}"
                          + (f" (got {bad})" if bad else " (got none)"))
     return sorted(set(sessions))
 

@@ -1,11 +1,14 @@
-"""Generator of a small synthetic corpus in the exact on-disk layout of KEMDy19.
+"""Generator of a small synthetic corpus in the exact on-disk layout of KEMDy19 (or KEMDy20).
 
-KEMDy19 needs a licence from ETRI, so tests and the default run use this instead. The emotion
+KEMDy19 and KEMDy20 need a licence from ETRI, so tests and the default run use this instead. The emotion
 is learnable from both modalities but not trivially: audio carries it through prosody (pitch
 level/range, energy, speaking rate, voice quality) over speaker-specific voices; the transcript
 through emotion words mixed into neutral sentences; ten simulated raters disagree. It also
 carries the dirt of the real corpus (markers, a blank row, a missing cell, a missing wav, an
-empty transcript, the "disqust" spelling, a cp949 transcript).
+empty transcript, the "disqust" spelling, a cp949 transcript). The KEMDy20 layout (`layout="kemdy20"`)
+has one annotation file per session with only the speaker's labels, flat wav folders, cp949
+transcripts, blank header cells of one space, a missing transcript, bio-signal folders, and the
+session-17 glitch (IDs in Sess17_eval.csv with another session's prefix).
 """
 import csv
 import shutil
@@ -16,7 +19,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from constants import DEMO_MARKER_FILE, EMOTIONS, NUM_RATERS, SAMPLE_RATE
+from constants import DEMO_MARKER_FILE, EMOTIONS, NUM_RATERS, PROTOCOLS, SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,17 @@ EMOTION_PHRASES = {
     "disgust": ["역겨워", "더러워", "징그러워", "토할 것 같아", "보기 싫어", "끔찍해"],
     "fear": ["무서워", "겁이 나", "떨려", "불안해", "소름 돋아", "어떡해"],
 }
-DIRT = {2: "long", 3: "empty", 4: "nowav", 5: "cp949"}
+DIRT = {2: "long", 3: "empty", 4: "nowav", 5: "cp949", 6: "notxt"}
 MARKERS = ["c/", "n/", "N/", "u/", "l/", "b/", "o/"]
 ANNOTATION_GROUPS = ["Numb", "Wav", "", "ECG", "", "E4-EDA", "", "E4-TEMP", "", "Segment ID",
                      "Total Evaluation", "", ""]
 ANNOTATION_SUBHEADERS = ["", "start", "end", "start", "end", "start", "end", "start", "end", "",
                          "Emotion", "Valence", "Arousal"]
+# KEMDy20: blank header cells hold one space, and the wav group is spelled WAV.
+KEMDY20_GROUPS = ["Numb", "WAV", " ", "Segment ID", "Total Evaluation", " ", " "]
+KEMDY20_SUBHEADERS = [" ", "start", "end", " ", "Emotion", "Valence", "Arousal"]
+BIO_SIGNALS = ("EDA", "TEMP", "IBI")  # KEMDy20's Empatica E4 folders (not audio)
+GLITCH_SESSION, GLITCH_PREFIX = 17, "Sess07"  # KEMDy20: some IDs in Sess17_eval.csv read Sess07_...
 
 
 def _dialogue_states(rng: np.random.Generator, n_turns: int) -> dict[str, list[str]]:
@@ -185,18 +193,22 @@ def check_demo_target(root: Path) -> None:
                          f"(not a demo corpus: no {DEMO_MARKER_FILE}); choose an empty or new folder")
 
 
-def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int = 20, n_scripts: int = 1,
-                     n_impros: int = 1, n_turns: int = 20) -> Path:
-    """Write a demo corpus under `root` (raw KEMDy19 layout) and return its path. `root` must be missing,
-    empty, or an earlier demo corpus (its marker file), so that no file of the user's is overwritten."""
+def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int | None = None, n_scripts: int = 1,
+                     n_impros: int = 1, n_turns: int = 20, layout: str = "kemdy19") -> Path:
+    """Write a demo corpus under `root` (raw KEMDy19 layout, or KEMDy20's) and return its path. `root` must be
+    missing, empty, or an earlier demo corpus (its marker file), so that no file of the user's is overwritten.
+    KEMDy20 has scripted dialogues only: `n_impros` is ignored there."""
     root = Path(root)
+    kemdy20 = layout == "kemdy20"
+    n_sessions = n_sessions or PROTOCOLS[layout].sessions
     check_demo_target(root)
-    for generated in ("annotation", "wav"):  # an earlier demo's files: none of them may mix into this one
+    for generated in ("annotation", "wav", *BIO_SIGNALS):  # an earlier demo's files: none may mix into this one
         shutil.rmtree(root / generated, ignore_errors=True)
     (root / "annotation").mkdir(parents=True)
     # Written first, so that an interrupted generation can be run again into the same folder.
+    name = PROTOCOLS[layout].name
     (root / DEMO_MARKER_FILE).write_text(
-        f"Synthetic demo corpus in the KEMDy19 layout (seed {seed}); not KEMDy19.\n", encoding="utf-8")
+        f"Synthetic demo corpus in the {name} layout (seed {seed}); not {name}.\n", encoding="utf-8")
     rng = np.random.default_rng(seed)
     session_seeds = rng.integers(0, 2**31, size=n_sessions)
     for s in tqdm(range(1, n_sessions + 1), desc="demo corpus", unit="session"):
@@ -207,12 +219,13 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int = 20, n_sc
             "M": {"f0": srng.uniform(95, 145), "formants": srng.uniform([450, 1200, 2400], [750, 1900, 2900]),
                   "rate": srng.uniform(0.85, 1.15), "gain": srng.uniform(0.7, 1.4)},
         }
-        rows = {"F": [], "M": []}
+        users = {"F": f"User{2 * s - 1:03d}F", "M": f"User{2 * s:03d}M"}  # KEMDy20: session n holds users 2n-1, 2n
+        rows = {"F": [], "M": [], "speaker": []}
         dialogues = [f"script{i:02d}" for i in range(1, n_scripts + 1)] + \
-                    [f"impro{i:02d}" for i in range(1, n_impros + 1)]
+                    ([] if kemdy20 else [f"impro{i:02d}" for i in range(1, n_impros + 1)])
         for script in dialogues:
             dialogue = f"Sess{s:02d}_{script}"
-            wav_dir = root / "wav" / f"Session{s:02d}" / dialogue
+            wav_dir = root / "wav" / f"Session{s:02d}" / ("" if kemdy20 else dialogue)
             wav_dir.mkdir(parents=True, exist_ok=True)
             states = _dialogue_states(srng, n_turns)
             clock = srng.uniform(1, 5)
@@ -222,10 +235,11 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int = 20, n_sc
                 if srng.random() < 0.85:  # mostly alternating turns
                     speaker = "M" if speaker == "F" else "F"
                 sequence[speaker] += 1
-                seg_id = f"{dialogue}_{speaker}{sequence[speaker]:03d}"
+                seg_id = (f"{dialogue}_{users[speaker]}_{sequence[speaker]:03d}" if kemdy20
+                          else f"{dialogue}_{speaker}{sequence[speaker]:03d}")
                 emotion = states[speaker][turn]
                 strength = srng.uniform(0.35, 1.0) if emotion != "neutral" else 1.0
-                # One instance of each kind of dirt, on the first segment of sessions 2-5.
+                # One instance of each kind of dirt, on the first segment of sessions 2-6.
                 dirt = DIRT.get(s) if turn == 0 and script == dialogues[0] else None
                 text = _transcript(srng, emotion)
                 if dirt == "long":  # a long clip (9.8 s with the default seed; tests cover clips past the 10 s crop)
@@ -237,17 +251,22 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int = 20, n_sc
                 duration = len(audio) / SAMPLE_RATE
                 if dirt != "nowav":
                     sf.write(wav_dir / f"{seg_id}.wav", audio, SAMPLE_RATE, subtype="PCM_16")
-                encoding = "cp949" if dirt == "cp949" else "utf-8"
-                (wav_dir / f"{seg_id}.txt").write_bytes((text + "\n").encode(encoding))
+                encoding = "cp949" if dirt == "cp949" or kemdy20 else "utf-8"
+                if dirt != "notxt" or not kemdy20:  # (KEMDy19's demo has no missing transcript)
+                    (wav_dir / f"{seg_id}.txt").write_bytes((text + "\n").encode(encoding))
                 start, end = clock, clock + duration
                 clock = end + srng.uniform(0.2, 1.5)
                 for actor in ("F", "M"):  # each actor's file labels that actor (speaking or listening)
                     actor_emotion = states[actor][turn]
                     actor_strength = strength if actor == speaker else srng.uniform(0.35, 1.0)
                     raters, total, valence, arousal = _ratings(srng, actor_emotion, actor_strength)
-                    times = [round(start, 4), round(end, 4)] * 4
-                    rows[actor].append(times + [seg_id, total, valence, arousal]
-                                       + [v for r in raters for v in r])
+                    labels = [seg_id, total, valence, arousal] + [v for r in raters for v in r]
+                    rows[actor].append([round(start, 4), round(end, 4)] * 4 + labels)
+                    if actor == speaker:
+                        rows["speaker"].append([round(start, 4), round(end, 4)] + labels)
+        if kemdy20:
+            _write_kemdy20_session(root, s, rows["speaker"])
+            continue
         for actor in ("F", "M"):
             table = [[i + 1] + r for i, r in enumerate(rows[actor])]
             if s == 1 and actor == "F" and len(table) > 5:
@@ -259,3 +278,25 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int = 20, n_sc
                       encoding="utf-8") as f:
                 csv.writer(f).writerows([header1, header2] + table)
     return root
+
+
+def _write_kemdy20_session(root: Path, session: int, rows: list[list]) -> None:
+    """SessNN_eval.csv (37 columns: Numb, start, end, Segment ID, totals, 10 raters), and bio-signal files
+    that a reader must not take for audio."""
+    table = [[i + 1] + r for i, r in enumerate(rows)]
+    if session == GLITCH_SESSION:
+        for row in table[:3]:
+            row[3] = GLITCH_PREFIX + row[3][6:]
+    if session == 1 and len(table) > 5:
+        table[3][7 + 3 * 6 + 1] = ""  # a missing rater cell
+        table.insert(5, [""] * len(table[0]))  # a blank row
+    header1 = KEMDY20_GROUPS + [x for i in range(1, NUM_RATERS + 1) for x in (f"Eval{i:02d}{'FM'[i % 2 == 0]}", " ", " ")]
+    header2 = KEMDY20_SUBHEADERS + ["Emotion", "Valence", "Arousal"] * NUM_RATERS
+    with open(root / "annotation" / f"Sess{session:02d}_eval.csv", "w", newline="", encoding="ascii",
+              errors="replace") as f:
+        csv.writer(f).writerows([header1, header2] + table)
+    for signal in BIO_SIGNALS:
+        folder = root / signal / f"Session{session:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"Sess{session:02d}_script01_User{2 * session - 1:03d}F.csv").write_text(
+            "header\nheader\n0.31,1563867000\n0.32,1563867000,%s\n" % rows[0][2], encoding="ascii")

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from constants import CV_FOLDS, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, NUM_SESSIONS
+from constants import DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, PROTOCOLS, Protocol
 from dataset import Corpus, parse_sessions
-from preprocess import CorpusError, is_demo_corpus, preprocess
+from preprocess import CorpusError, detect_corpus, is_demo_corpus, preprocess
 from utils import SUMMARY_METRICS, atomic_path, make_run_dir, plot_confusion, write_json, write_text
 
 
@@ -26,7 +26,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--save_path", default="exp", help="folder that holds the run folders (default: %(default)s)")
     a("--data_dir", default=DEFAULT_DATA_DIR,
-      help="KEMDy19 folder; if it is the default and empty, the synthetic demo corpus is made there (default: %(default)s)")
+      help="KEMDy19 or KEMDy20 folder; if it is the default and empty, the synthetic demo corpus is made there "
+           "(default: %(default)s)")
+    a("--corpus", choices=["auto", *PROTOCOLS], default="auto",
+      help="which corpus --data_dir holds; auto = from its annotation file names (default: %(default)s)")
     a("--text_encoder", default=None, help="sentence encoder for preprocessing: skt/kobert-base-v1 (default for "
                                            "KEMDy19), a Hugging Face id or folder, or tfidf (default for the demo)")
     a("--speech_model", default=None, metavar="ID_OR_DIR",
@@ -34,7 +37,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
            "wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) instead of log-mel spectrograms (default: log-mel)")
     a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
     a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
-    a("--test_split", default="13,14,15,16", help="test sessions, e.g. [13,14,15,16] or 13,14,15,16 (default: %(default)s)")
+    a("--test_split", default=None, help="test sessions, e.g. [13,14,15,16] or 13,14,15,16 (default: the corpus's "
+                                         "published test split: KEMDy19 13-16, KEMDy20 33-40)")
     a("--val_split", default="auto", help="validation sessions held out of training: a list, 'auto' (the two sessions "
                                           "before the test split) or 'none' (published protocol: keep the last epoch) "
                                           "(default: %(default)s)")
@@ -42,8 +46,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     a("--seeds", default=None, help="several seeds, e.g. 0,1,2: one run folder each in one experiment folder with a "
                                     "mean +- std summary; combines with --cv (default: only --seed)")
     a("--cv", action="store_true", help="run the session cross-validation folds (one run folder each, with a summary)")
-    a("--cv_folds", default=";".join(",".join(map(str, f)) for f in CV_FOLDS),
-      help="test sessions of each fold, folds separated by ';' (default: the published 5 folds %(default)s)")
+    a("--cv_folds", default=None, help="test sessions of each fold, folds separated by ';' (default: the corpus's "
+                                       "published 5 folds: KEMDy19 1-4;5-8;...;17-20, KEMDy20 1-8;...;33-40)")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -56,19 +60,36 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def resolve_protocol(args: argparse.Namespace) -> Protocol:
+    """The corpus of --data_dir (--corpus auto: detected), with its published splits filled in for
+    --test_split and --cv_folds when they are not given; a listener run on a corpus without listener
+    labels stops here, before any work."""
+    args.corpus = detect_corpus(args.data_dir, getattr(args, "corpus", "auto"))
+    protocol = PROTOCOLS[args.corpus]
+    if args.test_split is None:
+        args.test_split = ",".join(map(str, protocol.test_split))
+    if args.cv_folds is None:
+        args.cv_folds = ";".join(",".join(map(str, fold)) for fold in protocol.cv_folds)
+    if args.SorL == "listener" and not protocol.listener:
+        raise SystemExit(f"error: --SorL listener: {protocol.name} ({args.data_dir}) annotates only the speaker's "
+                         "emotion; use --SorL speaker")
+    return protocol
+
+
 def split_sessions(args: argparse.Namespace) -> tuple[list[int], list[int], list[int]]:
-    """(train, validation, test) sessions from --test_split and --val_split."""
-    test = parse_sessions(args.test_split, "--test_split")
+    """(train, validation, test) sessions from --test_split and --val_split, within the corpus's sessions."""
+    n_sessions = resolve_protocol(args).sessions
+    test = parse_sessions(args.test_split, "--test_split", n_sessions)
     if args.val_split == "none":
         val = []
     elif args.val_split == "auto":  # the two sessions just before the test fold, wrapping around
-        before = [(test[0] - 1 - k - 1) % NUM_SESSIONS + 1 for k in range(NUM_SESSIONS)]
+        before = [(test[0] - 1 - k - 1) % n_sessions + 1 for k in range(n_sessions)]
         val = sorted([s for s in before if s not in test][:2])
     else:
-        val = parse_sessions(args.val_split, "--val_split")
+        val = parse_sessions(args.val_split, "--val_split", n_sessions)
         if set(val) & set(test):
             raise SystemExit(f"error: --val_split {val} overlaps --test_split {test}")
-    train = [s for s in range(1, NUM_SESSIONS + 1) if s not in test and s not in val]
+    train = [s for s in range(1, n_sessions + 1) if s not in test and s not in val]
     return train, val, test
 
 
@@ -81,11 +102,12 @@ def prepare_data(args: argparse.Namespace) -> Path:
               "nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
         make_demo_corpus(data_dir, seed=0)
     try:
-        preprocess(data_dir, args.text_encoder, args.text_dim, speech_model=args.speech_model)
+        preprocess(data_dir, args.text_encoder, args.text_dim, speech_model=args.speech_model, corpus=args.corpus)
     except CorpusError as error:
         raise SystemExit(f"error: {error}") from None
     if is_demo_corpus(data_dir):
-        print("NOTE: training on the synthetic demo corpus, not KEMDy19.")
+        name = PROTOCOLS[detect_corpus(data_dir, args.corpus)].name
+        print(f"NOTE: training on the synthetic demo corpus, not {name}.")
     return data_dir
 
 
@@ -128,8 +150,9 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
         args, runs = argparse.Namespace(**{**saved["args"], "resume": str(folder)}), saved["runs"]
     else:
         seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
-        folds = ([parse_sessions(f, "--cv_folds") for f in args.cv_folds.split(";")] if args.cv
-                 else [parse_sessions(args.test_split, "--test_split")])
+        n_sessions = resolve_protocol(args).sessions
+        folds = ([parse_sessions(f, "--cv_folds", n_sessions) for f in args.cv_folds.split(";")] if args.cv
+                 else [parse_sessions(args.test_split, "--test_split", n_sessions)])
         runs = [{"name": "_".join(([f"seed{seed}"] if args.seeds else []) + ([f"fold{k}"] if args.cv else [])),
                  "seed": seed, "test_split": ",".join(map(str, fold))}
                 for seed in seeds for k, fold in enumerate(folds, 1)]

@@ -1,10 +1,11 @@
-"""Raw KEMDy19 folder -> annotation tables, sentence embeddings and a log-mel spectrogram cache.
+"""Raw KEMDy19 or KEMDy20 folder -> annotation tables, sentence embeddings and a log-mel spectrogram cache.
 
     python preprocess.py --make_demo data/KEMDy19        # synthetic corpus in the real layout
     python preprocess.py --data_dir data/KEMDy19 [--text_encoder NAME] [--speech_model ID_OR_DIR]
 
-Outputs go next to the corpus (the published layout): annotation.csv, df_speaker.csv,
-df_listener.csv, embedding_<dim>.npy (+ .json with ids), features/logmel.npy (+ .json). Every
+The corpus is recognised by its annotation files (KEMDy19: SessionNN_{F,M}_res.csv; KEMDy20:
+SessNN_eval.csv; --corpus overrides), and both come out in one schema. Outputs go next to the
+corpus (the published layout): annotation.csv, df_speaker.csv, df_listener.csv (KEMDy20: no rows), embedding_<dim>.npy (+ .json with ids), features/logmel.npy (+ .json). Every
 output is written to a temporary name and renamed, and a second run reuses what is up to date.
 """
 import argparse
@@ -26,13 +27,17 @@ from tqdm import tqdm
 
 from constants import (DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO, DEFAULT_TEXT_ENCODER_REAL,
                        DEMO_MARKER_FILE, EMOTION_ALIASES, EMOTIONS, F_MAX, F_MIN, HOP_LENGTH, LOG_OFFSET, N_FFT,
-                       N_MELS, NUM_RATERS, RATING_RANGE, SAMPLE_RATE)
+                       N_MELS, NUM_RATERS, PROTOCOLS, RATING_RANGE, SAMPLE_RATE)
 from speech_features import build_speech_cache
 from text_encoder import embedding_paths, fit_tfidf, save_tfidf, tfidf_embeddings, transformer_embeddings
 from utils import atomic_path, write_text
 
 ANNOTATION_COLUMNS = 13 + 3 * NUM_RATERS  # Numb, 4x(start,end), Segment ID, 3 totals, 10 raters x 3
+KEMDY20_COLUMNS = 7 + 3 * NUM_RATERS  # Numb, start, end, Segment ID, 3 totals, 10 raters x 3
 SEGMENT_ID = re.compile(r"^Sess(\d{2})_((?:script|impro)\d{2})_([FM])(\d{3})$")
+KEMDY20_SEGMENT_ID = re.compile(r"^Sess(\d{2})_(script\d{2})_(User\d{3}[FM])_(\d{3})$")
+ANNOTATION_FILES = {"kemdy19": re.compile(r"^Session(\d{2})_([FM])_res\.csv$"),
+                    "kemdy20": re.compile(r"^Sess(\d{2})_eval\.csv$")}
 MARKER = re.compile(r"(?<![A-Za-z])[cnNulbo]/|[*+/]")
 TABLE_COLUMNS = (["start", "end", "Segment ID", "Emotion", "Valence", "Arousal"]
                  + [f"{k}.{i}" for k in ("Emotion", "Valence", "Arousal") for i in range(1, NUM_RATERS + 1)]
@@ -97,19 +102,42 @@ def _seconds(cell: str, where: str) -> float:
         raise CorpusError(f"{where}: wav time '{cell}' is not a number of seconds") from None
 
 
-def read_annotation_file(path: str | Path) -> tuple[pd.DataFrame, int]:
-    """One `SessionNN_{F|M}_res.csv`, read positionally (two header rows) -> (rows, names of the blank rows)."""
-    path = Path(path)
-    match = re.match(r"Session(\d{2})_([FM])_res\.csv$", path.name)
-    if not match:
-        raise CorpusError(f"{path}: annotation file name is not SessionNN_F_res.csv or SessionNN_M_res.csv")
-    actor = match.group(2)
+def _read_rows(path: Path, columns: int, layout: str) -> tuple[pd.DataFrame, pd.Series]:
+    """The data rows of an annotation file, read positionally after its two header rows (whose blank
+    cells may be empty or a space), and which of them are blank."""
     raw = pd.read_csv(io.StringIO(decode_text(path.read_bytes(), path)), header=None, skiprows=2, dtype=str,
                       keep_default_na=False, skip_blank_lines=False)
-    if raw.shape[1] != ANNOTATION_COLUMNS:
-        raise CorpusError(f"{path}: {raw.shape[1]} columns, expected {ANNOTATION_COLUMNS} "
-                          f"(Numb, 4 start/end pairs, Segment ID, 3 totals, {NUM_RATERS} raters x 3)")
-    blank = raw.apply(lambda r: "".join(r).strip() == "", axis=1)
+    if raw.shape[1] != columns:
+        raise CorpusError(f"{path}: {raw.shape[1]} columns, expected {columns} ({layout})")
+    return raw, raw.apply(lambda r: "".join(r).strip() == "", axis=1)
+
+
+def _labels(cells: pd.Series, first: int, where: str) -> dict:
+    """Total emotion/valence/arousal at `first`, then the ten raters' triples."""
+    record = {"Emotion": ";".join(parse_emotions(cells[first], where)),
+              "Valence": _rating(cells[first + 1], where, allow_blank=False),
+              "Arousal": _rating(cells[first + 2], where, allow_blank=False)}
+    for rater in range(NUM_RATERS):
+        emotion, valence, arousal = (cells[first + 3 + 3 * rater + k] for k in range(3))
+        record[f"Emotion.{rater + 1}"] = ";".join(parse_emotions(emotion, where)) if emotion.strip() else ""
+        record[f"Valence.{rater + 1}"] = _rating(valence, where, allow_blank=True)
+        record[f"Arousal.{rater + 1}"] = _rating(arousal, where, allow_blank=True)
+    return record
+
+
+def read_annotation_file(path: str | Path) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """One annotation file, KEMDy19's `SessionNN_{F|M}_res.csv` or KEMDy20's `SessNN_eval.csv`
+    -> (rows, names of the blank rows, Segment IDs whose session prefix was corrected)."""
+    path = Path(path)
+    if ANNOTATION_FILES["kemdy20"].match(path.name):
+        return _read_kemdy20_file(path)
+    match = ANNOTATION_FILES["kemdy19"].match(path.name)
+    if not match:
+        raise CorpusError(f"{path}: annotation file name is not SessionNN_F_res.csv, SessionNN_M_res.csv (KEMDy19) "
+                          "or SessNN_eval.csv (KEMDy20)")
+    actor = match.group(2)
+    raw, blank = _read_rows(path, ANNOTATION_COLUMNS, f"KEMDy19: Numb, 4 start/end pairs, Segment ID, 3 totals, "
+                                                      f"{NUM_RATERS} raters x 3")
     records, seen = [], {}
     for index, cells in raw[~blank].iterrows():
         line = index + 3  # 1-based line in the file, after the two header rows
@@ -122,35 +150,79 @@ def read_annotation_file(path: str | Path) -> tuple[pd.DataFrame, int]:
             raise CorpusError(f"{where}: Segment ID {seg_id} repeats line {seen[seg_id]}")
         seen[seg_id] = line
         record = {"start": _seconds(cells[1], where), "end": _seconds(cells[2], where), "Segment ID": seg_id,
-                  "Emotion": ";".join(parse_emotions(cells[10], where)),
-                  "Valence": _rating(cells[11], where, allow_blank=False),
-                  "Arousal": _rating(cells[12], where, allow_blank=False)}
-        for rater in range(NUM_RATERS):
-            emotion, valence, arousal = (cells[13 + 3 * rater + k] for k in range(3))
-            record[f"Emotion.{rater + 1}"] = ";".join(parse_emotions(emotion, where)) if emotion.strip() else ""
-            record[f"Valence.{rater + 1}"] = _rating(valence, where, allow_blank=True)
-            record[f"Arousal.{rater + 1}"] = _rating(arousal, where, allow_blank=True)
+                  **_labels(cells, 10, where)}
         session, script, speaker, sequence = parts.groups()
         record.update(speaker=speaker, text="", role="speaker" if speaker == actor else "listener",
                       Session=int(session), script=script, sequence=int(sequence),
                       dialogue=f"Sess{session}_{script}")
         records.append(record)
     blank_lines = [f"{path.name} line {index + 3}" for index in np.flatnonzero(blank.to_numpy())]
-    return pd.DataFrame.from_records(records, columns=TABLE_COLUMNS), blank_lines
+    return pd.DataFrame.from_records(records, columns=TABLE_COLUMNS), blank_lines, []
+
+
+def _read_kemdy20_file(path: Path) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """KEMDy20's `SessNN_eval.csv`: one file per session, every row the speaker's own emotion."""
+    session = ANNOTATION_FILES["kemdy20"].match(path.name).group(1)
+    raw, blank = _read_rows(path, KEMDY20_COLUMNS, f"KEMDy20: Numb, start, end, Segment ID, 3 totals, "
+                                                   f"{NUM_RATERS} raters x 3")
+    records, seen, renamed = [], {}, []
+    for index, cells in raw[~blank].iterrows():
+        line = index + 3
+        where = f"{path} line {line}"
+        seg_id = cells[3].strip()
+        parts = KEMDY20_SEGMENT_ID.match(seg_id)
+        if not parts:
+            raise CorpusError(f"{where}: Segment ID '{seg_id}' is not SessNN_scriptNN_UserNNN{{F|M}}_NNN")
+        if parts.group(1) != session:
+            # Older copies: some IDs in Sess17_eval.csv carry another session's prefix while their files
+            # are Sess17_...; the file name is right, so the prefix is rewritten (and named in the summary).
+            renamed.append(f"{seg_id} -> Sess{session}{seg_id[6:]} ({path.name} line {line})")
+            seg_id = f"Sess{session}{seg_id[6:]}"
+        if seg_id in seen:
+            raise CorpusError(f"{where}: Segment ID {seg_id} repeats line {seen[seg_id]}")
+        seen[seg_id] = line
+        _, script, speaker, sequence = parts.groups()
+        records.append({"start": _seconds(cells[1], where), "end": _seconds(cells[2], where), "Segment ID": seg_id,
+                        **_labels(cells, 4, where), "speaker": speaker, "text": "", "role": "speaker",
+                        "Session": int(session), "script": script, "sequence": int(sequence),
+                        "dialogue": f"Sess{session}_{script}"})
+    blank_lines = [f"{path.name} line {index + 3}" for index in np.flatnonzero(blank.to_numpy())]
+    return pd.DataFrame.from_records(records, columns=TABLE_COLUMNS), blank_lines, renamed
 
 
 def segment_path(data_dir: Path, seg_id: str, suffix: str) -> Path:
-    session, script = SEGMENT_ID.match(seg_id).group(1, 2)
-    return data_dir / "wav" / f"Session{session}" / f"Sess{session}_{script}" / f"{seg_id}{suffix}"
+    """KEMDy19: wav/SessionNN/SessNN_scriptNN/<ID><suffix>; KEMDy20: wav/SessionNN/<ID><suffix> (flat)."""
+    kemdy19 = SEGMENT_ID.match(seg_id)
+    if kemdy19:
+        session, script = kemdy19.group(1, 2)
+        return data_dir / "wav" / f"Session{session}" / f"Sess{session}_{script}" / f"{seg_id}{suffix}"
+    return data_dir / "wav" / f"Session{seg_id[4:6]}" / f"{seg_id}{suffix}"
 
 
-def check_corpus(data_dir: Path) -> list[Path]:
+def detect_corpus(data_dir: str | Path, corpus: str = "auto") -> str:
+    """'kemdy19' or 'kemdy20' from the annotation file names; `corpus` (--corpus) overrides. A folder without
+    annotation files is taken as KEMDy19 (where the demo corpus is made)."""
+    names = [p.name for p in (Path(data_dir) / "annotation").glob("*.csv")]
+    found = [kind for kind, pattern in ANNOTATION_FILES.items() if any(pattern.match(n) for n in names)]
+    if corpus != "auto":
+        if found and corpus not in found:
+            raise SystemExit(f"error: --corpus {corpus}, but {data_dir}/annotation holds {found[0].upper()} "
+                             "annotation files")
+        return corpus
+    if len(found) > 1:
+        raise SystemExit(f"error: {data_dir}/annotation holds both KEMDy19 (SessionNN_F_res.csv) and KEMDy20 "
+                         "(SessNN_eval.csv) annotation files; keep one corpus per folder")
+    return found[0] if found else "kemdy19"
+
+
+def check_corpus(data_dir: Path, corpus: str = "auto") -> list[Path]:
     """The annotation files, or one line saying where the corpus goes and how to make the demo."""
-    files = sorted((data_dir / "annotation").glob("Session*_res.csv"))
+    kind = detect_corpus(data_dir, corpus)
+    files = sorted(p for p in (data_dir / "annotation").glob("*.csv") if ANNOTATION_FILES[kind].match(p.name))
     if not files:
-        raise SystemExit(f"error: no KEMDy19 corpus at {data_dir} (expected {data_dir}/annotation/SessionNN_F_res.csv "
-                         f"and {data_dir}/wav/). Put the licensed corpus there, or make the demo corpus with "
-                         f"`python preprocess.py --make_demo {data_dir}`")
+        raise SystemExit(f"error: no KEMDy19 or KEMDy20 corpus at {data_dir} (expected {data_dir}/annotation/"
+                         f"SessionNN_F_res.csv or SessNN_eval.csv, and {data_dir}/wav/). Put the licensed corpus "
+                         f"there, or make the demo corpus with `python preprocess.py --make_demo {data_dir}`")
     return files
 
 
@@ -236,13 +308,15 @@ def build_spectrogram_cache(data_dir: Path, seg_ids: list[str]) -> dict[str, str
     return failed
 
 
-def build_tables(data_dir: Path, files: list[Path]) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    """All rows of all annotation files with their cleaned transcripts, and the dropped rows by reason
-    (blank, no start time, no wav, no txt, unreadable txt), each named."""
-    tables, dropped = [], defaultdict(list)
+def build_tables(data_dir: Path, files: list[Path]) -> tuple[pd.DataFrame, dict[str, list[str]], list[str]]:
+    """All rows of all annotation files with their cleaned transcripts, the dropped rows by reason
+    (blank, no start time, no wav, no txt, unreadable txt), each named, and the kept rows whose
+    Segment ID was corrected (KEMDy20's session-prefix glitch)."""
+    tables, dropped, corrected = [], defaultdict(list), []
     for path in tqdm(files, desc="annotation files", unit="file"):
-        table, blank_lines = read_annotation_file(path)
+        table, blank_lines, renamed = read_annotation_file(path)
         dropped["blank row"] += blank_lines
+        corrected += renamed
         tables.append(table)
     table = pd.concat(tables, ignore_index=True)
     # A row without a start time cannot be placed in its dialogue: sorting it anywhere would put the
@@ -268,7 +342,7 @@ def build_tables(data_dir: Path, files: list[Path]) -> tuple[pd.DataFrame, dict[
         dropped[missing[seg_id]].append(seg_id)
     table = table[~unusable].copy()
     table["text"] = table["Segment ID"].map(texts)
-    return table, dropped
+    return table, dropped, corrected
 
 
 def default_text_encoder(data_dir: str | Path) -> str:
@@ -294,13 +368,17 @@ def build_embeddings(data_dir: Path, table: pd.DataFrame, text_encoder: str, tex
 
 
 def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
-               text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0, speech_model: str | None = None) -> dict:
-    """Run every step that is not up to date; return the summary (rows per role, classes, drops) with the
-    seconds taken by the steps that ran (`seconds`). With `speech_model`, also the cache of its pooled
-    layer features (speech_features.py)."""
+               text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0, speech_model: str | None = None,
+               corpus: str = "auto") -> dict:
+    """Run every step that is not up to date; return the summary (corpus, rows per role, classes, drops)
+    with the seconds taken by the steps that ran (`seconds`). With `speech_model`, also the cache of its
+    pooled layer features (speech_features.py). `corpus` (kemdy19/kemdy20) overrides the detection."""
     data_dir = Path(data_dir)
     seconds = {}
-    files = check_corpus(data_dir)
+    files = check_corpus(data_dir, corpus)
+    kind = detect_corpus(data_dir, corpus)
+    how = "--corpus" if corpus != "auto" else "its annotation file names; --corpus overrides"
+    print(f"{data_dir}: {PROTOCOLS[kind].name} layout (from {how})")
     text_encoder = text_encoder or default_text_encoder(data_dir)
     wav_dir = data_dir / "wav"
     sources = fingerprint(files + list(wav_dir.rglob("*.wav")) + list(wav_dir.rglob("*.txt")))
@@ -309,11 +387,11 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     outputs = [data_dir / n for n in ("annotation.csv", "df_speaker.csv", "df_listener.csv",
                                       "features/logmel.npy", "features/logmel.json")]
     if (manifest.get("sources") == sources and manifest.get("features") == feature_settings()
-            and all(p.exists() for p in outputs)):
+            and manifest.get("summary", {}).get("corpus") == kind and all(p.exists() for p in outputs)):
         print(f"annotation tables and spectrogram cache in {data_dir} are up to date")
         table = None
     else:
-        table, dropped = build_tables(data_dir, files)
+        table, dropped, corrected = build_tables(data_dir, files)
         started = time.perf_counter()
         failed = build_spectrogram_cache(data_dir, sorted(table["Segment ID"].unique()))
         seconds["spectrograms"] = time.perf_counter() - started
@@ -325,7 +403,8 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         for name, rows in (("annotation.csv", table), ("df_speaker.csv", table[table.role == "speaker"]),
                            ("df_listener.csv", table[table.role == "listener"])):
             write_text(data_dir / name, rows.to_csv(index=False))
-        manifest = {"sources": sources, "features": feature_settings(), "summary": summarize(table, dropped)}
+        manifest = {"sources": sources, "features": feature_settings(),
+                    "summary": summarize(table, dropped, corrected, kind)}
         write_text(manifest_path, json.dumps(manifest, indent=1))
     npy_path, meta_path, _ = embedding_paths(data_dir, text_dim)
     wanted = {"encoder": text_encoder, "sources": sources}
@@ -351,8 +430,9 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     return {**manifest["summary"], "seconds": seconds}
 
 
-def summarize(table: pd.DataFrame, dropped: dict[str, list[str]]) -> dict:
-    summary = {"rows": len(table), "utterances": int(table["Segment ID"].nunique()),
+def summarize(table: pd.DataFrame, dropped: dict[str, list[str]], corrected: list[str], kind: str) -> dict:
+    summary = {"corpus": kind, "rows": len(table), "utterances": int(table["Segment ID"].nunique()),
+               "corrected_ids": corrected,
                "dropped_rows": {k: len(v) for k, v in dropped.items() if v},
                "dropped": {k: sorted(set(v)) for k, v in dropped.items() if v}, "roles": {}}
     for role in ("speaker", "listener"):
@@ -365,7 +445,8 @@ def summarize(table: pd.DataFrame, dropped: dict[str, list[str]]) -> dict:
 
 
 def print_summary(summary: dict, data_dir: Path) -> None:
-    demo = " (synthetic demo corpus, not KEMDy19)" if is_demo_corpus(data_dir) else ""
+    name = PROTOCOLS[summary.get("corpus", "kemdy19")].name
+    demo = f" (synthetic demo corpus in the {name} layout, not {name})" if is_demo_corpus(data_dir) else f" ({name})"
     print(f"{data_dir}{demo}: {summary['rows']} rows, {summary['utterances']} utterances")
     for role, info in summary["roles"].items():
         classes = ", ".join(f"{e} {n}" for e, n in info["classes"].items())
@@ -374,11 +455,19 @@ def print_summary(summary: dict, data_dir: Path) -> None:
         print("  dropped rows: none")
     for reason, count in summary["dropped_rows"].items():
         print(f"  dropped rows, {reason}: {count} ({', '.join(summary.get('dropped', {}).get(reason, []))})")
+    if summary.get("corrected_ids"):
+        print(f"  kept with the session prefix of their annotation file: {len(summary['corrected_ids'])} "
+              f"({', '.join(summary['corrected_ids'])})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="raw KEMDy19 folder (default: %(default)s)")
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="raw KEMDy19 or KEMDy20 folder (default: %(default)s)")
+    parser.add_argument("--corpus", choices=["auto", *PROTOCOLS], default="auto",
+                        help="which corpus layout --data_dir holds; auto = from the annotation file names "
+                             "(default: %(default)s)")
+    parser.add_argument("--layout", choices=list(PROTOCOLS), default="kemdy19",
+                        help="--make_demo: the corpus layout to write (default: %(default)s)")
     parser.add_argument("--make_demo", metavar="DIR", help="write a synthetic demo corpus to DIR and exit")
     parser.add_argument("--text_encoder", default=None,
                         help=f"'{DEFAULT_TEXT_ENCODER_REAL}' (default for KEMDy19), another Hugging Face id or "
@@ -388,7 +477,8 @@ def main() -> None:
                         help="also cache the pooled layer features of this pretrained speech encoder (a Hugging Face "
                              "id or local folder: wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) (default: none)")
     parser.add_argument("--seed", type=int, default=0, help="demo corpus and tf-idf seed (default: %(default)s)")
-    parser.add_argument("--sessions", type=int, default=20, help="demo: sessions (default: %(default)s)")
+    parser.add_argument("--sessions", type=int, default=None, help="demo: sessions (default: all of the layout's, "
+                                                                   "20 or 40)")
     parser.add_argument("--scripts", type=int, default=1, help="demo: scripted dialogues per session (default: %(default)s)")
     parser.add_argument("--impros", type=int, default=1, help="demo: improvised dialogues per session (default: %(default)s)")
     parser.add_argument("--turns", type=int, default=20, help="demo: utterances per dialogue (default: %(default)s)")
@@ -396,10 +486,11 @@ def main() -> None:
     try:
         if args.make_demo:
             from demo_corpus import make_demo_corpus
-            make_demo_corpus(args.make_demo, args.seed, args.sessions, args.scripts, args.impros, args.turns)
+            make_demo_corpus(args.make_demo, args.seed, args.sessions, args.scripts, args.impros, args.turns,
+                             layout=args.layout)
             print(f"demo corpus written to {args.make_demo}; next: python preprocess.py --data_dir {args.make_demo}")
         else:
-            preprocess(args.data_dir, args.text_encoder, args.text_dim, args.seed, args.speech_model)
+            preprocess(args.data_dir, args.text_encoder, args.text_dim, args.seed, args.speech_model, args.corpus)
     except CorpusError as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -36,7 +36,7 @@ def test_positional_reading_roles_ties_spelling_blank_and_missing_cells(tmp_path
     body = (row(1, "Sess01_script01_F001", "neutral;happy", raters)
             + "," * 42 + "\n"  # blank row
             + row(2, "Sess01_script01_M001", "disqust", RATERS))
-    table, blank = read_annotation_file(write_annotation(tmp_path / "Session01_F_res.csv", body))
+    table, blank, _ = read_annotation_file(write_annotation(tmp_path / "Session01_F_res.csv", body))
     assert blank == ["Session01_F_res.csv line 4"]
     assert table["Segment ID"].tolist() == ["Sess01_script01_F001", "Sess01_script01_M001"]
     assert table["role"].tolist() == ["speaker", "listener"]  # F file: F speaks, then listens to M
@@ -120,7 +120,7 @@ def test_second_run_recomputes_nothing(demo_dir, capsys):
 
 
 def test_missing_corpus_says_where_and_how(tmp_path):
-    with pytest.raises(SystemExit, match="no KEMDy19 corpus at .*--make_demo"):
+    with pytest.raises(SystemExit, match="no KEMDy19 or KEMDy20 corpus at .*--make_demo"):
         preprocess(tmp_path / "nothing")
 
 

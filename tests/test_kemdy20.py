@@ -1,0 +1,98 @@
+"""KEMDy20: its annotation files, encodings and glitches, detection, the published splits, and training."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+import main as main_cli
+from conftest import TEXT_DIM
+from constants import NUM_RATERS
+from demo_corpus import make_demo_corpus
+from preprocess import CorpusError, detect_corpus, preprocess, read_annotation_file, segment_path
+from test_bad_input import assert_one_line_error, run_cli
+from test_train import TINY
+
+HEADER = ("Numb,WAV, ,Segment ID,Total Evaluation, , ," + ",".join(f"Eval{i:02d}{'FM'[i % 2 == 0]}, , "
+                                                                   for i in range(1, NUM_RATERS + 1)) + "\n"
+          + " ,start,end, ,Emotion,Valence,Arousal" + ",Emotion,Valence,Arousal" * NUM_RATERS + "\n")
+
+
+def kemdy20_row(numb: int, seg_id: str, total: str, rater_emotion: str = "neutral") -> str:
+    return f"{numb},1.5,3.25,{seg_id},{total},3,3.4" + f",{rater_emotion},3,4" * NUM_RATERS + "\n"
+
+
+@pytest.fixture(scope="module")
+def kemdy20_demo(tmp_path_factory):
+    """A small KEMDy20-layout demo corpus (40 sessions, one 4-turn dialogue each), preprocessed."""
+    data_dir = make_demo_corpus(tmp_path_factory.mktemp("k20") / "KEMDy20", seed=2, n_scripts=1, n_turns=4,
+                                layout="kemdy20")
+    preprocess(data_dir, "tfidf", TEXT_DIM)
+    return data_dir
+
+
+def test_kemdy20_annotation_file(tmp_path):
+    path = tmp_path / "Sess17_eval.csv"
+    path.write_text(HEADER + kemdy20_row(1, "Sess17_script01_User033F_001", "happy;neutral;sad")
+                    + kemdy20_row(2, "Sess07_script02_User034M_001", "disqust", "disgust")  # the glitch
+                    + "," * 36 + "\n", encoding="ascii")
+    table, blank, corrected = read_annotation_file(path)
+    assert table["Segment ID"].tolist() == ["Sess17_script01_User033F_001", "Sess17_script02_User034M_001"]
+    assert corrected == ["Sess07_script02_User034M_001 -> Sess17_script02_User034M_001 (Sess17_eval.csv line 4)"]
+    assert blank == ["Sess17_eval.csv line 5"]
+    assert table["Emotion"].tolist() == ["happy;neutral;sad", "disgust"]  # ties kept whole; disqust read
+    assert table.loc[1, "Emotion.1"] == "disgust" and table.loc[0, "Arousal"] == 3.4 and table.loc[0, "Valence"] == 3
+    assert table["role"].tolist() == ["speaker", "speaker"] and table["Session"].tolist() == [17, 17]
+    assert table["speaker"].tolist() == ["User033F", "User034M"]
+    assert table["dialogue"].tolist() == ["Sess17_script01", "Sess17_script02"]
+    assert segment_path(tmp_path, "Sess17_script02_User034M_001", ".wav") == \
+        tmp_path / "wav" / "Session17" / "Sess17_script02_User034M_001.wav"  # flat: no per-script folder
+    path.write_text(HEADER + kemdy20_row(1, "Sess17_script01_User033F_001", "neutral")[:-3] + "\n")
+    with pytest.raises(CorpusError, match="Sess17_eval.csv: 36 columns, expected 37"):
+        read_annotation_file(path)
+    path.write_text(HEADER + kemdy20_row(1, "Sess17_impro01_User033F_001", "neutral"))
+    with pytest.raises(CorpusError, match="line 3: Segment ID 'Sess17_impro01_User033F_001' is not"):
+        read_annotation_file(path)
+
+
+def test_kemdy20_demo_preprocessing_accounts_for_every_row(kemdy20_demo):
+    manifest = json.loads((kemdy20_demo / "preprocess_manifest.json").read_text())["summary"]
+    assert manifest["corpus"] == "kemdy20"
+    written = sum(len(pd.read_csv(p, header=None, skiprows=2, dtype=str).dropna(how="all"))
+                  for p in (kemdy20_demo / "annotation").glob("Sess*_eval.csv"))
+    assert manifest["rows"] + sum(n for reason, n in manifest["dropped_rows"].items() if reason != "blank row") == \
+        written
+    assert manifest["dropped"]["no wav"] and manifest["dropped"]["no txt"]  # named, not silently lost
+    speaker = pd.read_csv(kemdy20_demo / "df_speaker.csv", keep_default_na=False)
+    assert len(pd.read_csv(kemdy20_demo / "df_listener.csv")) == 0
+    glitched = [c.split(" -> ")[1].split(" ")[0] for c in manifest["corrected_ids"]]
+    assert len(glitched) == 3 and set(glitched) <= set(speaker["Segment ID"])  # matched to their Sess17 wavs
+    assert speaker["text"].str.contains("[가-힣]").mean() > 0.95  # cp949 transcripts decoded
+    meta = json.loads((kemdy20_demo / "features" / "logmel.json").read_text())
+    assert all(segment_path(kemdy20_demo, s, ".wav").exists() for s in meta["ids"])  # only wavs, no EDA/TEMP/IBI
+    assert (kemdy20_demo / "EDA").is_dir() and len(meta["ids"]) == manifest["utterances"]
+
+
+def test_kemdy20_splits_training_and_errors(kemdy20_demo, tmp_path):
+    main_cli.main(["--data_dir", str(kemdy20_demo), "--save_path", str(tmp_path)] + TINY)
+    run = next(tmp_path.glob("lstm_*"))
+    results = json.loads((run / "results.json").read_text())
+    assert results["sessions"]["test"] == list(range(33, 41)) and results["sessions"]["val"] == [31, 32]
+    assert json.loads((run / "args.json").read_text())["corpus"] == "kemdy20"
+    main_cli.main(["--cv", "--seeds", "0", "--data_dir", str(kemdy20_demo), "--save_path", str(tmp_path / "cv"),
+                   "--epochs", "1"] + TINY[:-4])
+    runs = json.loads(next((tmp_path / "cv").glob("cv_*/runs.json")).read_text())["runs"]
+    assert [r["test_split"] for r in runs] == [",".join(str(s) for s in range(8 * k + 1, 8 * k + 9))
+                                               for k in range(5)]
+    assert_one_line_error(run_cli("main.py", ["--data_dir", str(kemdy20_demo), "--SorL", "listener"]),
+                          "KEMDy20", "annotates only the speaker")
+    assert_one_line_error(run_cli("main.py", ["--data_dir", str(kemdy20_demo), "--corpus", "kemdy19"]),
+                          "--corpus kemdy19", "KEMDY20")
+
+
+def test_a_folder_with_both_layouts_is_refused(kemdy20_demo, raw_demo, tmp_path):
+    mixed = shutil.copytree(kemdy20_demo / "annotation", tmp_path / "mixed" / "annotation")
+    shutil.copy(next((raw_demo / "annotation").glob("Session01_F_res.csv")), mixed)
+    with pytest.raises(SystemExit, match="both KEMDy19 .* and KEMDy20"):
+        detect_corpus(tmp_path / "mixed")
+    assert detect_corpus(raw_demo) == "kemdy19" and detect_corpus(kemdy20_demo) == "kemdy20"
