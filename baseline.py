@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from constants import EMOTIONS, MAX_FRAMES, RATING_RANGE, SAMPLE_RATE
 from dataset import Corpus
-from experiment import add_data_args, is_experiment, prepare_data, run_experiment, split_sessions, write_test_outputs
+from experiment import (add_data_args, is_experiment, prepare_data, run_experiment, split_record, split_sessions,
+                        write_test_outputs)
 from metric import ccc, emotion_metrics
 from preprocess import CorpusError, load_audio, save_npy, segment_path
 from utils import make_run_dir, summary_table, write_json, write_text
@@ -107,7 +108,7 @@ def opensmile_functionals(data_dir: Path, seg_ids: list[str], feature_set: str) 
     return np.stack([cached[s] for s in seg_ids])
 
 
-def feature_blocks(args: argparse.Namespace, data_dir: Path, corpus: Corpus) -> dict[str, np.ndarray]:
+def feature_blocks(args: argparse.Namespace, corpus: Corpus) -> dict[str, np.ndarray]:
     names = [n for n in args.audio_features.replace(" ", "").split(",") if n and n != "none"]
     unknown = [n for n in names if n not in AUDIO_FEATURES]
     if unknown:
@@ -120,9 +121,11 @@ def feature_blocks(args: argparse.Namespace, data_dir: Path, corpus: Corpus) -> 
         if name == "logmel":
             blocks[name] = logmel_band_statistics(corpus)
         elif name == "speech":
-            blocks[name] = speech_layer_average(Corpus(data_dir, args.SorL, args.text_dim, args.speech_model))
+            blocks[name] = speech_layer_average(Corpus(args.data_dir, args.SorL, args.text_dim, args.speech_model))
         else:
-            blocks[name] = opensmile_functionals(data_dir, corpus.table["Segment ID"].tolist(), OPENSMILE_SETS[name])
+            blocks[name] = np.concatenate([  # rows of the corpora in order; each caches its own functionals
+                opensmile_functionals(folder, corpus.table["Segment ID"][corpus.source == k].tolist(),
+                                      OPENSMILE_SETS[name]) for k, folder in enumerate(corpus.data_dirs)])
     if not args.no_text:
         blocks["text"] = corpus.text
     if not blocks:
@@ -156,16 +159,17 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     if args.audio_features is None:
         args.audio_features = "speech" if args.speech_model else "egemaps,logmel"
     train_sessions, val_sessions, test_sessions = split_sessions(args)
-    data_dir = prepare_data(args)
-    corpus = Corpus(data_dir, args.SorL, args.text_dim)
+    args.data_dir = ",".join(str(folder.resolve()) for folder in prepare_data(args))
+    corpus = Corpus(args.data_dir, args.SorL, args.text_dim)
     run_dir = run_dir or make_run_dir(args.save_path, f"baseline_{args.SorL}")
     write_json(run_dir / "args.json", vars(args))
-    print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
+    shown = split_record(train_sessions, val_sessions, test_sessions)
+    print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
     rows = {name: np.flatnonzero(np.isin(corpus.sessions, sessions)) for name, sessions in
             (("train", train_sessions), ("val", val_sessions), ("test", test_sessions))}
     if len(rows["test"]) == 0:
-        raise SystemExit(f"error: --test_split sessions {test_sessions} have no utterances in the corpus")
-    blocks = feature_blocks(args, data_dir, corpus)
+        raise SystemExit(f"error: --test_split sessions {shown['test']} have no utterances in the corpus")
+    blocks = feature_blocks(args, corpus)
     x = standardize(blocks, rows["train"])
     y, av = corpus.first_label, corpus.arousal_valence
 
@@ -199,9 +203,9 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     write_test_outputs(run_dir, corpus, rows["test"], probs, av_pred, metrics, "results.json", {
         "model": "baseline", "features": {k: int(v.shape[1]) for k, v in blocks.items()},
         "chosen": {"C": best_c, "alpha_arousal": best_alpha[0], "alpha_valence": best_alpha[1]}, "val": val,
-        "sessions": {"train": train_sessions, "val": val_sessions, "test": test_sessions}})
+        "sessions": shown})
     print(f"baseline: {args.classifier} C={best_c}, ridge alpha {best_alpha} (chosen on validation)")
-    print(summary_table(metrics, f"test {test_sessions}"))
+    print(summary_table(metrics, f"test {shown['test']}"))
     print(f"results: {run_dir / 'results.json'}")
     return run_dir
 

@@ -41,6 +41,7 @@ class Protocol:
     listener: bool  # whether the listener's emotion is annotated too
 
 
+CORPUS_CODES = {"kemdy19": 19, "kemdy20": 20}  # several corpora at once: session 3 of KEMDy19 is key 1903, "19_03"
 PROTOCOLS = {
     "kemdy19": Protocol("KEMDy19", NUM_SESSIONS, (13, 14, 15, 16), tuple(map(tuple, CV_FOLDS)), True),
     # KEMDy20: the 2022 contest's test sessions 33-40; 5 contiguous folds of 8 sessions (TensorMixer);

@@ -15,9 +15,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from constants import EMOTION_INDEX, EMOTIONS, MAX_FRAMES, NUM_RATERS, NUM_SESSIONS
+from constants import CORPUS_CODES, EMOTION_INDEX, EMOTIONS, MAX_FRAMES, NUM_RATERS, NUM_SESSIONS
+from preprocess import detect_corpus
 from speech_features import speech_cache_paths
-from text_encoder import embedding_paths, load_embeddings
+from text_encoder import embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings
 
 
 def parse_sessions(text: str, flag: str = "--test_split", n_sessions: int = NUM_SESSIONS) -> list[int]:
@@ -61,16 +62,47 @@ def audio_cache_paths(data_dir: str | Path, speech_model: str | None = None) -> 
     return Path(data_dir) / "features" / "logmel.npy", Path(data_dir) / "features" / "logmel.json"
 
 
+class ConcatFrames:
+    """Several memory-mapped frame arrays read as one, without copying: rows of part k follow part k-1's."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.shape = (int(self.starts[-1]), parts[0].shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice | np.ndarray) -> np.ndarray:
+        if isinstance(index, slice):  # one clip: never spans two parts
+            k = int(np.searchsorted(self.starts, index.start, side="right")) - 1
+            return self.parts[k][index.start - self.starts[k]:index.stop - self.starts[k]]
+        index = np.asarray(index)
+        part = np.searchsorted(self.starts, index, side="right") - 1
+        out = np.empty((len(index), self.shape[1]), dtype=self.parts[0].dtype)
+        for k in np.unique(part):
+            out[part == k] = self.parts[k][index[part == k] - self.starts[k]]
+        return out
+
+
 class Corpus:
     """Everything a run needs from the preprocessing outputs of one role, aligned by table row.
 
     `frames` holds the audio features of all utterances, one after the other: log-mel frames, or with
     `speech_model` the L layer rows of each utterance (speech_features.py); `audio_settings` says which.
+    `data_dir` may name several corpora separated by commas: their union, with session keys 1903 ("19_03")
+    and dialogues prefixed by the corpus, so that no session or dialogue of one meets the other's.
     """
 
     def __init__(self, data_dir: str | Path, role: str, text_dim: int, speech_model: str | None = None):
-        data_dir = Path(data_dir)
+        folders = [Path(p) for p in str(data_dir).split(",") if p.strip()]
+        if len(folders) > 1:
+            self._union([Corpus(folder, role, text_dim, speech_model) for folder in folders], text_dim)
+            return
+        data_dir = folders[0]
+        self.data_dirs, self.text_pipeline = [data_dir], None
         self.table = pd.read_csv(data_dir / f"df_{role}.csv", keep_default_na=False)
+        self.source = np.zeros(len(self.table), dtype=int)  # which of data_dirs each row comes from
         npy_path, meta_path = audio_cache_paths(data_dir, speech_model)
         if not meta_path.exists():
             raise SystemExit(f"error: no features of --speech_model {speech_model} in {data_dir}; make them with "
@@ -86,7 +118,9 @@ class Corpus:
         embeddings = load_embeddings(npy_path)
         zero = np.zeros(text_dim, dtype=np.float32)
         self.text = np.stack([np.asarray(embeddings.get(s, zero), dtype=np.float32)
-                              for s in self.table["Segment ID"]])
+                              for s in self.table["Segment ID"]]) if len(self.table) else np.zeros((0, text_dim))
+        meta_path = embedding_paths(data_dir, text_dim)[1]
+        self.text_encoder = json.loads(meta_path.read_text(encoding="utf-8"))["encoder"] if meta_path.exists() else "given"
         if self.text.shape[1] != text_dim:
             raise SystemExit(f"error: {npy_path} holds {self.text.shape[1]}-d embeddings, not --text_dim {text_dim}")
         self.labels = _labels_to_multi_hot(self.table["Emotion"])
@@ -100,6 +134,40 @@ class Corpus:
         soft[no_votes] = self.labels[no_votes]
         self.soft = soft / soft.sum(1, keepdims=True)
         self.arousal_valence = self.table[["Arousal", "Valence"]].to_numpy(dtype=np.float32)
+        self.sessions = self.table["Session"].to_numpy()
+        self.dialogues = self.table["dialogue"].to_numpy()
+
+    def _union(self, parts: list["Corpus"], text_dim: int) -> None:
+        settings = [p.audio_settings for p in parts]
+        if any(s != settings[0] for s in settings):
+            raise SystemExit("error: the corpora of --data_dir have different audio features; preprocess them "
+                             "with the same settings (and the same --speech_model)")
+        encoders = {p.text_encoder for p in parts}
+        if len(encoders) > 1:
+            raise SystemExit(f"error: the corpora of --data_dir have different sentence encoders {sorted(encoders)}; "
+                             "preprocess them with the same --text_encoder")
+        codes = [CORPUS_CODES[detect_corpus(p.data_dirs[0])] for p in parts]
+        tables = []
+        for p, code in zip(parts, codes):
+            table = p.table.copy()
+            table["Session"] = 100 * code + table["Session"]
+            table["dialogue"] = f"{code}_" + table["dialogue"]
+            tables.append(table)
+        self.table = pd.concat(tables, ignore_index=True)
+        self.data_dirs = [p.data_dirs[0] for p in parts]
+        self.source = np.concatenate([np.full(len(p.table), k) for k, p in enumerate(parts)])
+        self.audio_settings, self.text_encoder = settings[0], encoders.pop()
+        self.frames = ConcatFrames([p.frames for p in parts])
+        self.offsets = np.concatenate([p.offsets + start for p, start in zip(parts, self.frames.starts)])
+        for name in ("lengths", "labels", "first_label", "soft", "arousal_valence"):
+            setattr(self, name, np.concatenate([getattr(p, name) for p in parts]))
+        self.text_pipeline = None
+        if self.text_encoder == "tfidf":  # each corpus fitted its own TF-IDF space: fit one on the union
+            texts = self.table["text"].tolist()
+            self.text_pipeline = fit_tfidf(list(dict.fromkeys(texts)), text_dim)
+            self.text = tfidf_embeddings(texts, self.text_pipeline, text_dim)
+        else:
+            self.text = np.concatenate([p.text for p in parts])
         self.sessions = self.table["Session"].to_numpy()
         self.dialogues = self.table["dialogue"].to_numpy()
 

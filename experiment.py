@@ -8,6 +8,7 @@ sample std of every test metric over all its runs). It is resumable: finished ru
 import argparse
 import copy
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from constants import DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, PROTOCOLS, Protocol
+from constants import CORPUS_CODES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, PROTOCOLS
 from dataset import Corpus, parse_sessions
 from preprocess import CorpusError, detect_corpus, is_demo_corpus, preprocess
 from utils import SUMMARY_METRICS, atomic_path, make_run_dir, plot_confusion, write_json, write_text
@@ -26,7 +27,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--save_path", default="exp", help="folder that holds the run folders (default: %(default)s)")
     a("--data_dir", default=DEFAULT_DATA_DIR,
-      help="KEMDy19 or KEMDy20 folder; if it is the default and empty, the synthetic demo corpus is made there "
+      help="KEMDy19 or KEMDy20 folder, or both separated by a comma to train on their union (sessions then read "
+           "19_03, 20_03); if it is the default and empty, the synthetic demo corpus is made there "
            "(default: %(default)s)")
     a("--corpus", choices=["auto", *PROTOCOLS], default="auto",
       help="which corpus --data_dir holds; auto = from its annotation file names (default: %(default)s)")
@@ -60,55 +62,107 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def resolve_protocol(args: argparse.Namespace) -> Protocol:
-    """The corpus of --data_dir (--corpus auto: detected), with its published splits filled in for
-    --test_split and --cv_folds when they are not given; a listener run on a corpus without listener
-    labels stops here, before any work."""
-    args.corpus = detect_corpus(args.data_dir, getattr(args, "corpus", "auto"))
-    protocol = PROTOCOLS[args.corpus]
+def data_dirs(args: argparse.Namespace) -> list[Path]:
+    """--data_dir as folders: one corpus, or several separated by commas (trained on together)."""
+    return [Path(p) for p in str(args.data_dir).split(",") if p.strip()]
+
+
+def session_label(key: int) -> int | str:
+    """A session as shown: its number in one corpus, `19_03` for session 3 of KEMDy19 among several."""
+    return f"{key // 100}_{key % 100:02d}" if key >= 100 else key
+
+
+def split_record(train: list[int], val: list[int], test: list[int]) -> dict[str, list]:
+    """The sessions of a run as results.json and the console show them."""
+    return {name: [session_label(k) for k in keys] for name, keys in (("train", train), ("val", val), ("test", test))}
+
+
+def format_split(keys: list[int]) -> str:
+    return ",".join(str(session_label(k)) for k in keys)
+
+
+def resolve_protocol(args: argparse.Namespace) -> tuple[list[list[int]], list[str]]:
+    """The sessions of --data_dir, grouped by corpus, and the corpus kinds; fills --test_split and --cv_folds
+    with the published splits when they are not given (several corpora: each corpus's own test sessions,
+    and fold k = fold k of every corpus, e.g. KEMDy20 8k+1..8k+8 with KEMDy19 4k+1..4k+4). A listener run on
+    a corpus without listener labels stops here, before any work."""
+    folders = data_dirs(args)
+    forced = getattr(args, "corpus", "auto")
+    kinds = [detect_corpus(folder, forced) for folder in folders]
+    if len(folders) > 1 and len(set(kinds)) < len(kinds):
+        raise SystemExit(f"error: --data_dir {args.data_dir}: two folders of the same corpus; give each corpus once")
+    args.corpus = kinds[0] if len(kinds) == 1 else forced
+    protocols = [PROTOCOLS[kind] for kind in kinds]
+    prefix = [100 * CORPUS_CODES[kind] if len(kinds) > 1 else 0 for kind in kinds]
+    groups = [[base + s for s in range(1, p.sessions + 1)] for p, base in zip(protocols, prefix)]
     if args.test_split is None:
-        args.test_split = ",".join(map(str, protocol.test_split))
+        args.test_split = format_split([base + s for p, base in zip(protocols, prefix) for s in p.test_split])
     if args.cv_folds is None:
-        args.cv_folds = ";".join(",".join(map(str, fold)) for fold in protocol.cv_folds)
-    if args.SorL == "listener" and not protocol.listener:
-        raise SystemExit(f"error: --SorL listener: {protocol.name} ({args.data_dir}) annotates only the speaker's "
+        args.cv_folds = ";".join(format_split([base + s for p, base in zip(protocols, prefix) for s in p.cv_folds[k]])
+                                 for k in range(len(protocols[0].cv_folds)))
+    unlabelled = [p.name for p in protocols if not p.listener]
+    if args.SorL == "listener" and unlabelled:
+        raise SystemExit(f"error: --SorL listener: {unlabelled[0]} ({args.data_dir}) annotates only the speaker's "
                          "emotion; use --SorL speaker")
-    return protocol
+    return groups, kinds
+
+
+def parse_split(text: str, flag: str, groups: list[list[int]]) -> list[int]:
+    """Session keys from a list like 13,14 (one corpus) or 19_13,20_33 (several); one-line error otherwise."""
+    if len(groups) == 1:
+        return parse_sessions(text, flag, len(groups[0]))
+    known = {str(session_label(k)): k for group in groups for k in group}
+    items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
+    bad = [s for s in items if s not in known]
+    if not items or bad:
+        raise SystemExit(f"error: {flag} '{text}' must name sessions of the corpora, like 19_13,20_33 "
+                         f"(got {bad or 'none'})")
+    return sorted({known[s] for s in items})
 
 
 def split_sessions(args: argparse.Namespace) -> tuple[list[int], list[int], list[int]]:
-    """(train, validation, test) sessions from --test_split and --val_split, within the corpus's sessions."""
-    n_sessions = resolve_protocol(args).sessions
-    test = parse_sessions(args.test_split, "--test_split", n_sessions)
+    """(train, validation, test) session keys from --test_split and --val_split, within the corpus's sessions
+    (`--val_split auto`: in each corpus, the two sessions just before its test sessions, wrapping around)."""
+    groups, _ = resolve_protocol(args)
+    test = parse_split(args.test_split, "--test_split", groups)
     if args.val_split == "none":
         val = []
-    elif args.val_split == "auto":  # the two sessions just before the test fold, wrapping around
-        before = [(test[0] - 1 - k - 1) % n_sessions + 1 for k in range(n_sessions)]
-        val = sorted([s for s in before if s not in test][:2])
+    elif args.val_split == "auto":
+        val = []
+        for group in groups:
+            tested = [k for k in group if k in test]
+            if tested:
+                first = group.index(tested[0])
+                before = [group[(first - 1 - k) % len(group)] for k in range(len(group))]
+                val += [k for k in before if k not in test][:2]
+        val = sorted(val)
     else:
-        val = parse_sessions(args.val_split, "--val_split", n_sessions)
+        val = parse_split(args.val_split, "--val_split", groups)
         if set(val) & set(test):
-            raise SystemExit(f"error: --val_split {val} overlaps --test_split {test}")
-    train = [s for s in range(1, n_sessions + 1) if s not in test and s not in val]
+            raise SystemExit(f"error: --val_split {args.val_split} overlaps --test_split {args.test_split}")
+    train = [k for group in groups for k in group if k not in test and k not in val]
     return train, val, test
 
 
-def prepare_data(args: argparse.Namespace) -> Path:
-    """Make the demo corpus if the default folder is empty, then preprocess (a no-op when up to date)."""
-    data_dir = Path(args.data_dir)
-    if not (data_dir / "annotation").exists() and args.data_dir == DEFAULT_DATA_DIR:
-        from demo_corpus import make_demo_corpus
-        print(f"No KEMDy19 corpus in {data_dir}: making the synthetic DEMO corpus there. Results on it say "
-              "nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
-        make_demo_corpus(data_dir, seed=0)
-    try:
-        preprocess(data_dir, args.text_encoder, args.text_dim, speech_model=args.speech_model, corpus=args.corpus)
-    except CorpusError as error:
-        raise SystemExit(f"error: {error}") from None
-    if is_demo_corpus(data_dir):
-        name = PROTOCOLS[detect_corpus(data_dir, args.corpus)].name
-        print(f"NOTE: training on the synthetic demo corpus, not {name}.")
-    return data_dir
+def prepare_data(args: argparse.Namespace) -> list[Path]:
+    """Make the demo corpus if the default folder is empty, then preprocess every corpus folder (a no-op when
+    up to date) -> the folders."""
+    folders = data_dirs(args)
+    for data_dir in folders:
+        if not (data_dir / "annotation").exists() and str(data_dir) == DEFAULT_DATA_DIR:
+            from demo_corpus import make_demo_corpus
+            print(f"No KEMDy19 corpus in {data_dir}: making the synthetic DEMO corpus there. Results on it say "
+                  "nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
+            make_demo_corpus(data_dir, seed=0)
+        try:
+            preprocess(data_dir, args.text_encoder, args.text_dim, speech_model=args.speech_model,
+                       corpus=args.corpus if len(folders) == 1 else "auto")
+        except CorpusError as error:
+            raise SystemExit(f"error: {error}") from None
+        if is_demo_corpus(data_dir):
+            name = PROTOCOLS[detect_corpus(data_dir)].name
+            print(f"NOTE: {data_dir} is the synthetic demo corpus, not {name}.")
+    return folders
 
 
 def write_test_outputs(run_dir: Path, corpus: Corpus, rows: np.ndarray, probs: np.ndarray, av_pred: np.ndarray,
@@ -150,11 +204,11 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
         args, runs = argparse.Namespace(**{**saved["args"], "resume": str(folder)}), saved["runs"]
     else:
         seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
-        n_sessions = resolve_protocol(args).sessions
-        folds = ([parse_sessions(f, "--cv_folds", n_sessions) for f in args.cv_folds.split(";")] if args.cv
-                 else [parse_sessions(args.test_split, "--test_split", n_sessions)])
+        groups, _ = resolve_protocol(args)
+        folds = ([parse_split(f, "--cv_folds", groups) for f in args.cv_folds.split(";")] if args.cv
+                 else [parse_split(args.test_split, "--test_split", groups)])
         runs = [{"name": "_".join(([f"seed{seed}"] if args.seeds else []) + ([f"fold{k}"] if args.cv else [])),
-                 "seed": seed, "test_split": ",".join(map(str, fold))}
+                 "seed": seed, "test_split": format_split(fold)}
                 for seed in seeds for k, fold in enumerate(folds, 1)]
         prefix = ("cv_" if args.cv else "seeds_") + name
         prepare_data(args)  # bad data stops here, before an experiment folder exists

@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from constants import EMOTIONS, SAMPLE_RATE
 from dataset import ChunkBatchSampler, Corpus, WindowDataset
 from engine import evaluate, train_one_epoch
-from experiment import add_data_args, is_experiment, prepare_data, run_experiment, split_sessions, write_test_outputs
+from experiment import (add_data_args, data_dirs, is_experiment, prepare_data, run_experiment, split_record,
+                        split_sessions, write_test_outputs)
 from loss import EmotionLoss, class_balanced_weights
 from metric import selection_score
 from trained_run import build_model, check_corpus_unchanged, load_checkpoint, load_trained_model, save_corpus_record
@@ -142,9 +143,9 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     if run_dir is None:
         check_save_path(args.save_path)  # before any data is prepared
     # Data first: bad data stops the start before a run folder exists, so none is left behind.
-    data_dir = prepare_data(args)
-    args.data_dir = str(data_dir.resolve())  # the run evaluates and resumes from any directory
-    corpus = Corpus(data_dir, args.SorL, args.text_dim, args.speech_model)
+    # Absolute: the run evaluates and resumes from any directory.
+    args.data_dir = ",".join(str(folder.resolve()) for folder in prepare_data(args))
+    corpus = Corpus(args.data_dir, args.SorL, args.text_dim, args.speech_model)
     args.speech_layers, args.speech_dim = corpus.speech_shape()  # the model's input shape, saved with its args
     train_loader = make_loader(corpus, train_sessions, args, True, device)
     val_loader = make_loader(corpus, val_sessions, args, False, device, "--val_split") if val_sessions else None
@@ -153,10 +154,11 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     if not resume:  # a resumed run keeps its args.json; the checkpoints carry any --resume overrides
         try:
             write_json(run_dir / "args.json", vars(args))
-            save_corpus_record(run_dir, data_dir, args.SorL, args.text_dim, args.speech_model)
+            save_corpus_record(run_dir, corpus, args.SorL, args.text_dim, args.speech_model)
         except OSError as error:
             raise SystemExit(f"error: cannot write the run folder {run_dir}: {error.strerror}") from None
-    print(f"run folder: {run_dir}\nsessions: train {train_sessions}, val {val_sessions or 'none'}, test {test_sessions}")
+    shown = split_record(train_sessions, val_sessions, test_sessions)
+    print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
 
     model = build_model(args)
     train_rows = np.flatnonzero(np.isin(corpus.sessions, train_sessions))
@@ -246,11 +248,10 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     model.load_state_dict(load_checkpoint(run_dir / "best.pth", device)["model"])
     metrics, outputs = evaluate(model, test_loader, device, desc="test")
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics, "results.json",
-                       {"model": "neural", "best_epoch": best_epoch, "val": best_val, "sessions": {
-                           "train": train_sessions, "val": val_sessions, "test": test_sessions},
+                       {"model": "neural", "best_epoch": best_epoch, "val": best_val, "sessions": shown,
                         **speech_record(model, corpus)})
     print(f"best epoch {best_epoch} (by {'validation score' if val_loader else 'last epoch, --val_split none'})")
-    print(summary_table(metrics, f"test {test_sessions}"))
+    print(summary_table(metrics, f"test {shown['test']}"))
     print(f"results: {run_dir / 'results.json'}")
     return run_dir
 
@@ -302,13 +303,14 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     device = resolve_device(args)
     model, saved, checkpoint = load_trained_model(run_dir / "best.pth", device)
     _, _, test_sessions = split_sessions(saved)
-    data_dir = Path(saved.data_dir)
-    if not (data_dir / "annotation").is_dir():
-        raise SystemExit(f"error: the corpus of {run_dir.name} is not at {data_dir} any more; --test_only needs it "
+    missing = [folder for folder in data_dirs(saved) if not (folder / "annotation").is_dir()]
+    if missing:
+        raise SystemExit(f"error: the corpus of {run_dir.name} is not at {missing[0]} any more; --test_only needs it "
                          "(predict.py needs only the run folder)")
     prepare_data(saved)
-    check_corpus_unchanged(run_dir, data_dir, saved.SorL, saved.text_dim, saved.speech_model, args.allow_corpus_change)
-    corpus = Corpus(data_dir, saved.SorL, saved.text_dim, saved.speech_model)
+    check_corpus_unchanged(run_dir, saved.data_dir, saved.SorL, saved.text_dim, saved.speech_model,
+                           args.allow_corpus_change)
+    corpus = Corpus(saved.data_dir, saved.SorL, saved.text_dim, saved.speech_model)
     test_loader = make_loader(corpus, test_sessions, saved, False, device, "--test_split")
     metrics, outputs = evaluate(model, test_loader, device, desc="test")
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics,

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from constants import DEFAULT_TEXT_ENCODER_REAL
-from dataset import audio_cache_paths
+from dataset import Corpus, audio_cache_paths
 from model import EmotionModel
 from preprocess import feature_settings
 from text_encoder import embedding_paths, tfidf_embeddings, transformer_embeddings
-from utils import file_sha1, write_json
+from utils import atomic_path, file_sha1, write_json
 
 # Arguments that define the model's shape: it is rebuilt from exactly these.
 MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat", "dropout",
@@ -66,24 +66,33 @@ def load_trained_model(checkpoint_path: Path, device: torch.device) -> tuple[Emo
     return model.eval(), args, checkpoint
 
 
-def corpus_record(data_dir: Path, role: str, text_dim: int, speech_model: str | None) -> dict:
-    """What a run was trained on: the corpus folder, the encoders, and content hashes of the tables,
+def corpus_record(data_dir: str, role: str, text_dim: int, speech_model: str | None) -> dict:
+    """What a run was trained on: the corpus folder(s), the encoders, and content hashes of the tables,
     embeddings and audio feature index it read (editing a transcript or a label changes them)."""
-    npy_path, meta_path, _ = embedding_paths(data_dir, text_dim)
+    folders = [Path(p) for p in str(data_dir).split(",") if p.strip()]
+    npy_path, meta_path, _ = embedding_paths(folders[0], text_dim)
     encoder = json.loads(meta_path.read_text(encoding="utf-8"))["encoder"] if meta_path.exists() else "given"
-    files = [data_dir / f"df_{role}.csv", npy_path, audio_cache_paths(data_dir, speech_model)[1]]
-    return {"data_dir": str(data_dir.resolve()), "role": role, "text_encoder": encoder, "text_dim": text_dim,
-            "speech_model": speech_model, "fingerprint": {p.name: file_sha1(p) for p in files}}
+    fingerprint = {}
+    for folder in folders:
+        files = [folder / f"df_{role}.csv", embedding_paths(folder, text_dim)[0],
+                 audio_cache_paths(folder, speech_model)[1]]
+        # Several corpora: files are named by their corpus folder too (both have a df_speaker.csv).
+        fingerprint.update({(f"{folder.name}/{p.name}" if len(folders) > 1 else p.name): file_sha1(p) for p in files})
+    return {"data_dir": ",".join(str(f.resolve()) for f in folders), "role": role, "text_encoder": encoder,
+            "text_dim": text_dim, "speech_model": speech_model, "fingerprint": fingerprint}
 
 
-def save_corpus_record(run_dir: Path, data_dir: Path, role: str, text_dim: int, speech_model: str | None) -> None:
-    record = corpus_record(data_dir, role, text_dim, speech_model)
-    if record["text_encoder"] == "tfidf":  # the fitted pipeline travels with the run
-        shutil.copyfile(embedding_paths(data_dir, text_dim)[2], run_dir / TFIDF_FILE)
+def save_corpus_record(run_dir: Path, corpus: Corpus, role: str, text_dim: int, speech_model: str | None) -> None:
+    record = corpus_record(",".join(map(str, corpus.data_dirs)), role, text_dim, speech_model)
+    if corpus.text_pipeline is not None:  # the TF-IDF fitted on several corpora at once
+        with atomic_path(run_dir / TFIDF_FILE) as tmp:
+            joblib.dump(corpus.text_pipeline, tmp)
+    elif record["text_encoder"] == "tfidf":  # the fitted pipeline travels with the run
+        shutil.copyfile(embedding_paths(corpus.data_dirs[0], text_dim)[2], run_dir / TFIDF_FILE)
     write_json(run_dir / "corpus.json", record)
 
 
-def check_corpus_unchanged(run_dir: Path, data_dir: Path, role: str, text_dim: int, speech_model: str | None,
+def check_corpus_unchanged(run_dir: Path, data_dir: str, role: str, text_dim: int, speech_model: str | None,
                            allow_change: bool) -> None:
     """Refuse (or, with `allow_change`, warn) when the corpus differs from the one the run was trained on."""
     saved_path = run_dir / "corpus.json"

@@ -2,12 +2,14 @@
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import main as main_cli
 from conftest import TEXT_DIM
 from constants import NUM_RATERS
+from dataset import Corpus
 from demo_corpus import make_demo_corpus
 from preprocess import CorpusError, detect_corpus, preprocess, read_annotation_file, segment_path
 from test_bad_input import assert_one_line_error, run_cli
@@ -96,3 +98,29 @@ def test_a_folder_with_both_layouts_is_refused(kemdy20_demo, raw_demo, tmp_path)
     with pytest.raises(SystemExit, match="both KEMDy19 .* and KEMDy20"):
         detect_corpus(tmp_path / "mixed")
     assert detect_corpus(raw_demo) == "kemdy19" and detect_corpus(kemdy20_demo) == "kemdy20"
+
+
+def test_kemdy19_and_kemdy20_together(kemdy20_demo, demo_dir, tmp_path):
+    both = f"{demo_dir},{kemdy20_demo}"
+    main_cli.main(["--cv", "--data_dir", both, "--save_path", str(tmp_path), "--epochs", "1"] + TINY[:-4])
+    cv_dir = next(tmp_path.glob("cv_*"))
+    runs = json.loads((cv_dir / "runs.json").read_text())["runs"]
+    # The published grouping: fold k = KEMDy19 sessions 4k+1..4k+4 with KEMDy20 sessions 8k+1..8k+8.
+    assert [r["test_split"] for r in runs] == [
+        ",".join([f"19_{s:02d}" for s in range(4 * k + 1, 4 * k + 5)] + [f"20_{s:02d}" for s in range(8 * k + 1, 8 * k + 9)])
+        for k in range(5)]
+    assert json.loads((cv_dir / "summary.json").read_text())["n_folds"] == 5
+    fold2 = json.loads((cv_dir / "fold2" / "results.json").read_text())
+    assert fold2["sessions"]["val"] == ["19_03", "19_04", "20_07", "20_08"]  # per corpus, before its test sessions
+    predictions = pd.read_csv(cv_dir / "fold2" / "predictions.csv")
+    assert predictions["Segment ID"].str.contains("_User").any() and (~predictions["Segment ID"].str.contains("_User")).any()
+
+    corpus = Corpus(both, "speaker", TEXT_DIM)
+    assert set(corpus.sessions // 100) == {19, 20} and len(corpus.table) == len(corpus.offsets) == len(corpus.text)
+    assert all(d.startswith(("19_Sess", "20_Sess")) for d in corpus.dialogues)  # no window spans two corpora
+    row = len(corpus.table) - 1  # the last utterance of KEMDy20: its frames are read from KEMDy20's cache
+    alone = Corpus(kemdy20_demo, "speaker", TEXT_DIM)
+    np.testing.assert_array_equal(corpus.frames[np.arange(corpus.offsets[row], corpus.offsets[row] + 3)],
+                                  alone.frames[alone.offsets[-1]:alone.offsets[-1] + 3])
+    with pytest.raises(SystemExit, match="like 19_13,20_33"):
+        main_cli.main(["--data_dir", both, "--test_split", "13"] + TINY)
