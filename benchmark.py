@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from constants import HOP_LENGTH, MAX_FRAMES, N_MELS, SAMPLE_RATE
 from dataset import Corpus
 from demo_corpus import make_demo_corpus
-from engine import evaluate, train_one_epoch
+from engine import amp_dtype, evaluate, train_one_epoch
 from experiment import split_sessions
 from loss import EmotionLoss
 from main import get_parser, make_loader, make_optimizer, train
@@ -87,15 +87,22 @@ def _train_child(data_dir: str, model_flags: list[str], argv: list[str], max_win
     model = build_model(args).to(dev)
     optimizer = make_optimizer(model, args)
     loss_fn = EmotionLoss(args.lam).to(dev)
-    train_one_epoch(model, loader, loss_fn, optimizer, dev, epoch=0)  # warm-up: allocator, kernels
-    stats = train_one_epoch(model, loader, loss_fn, optimizer, dev, epoch=1)
+    dtype = amp_dtype(dev, args.amp)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    train_one_epoch(model, loader, loss_fn, optimizer, dev, 0, dtype, scaler)  # warm-up: allocator, kernels
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    stats = train_one_epoch(model, loader, loss_fn, optimizer, dev, 1, dtype, scaler)
     eval_loader = make_loader(corpus, test_sessions, args, False, dev)
     start = time.perf_counter()
-    evaluate(model, eval_loader, dev)
+    evaluate(model, eval_loader, dev, dtype=dtype)
     eval_rate = len(eval_loader.dataset) / (time.perf_counter() - start)
-    queue.put({"windows_per_s": len(loader.dataset) / stats["train_seconds"],
-               "data_wait_share": stats["train_data_wait"], "eval_windows_per_s": eval_rate,
-               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6})
+    result = {"windows_per_s": len(loader.dataset) / stats["train_seconds"],
+              "step_ms": 1000 * stats["train_seconds"] / len(loader), "data_wait_share": stats["train_data_wait"],
+              "eval_windows_per_s": eval_rate, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+    if dev.type == "cuda":
+        result["peak_gpu_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
+    queue.put(result)
 
 
 def in_fresh_process(target, *args) -> dict:
@@ -122,9 +129,10 @@ def save_random_speech_model(folder: Path, size: str) -> Path:
     return folder
 
 
-def _speech_child(task: str, model_dir: str, data_dir: str, seg_ids: list[str], clip_seconds: float, queue) -> None:
+def _speech_child(task: str, model_dir: str, data_dir: str, seg_ids: list[str], clip_seconds: float, device: str,
+                  queue) -> None:
     """Extraction of `seg_ids` ("extract") or of one clip of `clip_seconds` ("clip"), in a fresh process."""
-    device = torch.device("cpu")
+    device = torch.device(device)
     if task == "extract":  # timed from the model being loaded to the cache being written
         wavs = [segment_path(Path(data_dir), s, ".wav") for s in seg_ids]
         seconds = build_speech_cache(Path(data_dir), seg_ids, wavs, model_dir, fingerprint(wavs), load_audio, device)
@@ -173,6 +181,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     models = {"published": ["--hidden_size", "512", "--num_layers", "4", "--audio_dim", "256", "--audio_pool", "mean",
                             "--no_direct", "--freq_mask", "0", "--time_mask", "0"],
               "recipe": []}
+    if args.device == "cuda":  # fp32 vs mixed precision
+        models.update({f"{name}_amp": flags + ["--amp"] for name, flags in models.items()})
     for name, model_flags in models.items():
         result = in_fresh_process(_train_child, str(data_dir), model_flags, common, args.train_windows, args.device)
         figures[f"{name}_train_windows_per_s"] = result["windows_per_s"]
@@ -180,6 +190,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         figures[f"{name}_data_wait_share"] = result["data_wait_share"]
         figures[f"{name}_eval_windows_per_s"] = result["eval_windows_per_s"]
         figures[f"{name}_peak_rss_gb"] = result["peak_rss_gb"]
+        figures[f"{name}_step_ms"] = result["step_ms"]
+        if "peak_gpu_gb" in result:
+            figures[f"{name}_peak_gpu_gb"] = result["peak_gpu_gb"]
         # The memory-mapped cache is the only part that grows with the corpus: at worst all of it is resident.
         figures[f"{name}_peak_rss_gb_kemdy19"] = result["peak_rss_gb"] + (
             cache_bytes / n_utts * max(0, KEMDY19_UTTERANCES - n_utts)) / 1e9
@@ -197,7 +210,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
     model_dir = save_random_speech_model(work / f"wav2vec2-{args.speech_size}", args.speech_size)
     extraction = in_fresh_process(_speech_child, "extract", str(model_dir), str(data_dir),
-                                  corpus.table["Segment ID"][:args.speech_utterances].tolist(), 0.0)
+                                  corpus.table["Segment ID"][:args.speech_utterances].tolist(), 0.0, args.device)
     figures["speech_extract_utt_per_s"] = extraction["utt_per_s"]
     figures["speech_extract_real_time"] = extraction["real_time"]
     figures["speech_extract_peak_rss_gb"] = extraction["peak_rss_gb"]
@@ -207,7 +220,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     figures["speech_cache_mb_per_10k_utterances"] = row_bytes * 10_000 / 1e6
     for seconds in (10, 30, 120):  # chunking bounds memory: a 120 s clip needs what a 20 s piece needs
         figures[f"speech_peak_rss_gb_{seconds}s_clip"] = in_fresh_process(
-            _speech_child, "clip", str(model_dir), str(data_dir), [], float(seconds))["peak_rss_gb"]
+            _speech_child, "clip", str(model_dir), str(data_dir), [], float(seconds), args.device)["peak_rss_gb"]
     return figures
 
 
@@ -244,6 +257,7 @@ def main_cli(argv: list[str] | None = None) -> dict:
         figures = run(args, Path(work))
     figures["config"] = {k: v for k, v in vars(args).items() if k != "out"}
     figures["torch_threads"] = torch.get_num_threads()
+    figures["device_name"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     Path(args.out).write_text(json.dumps(figures, indent=2))
     print("\n| figure | value | target |\n| --- | --- | --- |")
     for key, value in figures.items():

@@ -242,11 +242,16 @@ class ChunkBatchSampler(Sampler):
 
     Consecutive windows share most utterances, so a batch of chunks holds ~2x fewer distinct
     utterances per window than one drawn window by window: the audio encoder runs that much less.
+    With `num_replicas` > 1 (data-parallel training), every process draws the same batches and takes
+    every num_replicas-th one, starting at its `rank` (a DistributedSampler that keeps the chunks);
+    the last batches are repeated so that all processes take the same number of steps.
     """
 
-    def __init__(self, n_windows: int, batch_size: int, chunk: int, shuffle: bool, seed: int = 0):
+    def __init__(self, n_windows: int, batch_size: int, chunk: int, shuffle: bool, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
         self.n, self.batch_size, self.chunk, self.shuffle, self.seed, self.epoch = \
             n_windows, batch_size, max(1, chunk), shuffle, seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
 
     def __iter__(self):
         order = np.arange(self.n)
@@ -254,8 +259,11 @@ class ChunkBatchSampler(Sampler):
             chunks = np.array_split(order, int(np.ceil(self.n / self.chunk)))
             perm = np.random.default_rng((self.seed, self.epoch)).permutation(len(chunks))
             order = np.concatenate([chunks[i] for i in perm])
-        for start in range(0, self.n, self.batch_size):
-            yield order[start:start + self.batch_size].tolist()
+        batches = [order[start:start + self.batch_size].tolist() for start in range(0, self.n, self.batch_size)]
+        if self.num_replicas > 1:
+            needed = len(self) * self.num_replicas
+            batches = (batches * -(-needed // len(batches)))[:needed][self.rank::self.num_replicas]
+        yield from batches
 
     def __len__(self) -> int:
-        return int(np.ceil(self.n / self.batch_size))
+        return int(np.ceil(np.ceil(self.n / self.batch_size) / self.num_replicas))

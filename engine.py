@@ -13,9 +13,16 @@ from metric import emotion_metrics
 MODEL_INPUTS = ("spec", "spec_lengths", "text", "slots")
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA needs no gradient scaler; CPU runs stay in float32 (deterministic).
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """--amp on CUDA: bf16 where the card supports it (no gradient scaler needed), else fp16 (with one).
+    CPU runs stay in float32 (deterministic)."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -23,7 +30,9 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: EmotionLoss,
-                    optimizer: torch.optim.Optimizer, device: torch.device, epoch: int) -> dict:
+                    optimizer: torch.optim.Optimizer, device: torch.device, epoch: int,
+                    dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None) -> dict:
+    """One pass over `loader` (autocast to `dtype` if given; `scaler` for fp16)."""
     model.train()
     sums = {"loss": 0.0, "emotion": 0.0, "arousal": 0.0, "valence": 0.0}
     n, data_wait, start = 0, 0.0, time.perf_counter()
@@ -31,14 +40,19 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: Emotion
     for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False), 1):
         data_wait += time.perf_counter() - fetch_start
         batch = _to(batch, device)
-        with _autocast(device):
+        with _autocast(device, dtype):
             logits, av = model(*(batch[k] for k in MODEL_INPUTS))
         loss, parts = loss_fn(logits, av, batch["soft"], batch["arousal_valence"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         size = len(logits)
         n += size
         sums["loss"] += loss.item() * size
@@ -51,14 +65,14 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: Emotion
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
-             desc: str = "eval") -> tuple[dict, dict[str, np.ndarray]]:
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, desc: str = "eval",
+             dtype: torch.dtype | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics over the whole split and the per-utterance outputs (rows, probabilities, arousal/valence)."""
     model.eval()
     outputs = {k: [] for k in ("rows", "probs", "av", "labels", "first_label", "av_true")}
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         batch = _to(batch, device)
-        with _autocast(device):
+        with _autocast(device, dtype):
             logits, av = model(*(batch[k] for k in MODEL_INPUTS))
         outputs["rows"].append(batch["rows"])
         outputs["probs"].append(torch.softmax(logits.float(), dim=1))

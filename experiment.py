@@ -8,7 +8,9 @@ sample std of every test metric over all its runs). It is resumable: finished ru
 import argparse
 import copy
 import json
+import os
 import re
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -187,21 +189,64 @@ def is_experiment(args: argparse.Namespace) -> bool:
     return bool(args.cv or args.seeds)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_run(folder: Path, name: str) -> str | None:
+    """Take run `name` of an experiment for this process -> None, or the "host pid" of the job that has it.
+
+    A claim is the file `.claims/<name>` created exclusively, so several jobs (one per GPU) can work through
+    one plan and no run is trained twice. The claim of a job that died on this host is taken over (renamed
+    away first: of two jobs that find it stale, one rename succeeds), so no run is lost either.
+    """
+    claims = folder / ".claims"
+    claims.mkdir(exist_ok=True)
+    path, mine = claims / name, f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(3):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = path.read_text(encoding="utf-8").split() if path.exists() else []
+            if holder == mine.split():
+                return None
+            if len(holder) != 2 or holder[0] != socket.gethostname() or _pid_alive(int(holder[1])):
+                return " ".join(holder) or "another job"
+            try:
+                os.rename(path, claims / f"{name}.stale.{os.getpid()}")
+            except FileNotFoundError:
+                pass
+            continue
+        os.write(descriptor, mine.encode())
+        os.close(descriptor)
+        return None
+    return "another job"
+
+
 def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[argparse.Namespace, Path], object],
-                   continue_run: Callable[[Path], object] | None = None) -> Path:
+                   continue_run: Callable[[Path], object] | None = None, overrides: dict | None = None) -> Path:
     """Every (seed, fold) of `args` as a run folder in one experiment folder, then the summary.
 
     `train_run(run_args, folder)` trains one run into an existing empty folder; `continue_run(folder)`,
     if given, continues a run interrupted after a checkpoint. With `args.resume` (an experiment folder)
-    the saved plan is continued: finished runs are kept, and a run stopped before its first checkpoint
-    is renamed `<run>_interrupted_<time>` (never deleted) and trained again.
+    the saved plan is continued (with the `overrides` given, e.g. another --gpu_id): finished runs are
+    kept, and a run stopped before its first checkpoint is renamed `<run>_interrupted_<time>` (never
+    deleted) and trained again. Several jobs may continue one plan at once (see `claim_run`); the job
+    that finds every run finished writes the summary. `args.plan_only` writes the plan and stops.
     """
     if args.resume:
         folder = Path(args.resume)
         if not (folder / "runs.json").exists():
             raise SystemExit(f"error: --resume {folder} is not an experiment folder (no runs.json)")
         saved = json.loads((folder / "runs.json").read_text(encoding="utf-8"))
-        args, runs = argparse.Namespace(**{**saved["args"], "resume": str(folder)}), saved["runs"]
+        args = argparse.Namespace(**{**saved["args"], **(overrides or {}), "resume": str(folder)})
+        runs = saved["runs"]
     else:
         seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
         groups, _ = resolve_protocol(args)
@@ -213,11 +258,21 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
         prefix = ("cv_" if args.cv else "seeds_") + name
         prepare_data(args)  # bad data stops here, before an experiment folder exists
         folder = make_run_dir(args.save_path, prefix)
-        write_json(folder / "runs.json", {"args": vars(args), "runs": runs})
+        write_json(folder / "runs.json", {"args": {**vars(args), "plan_only": False}, "runs": runs})
+        if getattr(args, "plan_only", False):
+            print(f"plan of {len(runs)} runs written to {folder}; train them with one job per GPU, e.g.\n"
+                  f"  for g in 0 1 2 3; do python main.py --resume {folder} --gpu_id $g & done; wait")
+            return folder
+    elsewhere = []
     for k, run in enumerate(runs, 1):
         run_dir = folder / run["name"]
         if (run_dir / "results.json").exists():
             print(f"{run['name']} (test {run['test_split']}) already finished: kept")
+            continue
+        holder = claim_run(folder, run["name"])
+        if holder is not None:
+            print(f"{run['name']} is being trained by job {holder}: skipped")
+            elsewhere.append(run["name"])
             continue
         print(f"=== run {k}/{len(runs)}: {run['name']}, seed {run['seed']}, test sessions {run['test_split']} ===")
         try:
@@ -235,6 +290,13 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
             print(f"experiment interrupted in {run['name']}; continue the whole experiment (finished runs are kept) "
                   f"with the same script and --resume {folder}")
             raise
+        finally:
+            (folder / ".claims" / run["name"]).unlink(missing_ok=True)
+    unfinished = [r["name"] for r in runs if not (folder / r["name"] / "results.json").exists()]
+    if unfinished:  # trained by other jobs right now: the last of them writes the summary
+        print(f"{len(unfinished)} runs are still being trained by other jobs ({', '.join(elsewhere)}); the job "
+              f"that finishes last writes the summary (or run --resume {folder} once they are done)")
+        return folder
     summary = summarize_runs(folder, runs)
     write_json(folder / "summary.json", summary)
     table = summary_markdown(summary)

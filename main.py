@@ -1,7 +1,8 @@
-"""Train or evaluate the multimodal emotion model on KEMDy19 (or the synthetic demo corpus).
+"""Train or evaluate the multimodal emotion model on KEMDy19/KEMDy20 (or the synthetic demo corpus).
 
     python main.py --SorL speaker                     # train; a new folder under exp/
     python main.py --test_only exp/<run folder>       # evaluate a saved run
+    torchrun --nproc_per_node 4 main.py --SorL speaker --amp   # data-parallel on 4 GPUs
 """
 import os
 
@@ -9,30 +10,34 @@ import os
 # shape nearly every batch, and the default cache (1024 entries) grows CPU memory past 2 GB even on
 # the demo; 128 entries keep the speed and bound the memory. Set before torch is imported.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
+if int(os.environ.get("RANK", "0")) > 0:  # data-parallel: only rank 0 shows progress (tqdm reads this at import)
+    os.environ["TQDM_DISABLE"] = "1"
 
 import argparse
 import json
 import sys
+from contextlib import nullcontext, redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from constants import EMOTIONS, SAMPLE_RATE
 from dataset import ChunkBatchSampler, Corpus, WindowDataset
-from engine import evaluate, train_one_epoch
+from engine import amp_dtype, evaluate, train_one_epoch
 from experiment import (add_data_args, data_dirs, is_experiment, prepare_data, run_experiment, split_record,
                         split_sessions, write_test_outputs)
 from loss import EmotionLoss, class_balanced_weights
 from metric import selection_score
 from trained_run import build_model, check_corpus_unchanged, load_checkpoint, load_trained_model, save_corpus_record
-from utils import (append_jsonl, atomic_torch_save, check_save_path, make_run_dir, plot_curves, restore_rng_states,
-                   rng_states, set_seed, summary_table, write_json, write_text)
+from utils import (append_jsonl, atomic_torch_save, broadcast, check_save_path, init_distributed, make_run_dir,
+                   plot_curves, restore_rng_states, rng_states, set_seed, summary_table, write_json, write_text)
 
 # Flags that may be given with --resume (e.g. a lower --lr after a divergence, more --epochs).
-RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id")
+RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id", "amp")
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
@@ -60,8 +65,8 @@ def get_parser() -> argparse.ArgumentParser:
       help="optimizer; adamw decouples --weight_decay from the gradient (default: %(default)s)")
     a("--loss", choices=["normal", "cbloss"], default="normal", help="normal = KLDiv + MSE; cbloss = class-balanced "
                                                                      "emotion term (default: %(default)s)")
-    a("--av_loss", choices=["mse", "ccc"], default="mse", help="arousal/valence loss: mse (published) or 1 - CCC "
-                                                                "over the batch (default: %(default)s)")
+    a("--av_loss", choices=["mse", "ccc", "mse+ccc"], default="mse",
+      help="arousal/valence loss: mse (published), 1 - CCC over the batch, or their sum (default: %(default)s)")
     a("--lam", type=float, default=0.66, help="weight of the emotion loss; 1-lam goes to arousal+valence (default: %(default)s)")
     a("--beta", type=float, default=0.99, help="class-balanced loss beta (default: %(default)s)")
     a("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
@@ -73,6 +78,10 @@ def get_parser() -> argparse.ArgumentParser:
     a("--patience", type=int, default=10, help="early stopping: stop after this many epochs without a better "
                                               "validation score, 0 = never (default: %(default)s)")
     a("--num_workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
+    a("--amp", action="store_true", help="mixed precision on CUDA: bf16 where supported, else fp16 with a gradient "
+                                        "scaler (default: float32; no effect on CPU)")
+    a("--plan_only", action="store_true", help="with --cv/--seeds: write the experiment folder and its plan, train "
+                                              "nothing; then start one `--resume <folder>` job per GPU")
     a("--resume", default=None, metavar="RUN", help="continue an interrupted run (exp/<run>) from its last checkpoint, "
                                                     "or an interrupted experiment (--cv/--seeds folder); only " + " ".join(
                                                         f"--{k}" for k in RESUME_OVERRIDES) + " may be given with it")
@@ -114,9 +123,10 @@ def run_name(args: argparse.Namespace) -> str:
 
 
 def make_loader(corpus: Corpus, sessions: list[int], args: argparse.Namespace, train: bool,
-                device: torch.device, split: str = "training") -> DataLoader:
+                device: torch.device, split: str = "training", num_replicas: int = 1, rank: int = 0) -> DataLoader:
     dataset = WindowDataset(corpus, sessions, args.ws, train=train, seed=args.seed, split=split)
-    sampler = ChunkBatchSampler(len(dataset), args.batch_size, chunk=args.ws, shuffle=train, seed=args.seed)
+    sampler = ChunkBatchSampler(len(dataset), args.batch_size, chunk=args.ws, shuffle=train, seed=args.seed,
+                                num_replicas=num_replicas, rank=rank)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=args.num_workers,
                       pin_memory=device.type == "cuda")
 
@@ -138,20 +148,27 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     model, optimizer, scheduler, best-so-far and RNG states."""
     resume = resume_overrides is not None
     device = resolve_device(args)
+    # Under torchrun (WORLD_SIZE > 1) one process per GPU (or CPU process with gloo): each trains on its
+    # share of the batches, gradients are averaged (DDP); rank 0 alone validates, tests and writes files.
+    rank, world_size, local_rank = init_distributed(device.type)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device(f"cuda:{local_rank}")
+    main_process = rank == 0
     set_seed(args.seed)
     train_sessions, val_sessions, test_sessions = split_sessions(args)
-    if run_dir is None:
+    if run_dir is None and main_process:
         check_save_path(args.save_path)  # before any data is prepared
     # Data first: bad data stops the start before a run folder exists, so none is left behind.
-    # Absolute: the run evaluates and resumes from any directory.
-    args.data_dir = ",".join(str(folder.resolve()) for folder in prepare_data(args))
+    # Absolute: the run evaluates and resumes from any directory. Rank 0 prepares, the others wait for it.
+    folders = broadcast(prepare_data(args) if main_process else None, world_size)
+    args.data_dir = ",".join(str(folder.resolve()) for folder in folders)
     corpus = Corpus(args.data_dir, args.SorL, args.text_dim, args.speech_model)
     args.speech_layers, args.speech_dim = corpus.speech_shape()  # the model's input shape, saved with its args
-    train_loader = make_loader(corpus, train_sessions, args, True, device)
+    train_loader = make_loader(corpus, train_sessions, args, True, device, num_replicas=world_size, rank=rank)
     val_loader = make_loader(corpus, val_sessions, args, False, device, "--val_split") if val_sessions else None
     test_loader = make_loader(corpus, test_sessions, args, False, device, "--test_split")
-    run_dir = run_dir or make_run_dir(args.save_path, run_name(args))
-    if not resume:  # a resumed run keeps its args.json; the checkpoints carry any --resume overrides
+    run_dir = broadcast(run_dir or (make_run_dir(args.save_path, run_name(args)) if main_process else None), world_size)
+    if not resume and main_process:  # a resumed run keeps its args.json; the checkpoints carry --resume overrides
         try:
             write_json(run_dir / "args.json", vars(args))
             save_corpus_record(run_dir, corpus, args.SorL, args.text_dim, args.speech_model)
@@ -167,6 +184,13 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
         model.audio.mel_mean.copy_(torch.from_numpy(mean))
         model.audio.mel_std.copy_(torch.from_numpy(std))
     model.to(device)
+    # DDP gives every process rank 0's initial weights; dropout and SpecAugment then draw per process.
+    train_model = model
+    if world_size > 1:
+        torch.manual_seed(args.seed + rank)
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    dtype = amp_dtype(device, args.amp)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     class_weights = None
     if args.loss == "cbloss":
         class_weights = class_balanced_weights(corpus.labels[train_rows].sum(0), args.beta)
@@ -188,6 +212,8 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
             ema.load_state_dict(checkpoint["ema"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
         best_score, best_epoch, best_val = checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["best_val"]
         first_epoch = checkpoint["epoch"] + 1
         restore_rng_states(checkpoint["rng"])
@@ -195,7 +221,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
             for group in optimizer.param_groups:
                 group["lr"] = args.lr
         print(f"resuming {run_dir} after epoch {checkpoint['epoch']} (best epoch so far {best_epoch})")
-    if resume and log_path.exists():  # epochs logged after the last checkpoint are trained again
+    if resume and log_path.exists() and main_process:  # epochs logged after the last checkpoint are trained again
         log = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         log = [r for r in log if r["epoch"] < first_epoch]
         write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
@@ -209,7 +235,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
             train_loader.sampler.epoch = train_loader.dataset.epoch = epoch
             record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             try:
-                record.update(train_one_epoch(model, train_loader, loss_fn, optimizer, device, epoch))
+                record.update(train_one_epoch(train_model, train_loader, loss_fn, optimizer, device, epoch, dtype, scaler))
             except FloatingPointError as error:
                 last = f"{run_dir / 'checkpoint.pth'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
                 raise SystemExit(f"error: {error}. Last good checkpoint: {last}. Resume with a lower learning rate: "
@@ -217,15 +243,19 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
+            if not main_process:  # rank 0 validates; the others need only its choice (for early stopping)
+                best_epoch = broadcast(None, world_size)
+                continue
             improved = val_loader is None
             if val_loader is not None:
-                val_metrics, _ = evaluate(scored, val_loader, device, desc=f"epoch {epoch} val")
+                val_metrics, _ = evaluate(scored, val_loader, device, desc=f"epoch {epoch} val", dtype=dtype)
                 record.update({f"val_{k}": v for k, v in val_metrics.items() if not isinstance(v, (dict, list))})
                 record["val_score"] = selection_score(val_metrics)
                 improved = record["val_score"] > best_score
             if improved:
                 best_score, best_epoch = record.get("val_score", 0.0), epoch
                 best_val = {k: v for k, v in record.items() if k.startswith("val_")}
+            broadcast(best_epoch, world_size)
             record["seconds"] = record["train_seconds"]
             append_jsonl(log_path, record)
             log.append(record)
@@ -233,7 +263,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
                           "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "epoch": epoch, "args": vars(args),
                           "best_score": best_score, "best_epoch": best_epoch, "best_val": best_val, "rng": rng_states(),
-                          "features": corpus.audio_settings}
+                          "features": corpus.audio_settings, "scaler": scaler.state_dict() if scaler else None}
             if improved:
                 atomic_torch_save({**checkpoint, "model": scored.state_dict()}, run_dir / "best.pth")
             atomic_torch_save(checkpoint, run_dir / "checkpoint.pth")  # last: it marks the epoch as done
@@ -243,10 +273,12 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
         done = f"epoch {epoch - 1} is the last saved" if epoch > 1 else "no epoch was finished"
         print(f"\ninterrupted during epoch {epoch} ({done}); continue with: python main.py --resume {run_dir}")
         raise
+    if not main_process:
+        return run_dir
     plot_curves(log, run_dir / "curves.png", best_epoch)
 
     model.load_state_dict(load_checkpoint(run_dir / "best.pth", device)["model"])
-    metrics, outputs = evaluate(model, test_loader, device, desc="test")
+    metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=dtype)
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics, "results.json",
                        {"model": "neural", "best_epoch": best_epoch, "val": best_val, "sessions": shown,
                         **speech_record(model, corpus)})
@@ -312,7 +344,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
                            args.allow_corpus_change)
     corpus = Corpus(saved.data_dir, saved.SorL, saved.text_dim, saved.speech_model)
     test_loader = make_loader(corpus, test_sessions, saved, False, device, "--test_split")
-    metrics, outputs = evaluate(model, test_loader, device, desc="test")
+    metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=amp_dtype(device, saved.amp))
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics,
                        "results_test_only.json", {"model": "neural", "best_epoch": checkpoint["best_epoch"],
                                                   **speech_record(model, corpus)})
@@ -331,10 +363,15 @@ def explicit_flags(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet = int(os.environ.get("RANK", "0")) > 0  # data-parallel: rank 0 speaks for all processes
     try:
-        dispatch(sys.argv[1:] if argv is None else argv)
+        with redirect_stdout(open(os.devnull, "w")) if quiet else nullcontext():
+            dispatch(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:  # the resume command was printed where the run was interrupted
         raise SystemExit(130) from None
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def dispatch(argv: list[str]) -> None:
@@ -350,14 +387,23 @@ def dispatch(argv: list[str]) -> None:
                              f"{' '.join('--' + k for k in RESUME_OVERRIDES)} may be given with it, not "
                              f"{' '.join('--' + k for k in extra)}")
         run_path = Path(args.resume)
+        overrides = {k: given[k] for k in RESUME_OVERRIDES if k in given}
         if (run_path / "runs.json").exists():
-            run_experiment(args, "", train, lambda run_dir: resume_run(run_dir, {}))
+            check_not_distributed("an experiment (--resume of a --cv/--seeds folder)")
+            run_experiment(args, "", train, lambda run_dir: resume_run(run_dir, overrides), overrides)
         else:
-            resume_run(run_path, {k: given[k] for k in RESUME_OVERRIDES if k in given})
+            resume_run(run_path, overrides)
     elif is_experiment(args):
+        check_not_distributed("--cv/--seeds")
         run_experiment(args, run_name(args), train, lambda run_dir: resume_run(run_dir, {}))
     else:
         train(args)
+
+
+def check_not_distributed(what: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit(f"error: {what} under torchrun: spread the runs over GPUs with one process each instead "
+                         "(python main.py --cv ... --plan_only, then one `--resume <folder> --gpu_id K` per GPU)")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def load_trained_model(checkpoint_path: Path, device: torch.device) -> tuple[Emo
         raise SystemExit(f"error: {checkpoint_path} lacks the model arguments {missing}; "
                          "it was saved by an incompatible version")
     args = argparse.Namespace(**{"freq_mask": 0, "time_mask": 0, "speech_model": None, "speech_layers": 0,
-                                 "speech_dim": 0, **checkpoint["args"]})
+                                 "speech_dim": 0, "amp": False, **checkpoint["args"]})
     if not args.speech_model and checkpoint.get("features", feature_settings()) != feature_settings():
         raise SystemExit(f"error: {checkpoint_path} was trained on features {checkpoint['features']}, "
                          f"this code computes {feature_settings()}")

@@ -184,3 +184,25 @@ def pretrained_load_error(what: str, name: str, flag: str, error: Exception, cac
              if cache_only else first_line)
     return SystemExit(f"error: cannot load {what} '{name}' ({where}). Download it where the Hugging Face hub is "
                       f"reachable (`hf download {name} --local-dir DIR`) and pass {flag} DIR{alternative}")
+
+
+def init_distributed(device_type: str) -> tuple[int, int, int]:
+    """(rank, world size, local rank) of a process started by torchrun (WORLD_SIZE > 1): joins the process
+    group (NCCL on CUDA, gloo on CPU); (0, 1, 0) otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def broadcast(value, world_size: int):
+    """Rank 0's `value` on every process (a no-op in one process)."""
+    if world_size == 1:
+        return value
+    import torch.distributed as dist
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

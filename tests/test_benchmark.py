@@ -12,7 +12,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
                 "predict_s_per_utterance", "speech_extract_utt_per_s", "speech_extract_real_time",
                 "speech_extract_peak_rss_gb", "speech_kemdy19_extract_minutes", "speech_cache_mb_per_10k_utterances",
                 "speech_peak_rss_gb_10s_clip", "speech_peak_rss_gb_30s_clip", "speech_peak_rss_gb_120s_clip"] + [f"{size}_{name}" for size in ("published", "recipe") for name in (
-                    "train_windows_per_s", "seconds_per_epoch_kemdy19", "data_wait_share", "eval_windows_per_s",
+                    "train_windows_per_s", "step_ms", "seconds_per_epoch_kemdy19", "data_wait_share", "eval_windows_per_s",
                     "peak_rss_gb", "peak_rss_gb_kemdy19")]
     for key in expected:
         assert isinstance(figures[key], float) and figures[key] > 0, key

@@ -71,7 +71,7 @@ def test_resume_of_a_finished_run_does_nothing_and_flags_are_checked(demo_dir, t
 def test_divergence_stops_with_epoch_batch_and_how_to_resume(demo_dir, tmp_path, monkeypatch):
     real, poison = main_module.train_one_epoch, {2}
 
-    def poisoned(model, loader, loss_fn, optimizer, device, epoch):
+    def poisoned(model, loader, loss_fn, optimizer, device, epoch, *precision):
         if epoch in poison:  # the third batch of a poisoned epoch gives a NaN loss
             calls, real_loss = [], loss_fn
 
@@ -80,7 +80,7 @@ def test_divergence_stops_with_epoch_batch_and_how_to_resume(demo_dir, tmp_path,
                 calls.append(1)
                 return (total * float("nan"), parts) if len(calls) == 3 else (total, parts)
             loss_fn = nan_loss
-        return real(model, loader, loss_fn, optimizer, device, epoch)
+        return real(model, loader, loss_fn, optimizer, device, epoch, *precision)
 
     monkeypatch.setattr(main_module, "train_one_epoch", poisoned)
     argv = ["--data_dir", str(demo_dir), "--save_path", str(tmp_path)] + TINY[:-4] + ["--ws", "4", "--epochs", "3"]
