@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from constants import HOP_LENGTH, MAX_FRAMES, N_MELS, SAMPLE_RATE
 from dataset import Corpus
 from demo_corpus import make_demo_corpus
-from engine import amp_dtype, evaluate, train_one_epoch
+from engine import evaluate, train_one_epoch
 from experiment import split_sessions
 from loss import EmotionLoss
 from main import get_parser, make_loader, make_optimizer, train
@@ -36,6 +36,7 @@ from predict import predict
 from preprocess import fingerprint, load_audio, log_mel, preprocess, segment_path
 from speech_features import build_speech_cache, encode_clips, load_speech_model
 from trained_run import build_model
+from utils import amp_dtype
 
 KEMDY19_UTTERANCES = 10280  # per role
 KEMDY19_TRAIN_WINDOWS = KEMDY19_UTTERANCES * 14 // 20  # default split: 14 training sessions of 20

@@ -15,10 +15,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from constants import CORPUS_CODES, EMOTION_INDEX, EMOTIONS, MAX_FRAMES, NUM_RATERS, NUM_SESSIONS
+from constants import CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, EMOTION_INDEX, EMOTIONS, MAX_FRAMES, NUM_RATERS, NUM_SESSIONS
 from preprocess import detect_corpus
 from speech_features import speech_cache_paths
 from text_encoder import embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings
+from utils import split_data_dir
 
 
 def parse_sessions(text: str, flag: str = "--test_split", n_sessions: int = NUM_SESSIONS) -> list[int]:
@@ -95,7 +96,7 @@ class Corpus:
     """
 
     def __init__(self, data_dir: str | Path, role: str, text_dim: int, speech_model: str | None = None):
-        folders = [Path(p) for p in str(data_dir).split(",") if p.strip()]
+        folders = split_data_dir(data_dir)
         if len(folders) > 1:
             self._union([Corpus(folder, role, text_dim, speech_model) for folder in folders], text_dim)
             return
@@ -142,7 +143,8 @@ class Corpus:
         if any(s != settings[0] for s in settings):
             raise SystemExit("error: the corpora of --data_dir have different audio features; preprocess them "
                              "with the same settings (and the same --speech_model)")
-        encoders = {p.text_encoder for p in parts}
+        # The contest's given embedding file is KoBERT's, as computing them here with the default encoder.
+        encoders = {DEFAULT_TEXT_ENCODER_REAL if p.text_encoder == "given" else p.text_encoder for p in parts}
         if len(encoders) > 1:
             raise SystemExit(f"error: the corpora of --data_dir have different sentence encoders {sorted(encoders)}; "
                              "preprocess them with the same --text_encoder")

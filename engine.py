@@ -1,6 +1,5 @@
 """One training epoch and one evaluation pass; each returns a dict of figures."""
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -9,20 +8,9 @@ from tqdm import tqdm
 
 from loss import EmotionLoss
 from metric import emotion_metrics
+from utils import autocast
 
 MODEL_INPUTS = ("spec", "spec_lengths", "text", "slots")
-
-
-def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """--amp on CUDA: bf16 where the card supports it (no gradient scaler needed), else fp16 (with one).
-    CPU runs stay in float32 (deterministic)."""
-    if not amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -40,7 +28,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: Emotion
     for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False), 1):
         data_wait += time.perf_counter() - fetch_start
         batch = _to(batch, device)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits, av = model(*(batch[k] for k in MODEL_INPUTS))
         loss, parts = loss_fn(logits, av, batch["soft"], batch["arousal_valence"])
         if not torch.isfinite(loss):
@@ -72,7 +60,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, d
     outputs = {k: [] for k in ("rows", "probs", "av", "labels", "first_label", "av_true")}
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         batch = _to(batch, device)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits, av = model(*(batch[k] for k in MODEL_INPUTS))
         outputs["rows"].append(batch["rows"])
         outputs["probs"].append(torch.softmax(logits.float(), dim=1))

@@ -7,12 +7,14 @@ sample std of every test metric over all its runs). It is resumable: finished ru
 """
 import argparse
 import copy
+import fcntl
 import json
 import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import pandas as pd
 from constants import CORPUS_CODES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, PROTOCOLS
 from dataset import Corpus, parse_sessions
 from preprocess import CorpusError, detect_corpus, is_demo_corpus, preprocess
-from utils import SUMMARY_METRICS, atomic_path, make_run_dir, plot_confusion, write_json, write_text
+from utils import SUMMARY_METRICS, atomic_path, make_run_dir, plot_confusion, split_data_dir, write_json, write_text
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -64,11 +66,6 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def data_dirs(args: argparse.Namespace) -> list[Path]:
-    """--data_dir as folders: one corpus, or several separated by commas (trained on together)."""
-    return [Path(p) for p in str(args.data_dir).split(",") if p.strip()]
-
-
 def session_label(key: int) -> int | str:
     """A session as shown: its number in one corpus, `19_03` for session 3 of KEMDy19 among several."""
     return f"{key // 100}_{key % 100:02d}" if key >= 100 else key
@@ -88,8 +85,11 @@ def resolve_protocol(args: argparse.Namespace) -> tuple[list[list[int]], list[st
     with the published splits when they are not given (several corpora: each corpus's own test sessions,
     and fold k = fold k of every corpus, e.g. KEMDy20 8k+1..8k+8 with KEMDy19 4k+1..4k+4). A listener run on
     a corpus without listener labels stops here, before any work."""
-    folders = data_dirs(args)
+    folders = split_data_dir(args.data_dir)
     forced = getattr(args, "corpus", "auto")
+    if len(folders) > 1 and forced != "auto":
+        raise SystemExit("error: --corpus names the corpus of one folder; with several in --data_dir each is "
+                         "recognised from its annotation files")
     kinds = [detect_corpus(folder, forced) for folder in folders]
     if len(folders) > 1 and len(set(kinds)) < len(kinds):
         raise SystemExit(f"error: --data_dir {args.data_dir}: two folders of the same corpus; give each corpus once")
@@ -146,10 +146,23 @@ def split_sessions(args: argparse.Namespace) -> tuple[list[int], list[int], list
     return train, val, test
 
 
+@contextmanager
+def preprocessing_lock(data_dir: Path) -> Iterator[None]:
+    """One preprocessing of `data_dir` at a time: a second job waits, then finds the outputs up to date."""
+    if not data_dir.is_dir():  # nothing to lock: preprocessing stops with its own one-line error
+        yield
+        return
+    with open(data_dir / ".preprocess.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def prepare_data(args: argparse.Namespace) -> list[Path]:
     """Make the demo corpus if the default folder is empty, then preprocess every corpus folder (a no-op when
-    up to date) -> the folders."""
-    folders = data_dirs(args)
+    up to date) -> the folders. Jobs that share a corpus (folds spread over GPUs) take turns."""
+    folders = split_data_dir(args.data_dir)
+    if args.speech_model and Path(args.speech_model).is_dir():  # a local model folder, usable from anywhere
+        args.speech_model = str(Path(args.speech_model).resolve())
     for data_dir in folders:
         if not (data_dir / "annotation").exists() and str(data_dir) == DEFAULT_DATA_DIR:
             from demo_corpus import make_demo_corpus
@@ -157,8 +170,9 @@ def prepare_data(args: argparse.Namespace) -> list[Path]:
                   "nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
             make_demo_corpus(data_dir, seed=0)
         try:
-            preprocess(data_dir, args.text_encoder, args.text_dim, speech_model=args.speech_model,
-                       corpus=args.corpus if len(folders) == 1 else "auto")
+            with preprocessing_lock(data_dir):
+                preprocess(data_dir, args.text_encoder, args.text_dim, speech_model=args.speech_model,
+                           corpus=args.corpus if len(folders) == 1 else "auto")
         except CorpusError as error:
             raise SystemExit(f"error: {error}") from None
         if is_demo_corpus(data_dir):
@@ -202,31 +216,21 @@ def _pid_alive(pid: int) -> bool:
 def claim_run(folder: Path, name: str) -> str | None:
     """Take run `name` of an experiment for this process -> None, or the "host pid" of the job that has it.
 
-    A claim is the file `.claims/<name>` created exclusively, so several jobs (one per GPU) can work through
-    one plan and no run is trained twice. The claim of a job that died on this host is taken over (renamed
-    away first: of two jobs that find it stale, one rename succeeds), so no run is lost either.
+    A claim is the file `.claims/<name>` naming the job's host and pid, taken under a lock on the folder,
+    so several jobs (one per GPU) can work through one plan and no run is trained twice. The claim of a
+    job that died on this host is taken over, so no run is lost either.
     """
     claims = folder / ".claims"
     claims.mkdir(exist_ok=True)
     path, mine = claims / name, f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(3):
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            holder = path.read_text(encoding="utf-8").split() if path.exists() else []
-            if holder == mine.split():
-                return None
-            if len(holder) != 2 or holder[0] != socket.gethostname() or _pid_alive(int(holder[1])):
-                return " ".join(holder) or "another job"
-            try:
-                os.rename(path, claims / f"{name}.stale.{os.getpid()}")
-            except FileNotFoundError:
-                pass
-            continue
-        os.write(descriptor, mine.encode())
-        os.close(descriptor)
-        return None
-    return "another job"
+    with open(claims / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        holder = path.read_text(encoding="utf-8").split() if path.exists() else []
+        alive = len(holder) != 2 or holder[0] != socket.gethostname() or _pid_alive(int(holder[1]))
+        if holder and holder != mine.split() and alive:
+            return " ".join(holder)
+        path.write_text(mine, encoding="utf-8")
+    return None
 
 
 def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[argparse.Namespace, Path], object],
@@ -273,6 +277,9 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
         if holder is not None:
             print(f"{run['name']} is being trained by job {holder}: skipped")
             elsewhere.append(run["name"])
+            continue
+        if (run_dir / "results.json").exists():  # finished by another job between the check and the claim
+            (folder / ".claims" / run["name"]).unlink(missing_ok=True)
             continue
         print(f"=== run {k}/{len(runs)}: {run['name']}, seed {run['seed']}, test sessions {run['test_split']} ===")
         try:

@@ -27,14 +27,15 @@ from torch.utils.data import DataLoader
 
 from constants import EMOTIONS, SAMPLE_RATE
 from dataset import ChunkBatchSampler, Corpus, WindowDataset
-from engine import amp_dtype, evaluate, train_one_epoch
-from experiment import (add_data_args, data_dirs, is_experiment, prepare_data, run_experiment, split_record,
+from engine import evaluate, train_one_epoch
+from experiment import (add_data_args, is_experiment, prepare_data, run_experiment, split_record,
                         split_sessions, write_test_outputs)
 from loss import EmotionLoss, class_balanced_weights
 from metric import selection_score
 from trained_run import build_model, check_corpus_unchanged, load_checkpoint, load_trained_model, save_corpus_record
-from utils import (append_jsonl, atomic_torch_save, broadcast, check_save_path, init_distributed, make_run_dir,
-                   plot_curves, restore_rng_states, rng_states, set_seed, summary_table, write_json, write_text)
+from utils import (amp_dtype, append_jsonl, atomic_torch_save, broadcast, check_save_path, init_distributed,
+                   make_run_dir, plot_curves, restore_rng_states, rng_states, set_seed, split_data_dir, summary_table,
+                   write_json, write_text)
 
 # Flags that may be given with --resume (e.g. a lower --lr after a divergence, more --epochs).
 RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id", "amp")
@@ -104,7 +105,8 @@ def check_args(args: argparse.Namespace) -> None:
               (args.hidden_size >= 2, "--hidden_size must be >= 2"), (args.text_dim >= 1, "--text_dim must be >= 1"),
               (0.0 <= args.dropout < 1.0, "--dropout must be in [0, 1)"),
               (args.num_workers >= 0, "--num_workers must be >= 0"), (args.seed >= 0, "--seed must be >= 0"),
-              (args.freq_mask >= 0 and args.time_mask >= 0, "--freq_mask and --time_mask must be >= 0")]
+              (args.freq_mask >= 0 and args.time_mask >= 0, "--freq_mask and --time_mask must be >= 0"),
+              (not args.plan_only or args.cv or args.seeds, "--plan_only goes with --cv and/or --seeds")]
     for ok, message in checks:
         if not ok:
             raise SystemExit(f"error: {message}")
@@ -216,7 +218,9 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
             scaler.load_state_dict(checkpoint["scaler"])
         best_score, best_epoch, best_val = checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["best_val"]
         first_epoch = checkpoint["epoch"] + 1
-        restore_rng_states(checkpoint["rng"])
+        restore_rng_states(checkpoint["rng"])  # rank 0's states
+        if world_size > 1:  # each process its own dropout and SpecAugment draws again
+            torch.manual_seed(args.seed + rank + world_size * checkpoint["epoch"])
         if "lr" in resume_overrides:  # e.g. after a divergence: continue with a lower learning rate
             for group in optimizer.param_groups:
                 group["lr"] = args.lr
@@ -335,7 +339,7 @@ def evaluate_run(args: argparse.Namespace) -> dict:
     device = resolve_device(args)
     model, saved, checkpoint = load_trained_model(run_dir / "best.pth", device)
     _, _, test_sessions = split_sessions(saved)
-    missing = [folder for folder in data_dirs(saved) if not (folder / "annotation").is_dir()]
+    missing = [folder for folder in split_data_dir(saved.data_dir) if not (folder / "annotation").is_dir()]
     if missing:
         raise SystemExit(f"error: the corpus of {run_dir.name} is not at {missing[0]} any more; --test_only needs it "
                          "(predict.py needs only the run folder)")

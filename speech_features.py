@@ -18,7 +18,6 @@ import os
 import re
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from constants import SAMPLE_RATE
-from utils import hub_reachable, pretrained_load_error, write_text
+from utils import amp_dtype, autocast, hub_reachable, pretrained_load_error, write_text
 
 CHUNK_SECONDS = 20.0  # longer clips are encoded in pieces of at most this length
 BATCH_SECONDS = 32.0  # padded audio per forward pass: bounds the CNN front end's activations (~1 GB at base size)
@@ -88,12 +87,6 @@ def speech_settings(name: str, config) -> dict:
             "chunk_seconds": CHUNK_SECONDS, "sample_rate": SAMPLE_RATE}
 
 
-def _autocast(device: torch.device):
-    if device.type != "cuda":
-        return nullcontext()  # float32 on CPU
-    return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-
-
 def length_batches(lengths: list[int], budget: int) -> list[list[int]]:
     """Indices grouped in length order so that a group padded to its longest member holds <= `budget` samples."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
@@ -116,7 +109,10 @@ def encode_clips(audios: list[np.ndarray], extractor, model, device: torch.devic
     chunk = int(CHUNK_SECONDS * SAMPLE_RATE)
     pieces = [(i, audio[start:start + chunk]) for i, audio in enumerate(audios)
               for start in range(0, len(audio), chunk)]
-    pieces = [(i, np.pad(p, (0, max(0, MIN_SAMPLES - len(p))))) for i, p in pieces]
+    # Each piece through the feature extractor alone (its normalisation then sees the piece, not the padding
+    # of a batch), so a clip's features do not depend on which clips share its batch.
+    pieces = [(i, extractor(np.pad(p, (0, max(0, MIN_SAMPLES - len(p)))), sampling_rate=SAMPLE_RATE,
+                            return_tensors="np")["input_values"][0]) for i, p in pieces]
     layers, dim = model.config.num_hidden_layers + 1, model.config.hidden_size
     total = np.zeros((len(audios), layers, dim))
     total_sq = np.zeros((len(audios), layers, dim))
@@ -125,13 +121,17 @@ def encode_clips(audios: list[np.ndarray], extractor, model, device: torch.devic
     # which batching by similar length keeps to a few percent of each clip.
     masked = getattr(extractor, "return_attention_mask", False)
     for group in length_batches([len(p) for _, p in pieces], int(BATCH_SECONDS * SAMPLE_RATE)):
-        inputs = extractor([pieces[k][1] for k in group], sampling_rate=SAMPLE_RATE, padding=True,
-                           return_attention_mask=masked, return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        with _autocast(device):
+        lengths = torch.tensor([len(pieces[k][1]) for k in group])
+        values = torch.zeros(len(group), int(lengths.max()))
+        for row, k in enumerate(group):
+            values[row, :lengths[row]] = torch.from_numpy(pieces[k][1])
+        inputs = {"input_values": values.to(device)}
+        if masked:
+            inputs["attention_mask"] = (torch.arange(values.shape[1])[None, :] < lengths[:, None]).long().to(device)
+        with autocast(device, amp_dtype(device, True)):
             states = model(**inputs, output_hidden_states=True).hidden_states
         states = torch.stack(states, dim=1).float()  # (B, L, T, D)
-        frames = model._get_feat_extract_output_lengths(torch.tensor([len(pieces[k][1]) for k in group]))
+        frames = model._get_feat_extract_output_lengths(lengths)
         valid = (torch.arange(states.shape[2])[None, :] < frames[:, None]).to(device)[:, None, :, None]
         sums = (states * valid).sum(2).double().cpu().numpy()
         sums_sq = (states.square() * valid).sum(2).double().cpu().numpy()

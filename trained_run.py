@@ -21,7 +21,7 @@ from dataset import Corpus, audio_cache_paths
 from model import EmotionModel
 from preprocess import feature_settings
 from text_encoder import embedding_paths, tfidf_embeddings, transformer_embeddings
-from utils import atomic_path, file_sha1, write_json
+from utils import atomic_path, file_sha1, split_data_dir, write_json
 
 # Arguments that define the model's shape: it is rebuilt from exactly these.
 MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat", "dropout",
@@ -69,7 +69,7 @@ def load_trained_model(checkpoint_path: Path, device: torch.device) -> tuple[Emo
 def corpus_record(data_dir: str, role: str, text_dim: int, speech_model: str | None) -> dict:
     """What a run was trained on: the corpus folder(s), the encoders, and content hashes of the tables,
     embeddings and audio feature index it read (editing a transcript or a label changes them)."""
-    folders = [Path(p) for p in str(data_dir).split(",") if p.strip()]
+    folders = split_data_dir(data_dir)
     npy_path, meta_path, _ = embedding_paths(folders[0], text_dim)
     encoder = json.loads(meta_path.read_text(encoding="utf-8"))["encoder"] if meta_path.exists() else "given"
     fingerprint = {}

@@ -7,8 +7,9 @@ import random
 import socket
 import time
 import uuid
+from datetime import timedelta
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -188,14 +189,19 @@ def pretrained_load_error(what: str, name: str, flag: str, error: Exception, cac
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:
     """(rank, world size, local rank) of a process started by torchrun (WORLD_SIZE > 1): joins the process
-    group (NCCL on CUDA, gloo on CPU); (0, 1, 0) otherwise."""
+    group (NCCL on CUDA, each process on its own GPU; gloo on CPU); (0, 1, 0) otherwise. If one process
+    fails, torchrun stops the others."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return 0, 1, 0
     import torch.distributed as dist
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)  # else NCCL's collectives would all run on GPU 0
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+        # Rank 0 preprocesses a new corpus while the others wait in a collective: allow it hours, not minutes.
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=timedelta(hours=3))
+    return dist.get_rank(), world_size, local_rank
 
 
 def broadcast(value, world_size: int):
@@ -206,3 +212,20 @@ def broadcast(value, world_size: int):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def split_data_dir(data_dir: str | Path) -> list[Path]:
+    """--data_dir as folders: one corpus, or several separated by commas."""
+    return [Path(p) for p in str(data_dir).split(",") if p.strip()]
+
+
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """Mixed precision on CUDA: bf16 where the card supports it (no gradient scaler needed), else fp16 (with
+    one). None (float32) without `amp` or on CPU, where runs stay deterministic."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
