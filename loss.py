@@ -30,8 +30,7 @@ class EmotionLoss(nn.Module):
         self.lam = lam
         # MSE pulls predictions towards the mean (it rewards shrinkage); 1 - CCC scores what the benchmark
         # scores: correlation, and matching mean and spread (the usual dimensional-emotion loss since AVEC).
-        self.av_loss = {"mse": F.mse_loss, "ccc": ccc_loss,
-                        "mse+ccc": lambda pred, target: F.mse_loss(pred, target) + ccc_loss(pred, target)}[av_loss]
+        self.av_loss = {"mse": F.mse_loss, "ccc": ccc_loss}[av_loss]
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(0))
 
     def forward(self, logits: torch.Tensor, av_pred: torch.Tensor, soft_target: torch.Tensor,

@@ -66,8 +66,8 @@ def get_parser() -> argparse.ArgumentParser:
       help="optimizer; adamw decouples --weight_decay from the gradient (default: %(default)s)")
     a("--loss", choices=["normal", "cbloss"], default="normal", help="normal = KLDiv + MSE; cbloss = class-balanced "
                                                                      "emotion term (default: %(default)s)")
-    a("--av_loss", choices=["mse", "ccc", "mse+ccc"], default="mse",
-      help="arousal/valence loss: mse (published), 1 - CCC over the batch, or their sum (default: %(default)s)")
+    a("--av_loss", choices=["mse", "ccc"], default="mse",
+      help="arousal/valence loss: mse (published) or 1 - CCC over the batch (default: %(default)s)")
     a("--lam", type=float, default=0.66, help="weight of the emotion loss; 1-lam goes to arousal+valence (default: %(default)s)")
     a("--beta", type=float, default=0.99, help="class-balanced loss beta (default: %(default)s)")
     a("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
