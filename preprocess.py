@@ -377,8 +377,8 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     seconds = {}
     files = check_corpus(data_dir, corpus)
     kind = detect_corpus(data_dir, corpus)
-    how = "--corpus" if corpus != "auto" else "its annotation file names; --corpus overrides"
-    print(f"{data_dir}: {PROTOCOLS[kind].name} layout (from {how})")
+    # --corpus can only confirm what the files say (a mismatch stops in detect_corpus).
+    print(f"{data_dir}: {PROTOCOLS[kind].name} layout (from its annotation file names)")
     text_encoder = text_encoder or default_text_encoder(data_dir)
     wav_dir = data_dir / "wav"
     sources = fingerprint(files + list(wav_dir.rglob("*.wav")) + list(wav_dir.rglob("*.txt")))
