@@ -264,8 +264,10 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
         folder = make_run_dir(args.save_path, prefix)
         write_json(folder / "runs.json", {"args": {**vars(args), "plan_only": False}, "runs": runs})
         if getattr(args, "plan_only", False):
-            print(f"plan of {len(runs)} runs written to {folder}; train them with one job per GPU, e.g.\n"
-                  f"  for g in 0 1 2 3; do python main.py --resume {folder} --gpu_id $g & done; wait")
+            gpus = " ".join(str(g) for g in range(min(len(runs), 4)))
+            print(f"plan of {len(runs)} runs written to {folder}; train them with one job per GPU, e.g. on "
+                  f"{min(len(runs), 4)} GPUs\n  for g in {gpus}; do python main.py --resume {folder} --gpu_id $g & done; "
+                  "wait\n(on CPU, add --device cpu; each job takes the runs no other job has)")
             return folder
     elsewhere = []
     for k, run in enumerate(runs, 1):
@@ -275,7 +277,7 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
             continue
         holder = claim_run(folder, run["name"])
         if holder is not None:
-            print(f"{run['name']} is being trained by job {holder}: skipped")
+            print(f"{run['name']} is being trained by another job (host and pid: {holder}): skipped")
             elsewhere.append(run["name"])
             continue
         if (run_dir / "results.json").exists():  # finished by another job between the check and the claim

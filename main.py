@@ -178,6 +178,8 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
             raise SystemExit(f"error: cannot write the run folder {run_dir}: {error.strerror}") from None
     shown = split_record(train_sessions, val_sessions, test_sessions)
     print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
+    if world_size > 1:
+        print(f"data-parallel over {world_size} processes: {world_size} x {args.batch_size} windows per step")
 
     model = build_model(args)
     train_rows = np.flatnonzero(np.isin(corpus.sessions, train_sessions))
@@ -285,7 +287,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=dtype)
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics, "results.json",
                        {"model": "neural", "best_epoch": best_epoch, "val": best_val, "sessions": shown,
-                        **speech_record(model, corpus)})
+                        "processes": world_size, **speech_record(model, corpus)})
     print(f"best epoch {best_epoch} (by {'validation score' if val_loader else 'last epoch, --val_split none'})")
     print(summary_table(metrics, f"test {shown['test']}"))
     print(f"results: {run_dir / 'results.json'}")
@@ -373,6 +375,10 @@ def main(argv: list[str] | None = None) -> None:
             dispatch(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:  # the resume command was printed where the run was interrupted
         raise SystemExit(130) from None
+    except SystemExit as stop:
+        if quiet and stop.code not in (0, None):  # rank 0 has printed the same one-line error
+            raise SystemExit(1) from None
+        raise
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

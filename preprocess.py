@@ -449,6 +449,8 @@ def print_summary(summary: dict, data_dir: Path) -> None:
     demo = f" (synthetic demo corpus in the {name} layout, not {name})" if is_demo_corpus(data_dir) else f" ({name})"
     print(f"{data_dir}{demo}: {summary['rows']} rows, {summary['utterances']} utterances")
     for role, info in summary["roles"].items():
+        if not info["rows"]:  # KEMDy20 annotates the speaker only
+            continue
         classes = ", ".join(f"{e} {n}" for e, n in info["classes"].items())
         print(f"  {role:8s} {info['rows']} rows: {classes}, tied {info['tied']}")
     if not summary["dropped_rows"]:
