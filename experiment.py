@@ -80,8 +80,8 @@ def format_split(keys: list[int]) -> str:
     return ",".join(str(session_label(k)) for k in keys)
 
 
-def resolve_protocol(args: argparse.Namespace) -> tuple[list[list[int]], list[str]]:
-    """The sessions of --data_dir, grouped by corpus, and the corpus kinds; fills --test_split and --cv_folds
+def resolve_protocol(args: argparse.Namespace) -> list[list[int]]:
+    """The session keys of --data_dir, grouped by corpus; fills --test_split and --cv_folds
     with the published splits when they are not given (several corpora: each corpus's own test sessions,
     and fold k = fold k of every corpus, e.g. KEMDy20 8k+1..8k+8 with KEMDy19 4k+1..4k+4). A listener run on
     a corpus without listener labels stops here, before any work."""
@@ -106,7 +106,7 @@ def resolve_protocol(args: argparse.Namespace) -> tuple[list[list[int]], list[st
     if args.SorL == "listener" and unlabelled:
         raise SystemExit(f"error: --SorL listener: {unlabelled[0]} ({args.data_dir}) annotates only the speaker's "
                          "emotion; use --SorL speaker")
-    return groups, kinds
+    return groups
 
 
 def parse_split(text: str, flag: str, groups: list[list[int]]) -> list[int]:
@@ -125,7 +125,7 @@ def parse_split(text: str, flag: str, groups: list[list[int]]) -> list[int]:
 def split_sessions(args: argparse.Namespace) -> tuple[list[int], list[int], list[int]]:
     """(train, validation, test) session keys from --test_split and --val_split, within the corpus's sessions
     (`--val_split auto`: in each corpus, the two sessions just before its test sessions, wrapping around)."""
-    groups, _ = resolve_protocol(args)
+    groups = resolve_protocol(args)
     test = parse_split(args.test_split, "--test_split", groups)
     if args.val_split == "none":
         val = []
@@ -253,7 +253,7 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
         runs = saved["runs"]
     else:
         seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
-        groups, _ = resolve_protocol(args)
+        groups = resolve_protocol(args)
         folds = ([parse_split(f, "--cv_folds", groups) for f in args.cv_folds.split(";")] if args.cv
                  else [parse_split(args.test_split, "--test_split", groups)])
         runs = [{"name": "_".join(([f"seed{seed}"] if args.seeds else []) + ([f"fold{k}"] if args.cv else [])),
