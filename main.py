@@ -31,7 +31,7 @@ from engine import evaluate, train_one_epoch
 from experiment import (add_data_args, is_experiment, prepare_data, run_experiment, split_record,
                         split_sessions, write_test_outputs)
 from loss import EmotionLoss, class_balanced_weights
-from metric import selection_score
+from metric import av_calibration, selection_score
 from trained_run import build_model, check_corpus_unchanged, load_checkpoint, load_trained_model, save_corpus_record
 from utils import (amp_dtype, append_jsonl, atomic_torch_save, broadcast, check_save_path, init_distributed,
                    make_run_dir, plot_curves, restore_rng_states, rng_states, set_seed, split_data_dir, summary_table,
@@ -68,6 +68,10 @@ def get_parser() -> argparse.ArgumentParser:
                                                                      "emotion term (default: %(default)s)")
     a("--av_loss", choices=["mse", "ccc"], default="mse",
       help="arousal/valence loss: mse (published) or 1 - CCC over the batch (default: %(default)s)")
+    a("--av_calibration", choices=["val", "none"], default="val",
+      help="val = after training, scale and shift arousal/valence so that their mean and std on the validation "
+           "sessions match the ratings' (AVEC-style post-processing; identity without validation sessions); "
+           "none = raw outputs (default: %(default)s)")
     a("--lam", type=float, default=0.66, help="weight of the emotion loss; 1-lam goes to arousal+valence (default: %(default)s)")
     a("--beta", type=float, default=0.99, help="class-balanced loss beta (default: %(default)s)")
     a("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
@@ -283,15 +287,32 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
         return run_dir
     plot_curves(log, run_dir / "curves.png", best_epoch)
 
-    model.load_state_dict(load_checkpoint(run_dir / "best.pth", device)["model"])
+    best = load_checkpoint(run_dir / "best.pth", device)
+    model.load_state_dict(best["model"])
+    calibration = {}
+    if args.av_calibration == "val" and val_loader is not None:
+        calibration = calibrate_av(model, val_loader, device, dtype)
+        atomic_torch_save({**best, "model": model.state_dict()}, run_dir / "best.pth")
     metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=dtype)
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics, "results.json",
                        {"model": "neural", "best_epoch": best_epoch, "val": best_val, "sessions": shown,
-                        "processes": world_size, **speech_record(model, corpus)})
+                        "processes": world_size, **calibration, **speech_record(model, corpus)})
     print(f"best epoch {best_epoch} (by {'validation score' if val_loader else 'last epoch, --val_split none'})")
     print(summary_table(metrics, f"test {shown['test']}"))
     print(f"results: {run_dir / 'results.json'}")
     return run_dir
+
+
+def calibrate_av(model: torch.nn.Module, val_loader: DataLoader, device: torch.device,
+                 dtype: torch.dtype | None) -> dict:
+    """Fit the model's arousal/valence scale and shift on the validation sessions' raw outputs (from the
+    identity map, so that fitting again, e.g. on a resumed run, gives the same map); -> its record."""
+    model.set_av_calibration(torch.ones(2), torch.zeros(2))
+    _, outputs = evaluate(model, val_loader, device, desc="calibrate", dtype=dtype)
+    scale, shift = av_calibration(outputs["av_true"], outputs["av"])
+    model.set_av_calibration(torch.from_numpy(scale).float(), torch.from_numpy(shift).float())
+    return {"av_calibration": {name: {"scale": round(float(scale[k]), 4), "shift": round(float(shift[k]), 4)}
+                               for k, name in enumerate(("arousal", "valence"))}}
 
 
 def speech_record(model: torch.nn.Module, corpus: Corpus) -> dict:

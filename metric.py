@@ -29,6 +29,15 @@ def ccc(target: np.ndarray, pred: np.ndarray) -> float:
     return float(2 * covariance / denominator) if denominator > 0 else 0.0
 
 
+def av_calibration(target: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column (arousal, valence): the scale and shift that give `pred` the mean and std of `target`.
+    For a fixed correlation r this maximises CCC (it becomes r): the "centring and scaling" post-processing
+    fitted on the development set in the AVEC challenges' baselines."""
+    pred_std = pred.std(0)
+    scale = np.where(pred_std > 1e-6, target.std(0) / np.maximum(pred_std, 1e-6), 1.0)
+    return scale, target.mean(0) - scale * pred.mean(0)
+
+
 def emotion_metrics(probs: np.ndarray, av_pred: np.ndarray, labels: np.ndarray, first_label: np.ndarray,
                     av_true: np.ndarray) -> dict:
     """Every test metric of results.json; arrays hold one row per utterance, av columns (arousal, valence)."""

@@ -152,6 +152,14 @@ class EmotionModel(nn.Module):
                                       nn.Dropout(dropout))
         self.arousal_head = nn.Linear(hidden_size // 2, 1)
         self.valence_head = nn.Linear(hidden_size // 2, 1)
+        # An affine map of (arousal, valence) fitted on the validation sessions after training (identity
+        # until then): MSE training shrinks predictions towards the mean, which CCC penalises.
+        self.register_buffer("av_scale", torch.ones(2))
+        self.register_buffer("av_shift", torch.zeros(2))
+
+    def set_av_calibration(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        self.av_scale.copy_(scale)
+        self.av_shift.copy_(shift)
 
     def forward(self, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor,
                 slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,4 +181,4 @@ class EmotionModel(nn.Module):
         trunk_in = torch.cat([features, F.softmax(logits, dim=1)], dim=1) if self.emotion_concat else features
         trunk = self.av_trunk(trunk_in)
         av = torch.cat([self.arousal_head(trunk), self.valence_head(trunk)], dim=1)
-        return logits, 1 + 4 * torch.sigmoid(av)
+        return logits, ((1 + 4 * torch.sigmoid(av)) * self.av_scale + self.av_shift).clamp(1, 5)

@@ -10,7 +10,7 @@ from conftest import TEXT_DIM
 from dataset import context_windows, parse_sessions
 from loss import EmotionLoss, class_balanced_weights
 from main import evaluate_run, get_parser, main, train
-from metric import ccc, emotion_metrics, instance_prf, resolve_ties
+from metric import av_calibration, ccc, emotion_metrics, instance_prf, resolve_ties
 from model import EmotionModel
 
 TINY = ["--text_dim", str(TEXT_DIM), "--hidden_size", "16", "--num_layers", "1", "--audio_dim", "16",
@@ -66,6 +66,20 @@ def test_ccc_by_hand():
     assert ccc([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
     assert ccc([3, 3, 3], [3, 3, 3]) == 0.0  # undefined -> 0, not NaN
     assert ccc([1, 2, 3], [2, 3, 4]) == pytest.approx(2 * (2 / 3) / (2 / 3 + 2 / 3 + 1))
+
+
+def test_av_calibration_matches_mean_and_std_so_ccc_becomes_the_correlation():
+    rng = np.random.default_rng(0)
+    target = rng.uniform(1, 5, (300, 2))
+    pred = 3 + 0.3 * (target - 3) + rng.normal(0, 0.2, (300, 2)) + 0.4  # shrunk and shifted, as MSE training leaves it
+    pred[:, 1] = 2.0  # a constant output has no spread to match: left as it is
+    scale, shift = av_calibration(target, pred)
+    calibrated = pred * scale + shift
+    assert calibrated[:, 0].mean() == pytest.approx(target[:, 0].mean())
+    assert calibrated[:, 0].std() == pytest.approx(target[:, 0].std())
+    assert ccc(target[:, 0], calibrated[:, 0]) == pytest.approx(np.corrcoef(target[:, 0], pred[:, 0])[0, 1])
+    assert ccc(target[:, 0], calibrated[:, 0]) > ccc(target[:, 0], pred[:, 0]) + 0.2
+    assert scale[1] == 1.0 and shift[1] == pytest.approx(target[:, 1].mean() - 2.0)
 
 
 def test_class_balanced_weights_follow_the_formula():
@@ -187,6 +201,11 @@ def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
     assert [r["epoch"] for r in log] == [1, 2] and "val_macro_f1" in log[0]
     checkpoint = torch.load(run_dir / "checkpoint.pth", weights_only=True)
     assert checkpoint["args"]["num_layers"] == 1 and checkpoint["epoch"] == 2
+    # The validation-fitted arousal/valence map is in the saved model, so --test_only and predict.py apply it.
+    calibration = json.loads((run_dir / "results.json").read_text())["av_calibration"]
+    best = torch.load(run_dir / "best.pth", weights_only=True)["model"]
+    assert best["av_scale"].tolist() == pytest.approx([calibration[k]["scale"] for k in ("arousal", "valence")], abs=1e-4)
+    assert best["av_scale"].tolist() != [1.0, 1.0]
 
     metrics = evaluate_run(get_parser().parse_args(["--test_only", str(run_dir)]))
     for key in ("instance_f1", "macro_f1", "weighted_f1", "accuracy", "ccc_arousal", "ccc_valence"):
