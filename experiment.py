@@ -249,7 +249,8 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
         if not (folder / "runs.json").exists():
             raise SystemExit(f"error: --resume {folder} is not an experiment folder (no runs.json)")
         saved = json.loads((folder / "runs.json").read_text(encoding="utf-8"))
-        args = argparse.Namespace(**{**saved["args"], **(overrides or {}), "resume": str(folder)})
+        # Under the saved plan, this version's defaults: a flag added since the plan was written gets its default.
+        args = argparse.Namespace(**{**vars(args), **saved["args"], **(overrides or {}), "resume": str(folder)})
         runs = saved["runs"]
     else:
         seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]

@@ -71,7 +71,8 @@ def get_parser() -> argparse.ArgumentParser:
     a("--av_calibration", choices=["val", "none"], default="val",
       help="val = after training, scale and shift arousal/valence so that their mean and std on the validation "
            "sessions match the ratings' (AVEC-style post-processing; identity without validation sessions); "
-           "none = raw outputs (default: %(default)s)")
+           "none = raw outputs. With --av_loss ccc it changes little: that loss already matches the spread "
+           "(default: %(default)s)")
     a("--lam", type=float, default=0.66, help="weight of the emotion loss; 1-lam goes to arousal+valence (default: %(default)s)")
     a("--beta", type=float, default=0.99, help="class-balanced loss beta (default: %(default)s)")
     a("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
@@ -307,7 +308,7 @@ def calibrate_av(model: torch.nn.Module, val_loader: DataLoader, device: torch.d
                  dtype: torch.dtype | None) -> dict:
     """Fit the model's arousal/valence scale and shift on the validation sessions' raw outputs (from the
     identity map, so that fitting again, e.g. on a resumed run, gives the same map); -> its record."""
-    model.set_av_calibration(torch.ones(2), torch.zeros(2))
+    model.reset_av_calibration()
     _, outputs = evaluate(model, val_loader, device, desc="calibrate", dtype=dtype)
     scale, shift = av_calibration(outputs["av_true"], outputs["av"])
     model.set_av_calibration(torch.from_numpy(scale).float(), torch.from_numpy(shift).float())

@@ -31,10 +31,12 @@ def ccc(target: np.ndarray, pred: np.ndarray) -> float:
 
 def av_calibration(target: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per column (arousal, valence): the scale and shift that give `pred` the mean and std of `target`.
-    For a fixed correlation r this maximises CCC (it becomes r): the "centring and scaling" post-processing
-    fitted on the development set in the AVEC challenges' baselines."""
+    For a fixed correlation r this maximises CCC (it becomes r; the model clips the result to 1-5): the
+    "centring and scaling" post-processing fitted on the development set in the AVEC challenges' baselines.
+    An output that barely varies (std under 0.001 on the 1-5 scale) is only shifted: scaling it would
+    blow up noise."""
     pred_std = pred.std(0)
-    scale = np.where(pred_std > 1e-6, target.std(0) / np.maximum(pred_std, 1e-6), 1.0)
+    scale = np.where(pred_std > 1e-3, target.std(0) / np.maximum(pred_std, 1e-3), 1.0)
     return scale, target.mean(0) - scale * pred.mean(0)
 
 

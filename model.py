@@ -125,6 +125,10 @@ class SpeechEncoder(nn.Module):
         return self.proj(x.flatten(1))
 
 
+def _identity_av_map() -> dict[str, torch.Tensor]:
+    return {"av_scale": torch.ones(2), "av_shift": torch.zeros(2)}
+
+
 class EmotionModel(nn.Module):
     def __init__(self, text_dim: int = 768, audio_dim: int = 256, hidden_size: int = 512, num_layers: int = 4,
                  bidirectional: bool = False, backbone: str = "lstm", emotion_concat: bool = True,
@@ -154,12 +158,22 @@ class EmotionModel(nn.Module):
         self.valence_head = nn.Linear(hidden_size // 2, 1)
         # An affine map of (arousal, valence) fitted on the validation sessions after training (identity
         # until then): MSE training shrinks predictions towards the mean, which CCC penalises.
-        self.register_buffer("av_scale", torch.ones(2))
-        self.register_buffer("av_shift", torch.zeros(2))
+        for name, value in _identity_av_map().items():
+            self.register_buffer(name, value)
 
     def set_av_calibration(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
         self.av_scale.copy_(scale)
         self.av_shift.copy_(shift)
+
+    def reset_av_calibration(self) -> None:
+        for name, value in _identity_av_map().items():
+            getattr(self, name).copy_(value)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Runs saved before the calibration existed load with the identity map (their raw outputs).
+        for name, value in _identity_av_map().items():
+            state_dict.setdefault(prefix + name, value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor,
                 slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

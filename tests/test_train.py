@@ -7,11 +7,13 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from conftest import TEXT_DIM
-from dataset import context_windows, parse_sessions
+from dataset import Corpus, context_windows, parse_sessions
+from experiment import split_sessions
 from loss import EmotionLoss, class_balanced_weights
-from main import evaluate_run, get_parser, main, train
+from main import calibrate_av, evaluate_run, get_parser, main, make_loader, train
 from metric import av_calibration, ccc, emotion_metrics, instance_prf, resolve_ties
 from model import EmotionModel
+from trained_run import load_trained_model
 
 TINY = ["--text_dim", str(TEXT_DIM), "--hidden_size", "16", "--num_layers", "1", "--audio_dim", "16",
         "--batch_size", "16", "--epochs", "2", "--ws", "4"]
@@ -204,8 +206,18 @@ def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
     # The validation-fitted arousal/valence map is in the saved model, so --test_only and predict.py apply it.
     calibration = json.loads((run_dir / "results.json").read_text())["av_calibration"]
     best = torch.load(run_dir / "best.pth", weights_only=True)["model"]
-    assert best["av_scale"].tolist() == pytest.approx([calibration[k]["scale"] for k in ("arousal", "valence")], abs=1e-4)
+    for key, field in (("av_scale", "scale"), ("av_shift", "shift")):
+        assert best[key].tolist() == pytest.approx([calibration[k][field] for k in ("arousal", "valence")], abs=1e-4)
     assert best["av_scale"].tolist() != [1.0, 1.0]
+    # Fitting again (e.g. a resumed run that had not written results.json) starts from the identity map.
+    model, saved, _ = load_trained_model(run_dir / "best.pth", torch.device("cpu"))
+    corpus = Corpus(saved.data_dir, saved.SorL, saved.text_dim)
+    val_loader = make_loader(corpus, split_sessions(saved)[1], saved, False, torch.device("cpu"))
+    assert calibrate_av(model, val_loader, torch.device("cpu"), None)["av_calibration"] == calibration
+    # A model saved before the calibration existed loads with the identity map.
+    old = {k: v for k, v in best.items() if k not in ("av_scale", "av_shift")}
+    model.load_state_dict(old)
+    assert model.av_scale.tolist() == [1.0, 1.0] and model.av_shift.tolist() == [0.0, 0.0]
 
     metrics = evaluate_run(get_parser().parse_args(["--test_only", str(run_dir)]))
     for key in ("instance_f1", "macro_f1", "weighted_f1", "accuracy", "ccc_arousal", "ccc_valence"):
