@@ -30,8 +30,10 @@ from dataset import Corpus
 from experiment import (add_data_args, is_experiment, prepare_data, run_experiment, split_record, split_sessions,
                         write_test_outputs)
 from metric import ccc, emotion_metrics
-from preprocess import CorpusError, load_audio, save_npy, segment_path
-from utils import make_run_dir, summary_table, write_json, write_text
+from errors import CorpusError
+from preprocess import load_audio, save_npy
+from readers import segment_path
+from utils import cache_folders, make_run_dir, split_data_dir, summary_table, write_json, write_text
 
 OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
 AUDIO_FEATURES = [*OPENSMILE_SETS, "logmel", "speech"]
@@ -74,15 +76,16 @@ def speech_layer_average(corpus: Corpus) -> np.ndarray:
                      for offset in corpus.offsets])
 
 
-def opensmile_functionals(data_dir: Path, seg_ids: list[str], feature_set: str) -> np.ndarray:
-    """(len(seg_ids), n) openSMILE functionals, cached in features/opensmile_<set>.npy (+ .json with ids).
+def opensmile_functionals(data_dir: Path, cache: Path, seg_ids: list[str], feature_set: str) -> np.ndarray:
+    """(len(seg_ids), n) openSMILE functionals of the corpus at `data_dir`, cached in its cache folder `cache` as
+    features/opensmile_<set>.npy (+ .json with ids).
 
     Extraction runs only for utterances not in the cache yet; a clip openSMILE cannot process is a NaN
     row (named), which the baseline imputes with the training mean.
     """
     import opensmile
 
-    npy_path = data_dir / "features" / f"opensmile_{feature_set}.npy"
+    npy_path = cache / "features" / f"opensmile_{feature_set}.npy"
     meta_path = npy_path.with_suffix(".json")
     cached: dict[str, np.ndarray] = {}
     if npy_path.exists() and meta_path.exists():
@@ -121,11 +124,13 @@ def feature_blocks(args: argparse.Namespace, corpus: Corpus) -> dict[str, np.nda
         if name == "logmel":
             blocks[name] = logmel_band_statistics(corpus)
         elif name == "speech":
-            blocks[name] = speech_layer_average(Corpus(args.data_dir, args.SorL, args.text_dim, args.speech_model))
+            blocks[name] = speech_layer_average(Corpus(cache_folders(args.data_dir, args.cache_dir), args.SorL,
+                                                       args.text_dim, args.speech_model))
         else:
             blocks[name] = np.concatenate([  # rows of the corpora in order; each caches its own functionals
-                opensmile_functionals(folder, corpus.table["Segment ID"][corpus.source == k].tolist(),
-                                      OPENSMILE_SETS[name]) for k, folder in enumerate(corpus.data_dirs)])
+                opensmile_functionals(folder, cache, corpus.table["Segment ID"][corpus.source == k].tolist(),
+                                      OPENSMILE_SETS[name])
+                for k, (folder, cache) in enumerate(zip(split_data_dir(args.data_dir), corpus.folders))])
     if not args.no_text:
         blocks["text"] = corpus.text
     if not blocks:
@@ -160,7 +165,8 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
         args.audio_features = "speech" if args.speech_model else "egemaps,logmel"
     train_sessions, val_sessions, test_sessions = split_sessions(args)
     args.data_dir = ",".join(str(folder.resolve()) for folder in prepare_data(args))
-    corpus = Corpus(args.data_dir, args.SorL, args.text_dim)
+    args.cache_dir = str(Path(args.cache_dir).resolve()) if args.cache_dir else None
+    corpus = Corpus(cache_folders(args.data_dir, args.cache_dir), args.SorL, args.text_dim)
     run_dir = run_dir or make_run_dir(args.save_path, f"baseline_{args.SorL}")
     write_json(run_dir / "args.json", vars(args))
     shown = split_record(train_sessions, val_sessions, test_sessions)
@@ -212,10 +218,13 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    if args.resume or is_experiment(args):
-        run_experiment(args, f"baseline_{args.SorL}", train)
-    else:
-        train(args)
+    try:
+        if args.resume or is_experiment(args):
+            run_experiment(args, f"baseline_{args.SorL}", train)
+        else:
+            train(args)
+    except CorpusError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

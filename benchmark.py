@@ -33,10 +33,11 @@ from experiment import split_sessions
 from loss import EmotionLoss
 from main import get_parser, make_loader, make_optimizer, train
 from predict import predict
-from preprocess import fingerprint, load_audio, log_mel, preprocess, segment_path
+from preprocess import fingerprint, load_audio, log_mel, preprocess
+from readers import segment_path
 from speech_features import build_speech_cache, encode_clips, load_speech_model
 from trained_run import build_model
-from utils import amp_dtype
+from utils import amp_dtype, cache_folder, cache_folders
 
 KEMDY19_UTTERANCES = 10280  # per role
 KEMDY19_TRAIN_WINDOWS = KEMDY19_UTTERANCES * 14 // 20  # default split: 14 training sessions of 20
@@ -81,7 +82,7 @@ def _train_child(data_dir: str, model_flags: list[str], argv: list[str], max_win
     args = get_parser().parse_args(argv + ["--data_dir", data_dir] + model_flags)
     dev = torch.device(device)
     train_sessions, _, test_sessions = split_sessions(args)
-    corpus = Corpus(data_dir, "speaker", args.text_dim)
+    corpus = Corpus(cache_folders(data_dir, args.cache_dir), "speaker", args.text_dim)
     loader = make_loader(corpus, train_sessions, args, True, dev)
     loader.dataset.windows = loader.dataset.windows[:max_windows]
     loader.sampler.n = len(loader.dataset.windows)
@@ -130,13 +131,14 @@ def save_random_speech_model(folder: Path, size: str) -> Path:
     return folder
 
 
-def _speech_child(task: str, model_dir: str, data_dir: str, seg_ids: list[str], clip_seconds: float, device: str,
-                  queue) -> None:
+def _speech_child(task: str, model_dir: str, data_dir: str, cache: str, seg_ids: list[str], clip_seconds: float,
+                  device: str, queue) -> None:
     """Extraction of `seg_ids` ("extract") or of one clip of `clip_seconds` ("clip"), in a fresh process."""
     device = torch.device(device)
     if task == "extract":  # timed from the model being loaded to the cache being written
         wavs = [segment_path(Path(data_dir), s, ".wav") for s in seg_ids]
-        seconds = build_speech_cache(Path(data_dir), seg_ids, wavs, model_dir, fingerprint(wavs), load_audio, device)
+        seconds = build_speech_cache(Path(cache), seg_ids, wavs, model_dir, fingerprint(Path(data_dir), wavs),
+                                     load_audio, device)
         audio_seconds = sum(sf.info(w).duration for w in wavs)
     else:
         extractor, model = load_speech_model(model_dir, device)
@@ -150,12 +152,15 @@ def _speech_child(task: str, model_dir: str, data_dir: str, seg_ids: list[str], 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
     turns = max(4, int(np.ceil(args.utterances / 40)))
-    data_dir = make_demo_corpus(work / "KEMDy19", seed=0, n_sessions=20, n_scripts=1, n_impros=1, n_turns=turns)
-    summary = preprocess(data_dir, "tfidf", args.text_dim)
+    # Named so that its caches never take the place of a real corpus's in a shared --cache_dir.
+    data_dir = make_demo_corpus(work / "kemdy_benchmark_demo", seed=0, n_sessions=20, n_scripts=1, n_impros=1,
+                                n_turns=turns)
+    summary = preprocess(data_dir, "tfidf", args.text_dim, cache_dir=args.cache_dir)
+    cache = cache_folder(data_dir, args.cache_dir)
     n_utts = summary["utterances"]
-    meta = json.loads((data_dir / "features" / "logmel.json").read_text())
+    meta = json.loads((cache / "features" / "logmel.json").read_text())
     hours = sum(meta["lengths"]) * HOP_LENGTH / SAMPLE_RATE / 3600
-    cache_bytes = (data_dir / "features" / "logmel.npy").stat().st_size
+    cache_bytes = (cache / "features" / "logmel.npy").stat().st_size
     spec_rate = n_utts / summary["seconds"]["spectrograms"]
     figures = {
         "utterances": n_utts, "audio_hours": hours,
@@ -165,11 +170,12 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     }
 
     common = ["--text_dim", str(args.text_dim), "--batch_size", str(args.batch_size), "--ws", str(args.ws),
-              "--num_workers", str(args.num_workers), "--device", args.device]
+              "--num_workers", str(args.num_workers), "--device", args.device] + (
+                  ["--cache_dir", args.cache_dir] if args.cache_dir else [])
     parsed = get_parser().parse_args(common + ["--data_dir", str(data_dir)])
     device = torch.device(args.device)
     train_sessions, _, _ = split_sessions(parsed)
-    corpus = Corpus(data_dir, "speaker", args.text_dim)
+    corpus = Corpus([cache], "speaker", args.text_dim)
     loader = make_loader(corpus, train_sessions, parsed, True, device)
     figures["loader_windows_per_s"] = _windows_per_second(loader, limit_batches=10**9)
     reference = DataLoader(PublishedStyleWindows(corpus, loader.dataset.windows, data_dir),
@@ -210,7 +216,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     figures["predict_s_per_utterance"] = (time.perf_counter() - start) / len(wavs)
 
     model_dir = save_random_speech_model(work / f"wav2vec2-{args.speech_size}", args.speech_size)
-    extraction = in_fresh_process(_speech_child, "extract", str(model_dir), str(data_dir),
+    extraction = in_fresh_process(_speech_child, "extract", str(model_dir), str(data_dir), str(cache),
                                   corpus.table["Segment ID"][:args.speech_utterances].tolist(), 0.0, args.device)
     figures["speech_extract_utt_per_s"] = extraction["utt_per_s"]
     figures["speech_extract_real_time"] = extraction["real_time"]
@@ -221,7 +227,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     figures["speech_cache_mb_per_10k_utterances"] = row_bytes * 10_000 / 1e6
     for seconds in (10, 30, 120):  # chunking bounds memory: a 120 s clip needs what a 20 s piece needs
         figures[f"speech_peak_rss_gb_{seconds}s_clip"] = in_fresh_process(
-            _speech_child, "clip", str(model_dir), str(data_dir), [], float(seconds), args.device)["peak_rss_gb"]
+            _speech_child, "clip", str(model_dir), str(data_dir), str(cache), [], float(seconds),
+            args.device)["peak_rss_gb"]
     return figures
 
 
@@ -249,6 +256,9 @@ def main_cli(argv: list[str] | None = None) -> dict:
                         help="utterances timed for speech feature extraction (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="smoke size: 240 utterances, few windows, a tiny "
                                                              "speech model")
+    parser.add_argument("--cache_dir", default=None, metavar="DIR",
+                        help="put the demo corpus's derived files (spectrogram and feature caches) in DIR/<name> "
+                             "instead of beside it, e.g. to time a disk (default: beside it, in a temporary folder)")
     parser.add_argument("--out", default="benchmark.json", help="(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.quick:

@@ -26,6 +26,9 @@ DEFAULT_DATA_DIR = "data/KEMDy19"
 DEFAULT_TEXT_ENCODER_REAL = "skt/kobert-base-v1"
 DEFAULT_TEXT_ENCODER_DEMO = "tfidf"
 DEMO_MARKER_FILE = "DEMO_CORPUS.txt"  # written by the demo generator so every tool can say "demo, not KEMDy19"
+# Preprocessing's records in a corpus's cache folder: what the outputs were made from (and the corpus kind),
+# and every repaired, dropped or remarked row.
+MANIFEST, SUMMARY = "preprocess_manifest.json", "preprocess_summary.json"
 
 # Published 5-fold session cross-validation.
 CV_FOLDS = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16], [17, 18, 19, 20]]

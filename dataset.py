@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from constants import CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, EMOTION_INDEX, EMOTIONS, MAX_FRAMES, NUM_RATERS, NUM_SESSIONS
-from preprocess import detect_corpus
+from constants import (CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, EMOTION_INDEX, EMOTIONS, MANIFEST, MAX_FRAMES,
+                       NUM_RATERS, NUM_SESSIONS)
 from speech_features import speech_cache_paths
 from text_encoder import embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings
 from utils import split_data_dir
@@ -56,11 +56,12 @@ def context_windows(dialogues: np.ndarray, ws: int) -> np.ndarray:
     return np.where(rows >= start_of[:, None], rows, -1)
 
 
-def audio_cache_paths(data_dir: str | Path, speech_model: str | None = None) -> tuple[Path, Path]:
-    """(rows .npy, index .json) of the audio features: log-mel frames, or a speech model's pooled layers."""
+def audio_cache_paths(folder: str | Path, speech_model: str | None = None) -> tuple[Path, Path]:
+    """(rows .npy, index .json) of the audio features in a cache folder: log-mel frames, or a speech model's
+    pooled layers."""
     if speech_model:
-        return speech_cache_paths(data_dir, speech_model)
-    return Path(data_dir) / "features" / "logmel.npy", Path(data_dir) / "features" / "logmel.json"
+        return speech_cache_paths(folder, speech_model)
+    return Path(folder) / "features" / "logmel.npy", Path(folder) / "features" / "logmel.json"
 
 
 class ConcatFrames:
@@ -89,25 +90,28 @@ class ConcatFrames:
 class Corpus:
     """Everything a run needs from the preprocessing outputs of one role, aligned by table row.
 
-    `frames` holds the audio features of all utterances, one after the other: log-mel frames, or with
-    `speech_model` the L layer rows of each utterance (speech_features.py); `audio_settings` says which.
-    `data_dir` may name several corpora separated by commas: their union, with session keys 1903 ("19_03")
-    and dialogues prefixed by the corpus, so that no session or dialogue of one meets the other's.
+    `folders` are the cache folders of one corpus or several (preprocess.py's outputs; the corpus folders
+    themselves unless --cache_dir moved them), as a list or a comma-separated string. Several corpora are
+    read as their union, with session keys 1903 ("19_03") and dialogues prefixed by the corpus, so that no
+    session or dialogue of one meets the other's. `frames` holds the audio features of all utterances, one
+    after the other: log-mel frames, or with `speech_model` the L layer rows of each utterance
+    (speech_features.py); `audio_settings` says which.
     """
 
-    def __init__(self, data_dir: str | Path, role: str, text_dim: int, speech_model: str | None = None):
-        folders = split_data_dir(data_dir)
+    def __init__(self, folders: list[Path] | str | Path, role: str, text_dim: int, speech_model: str | None = None):
+        folders = split_data_dir(folders) if isinstance(folders, (str, Path)) else list(folders)
         if len(folders) > 1:
-            self._union([Corpus(folder, role, text_dim, speech_model) for folder in folders], text_dim)
+            self._union([Corpus([folder], role, text_dim, speech_model) for folder in folders], text_dim)
             return
-        data_dir = folders[0]
-        self.data_dirs, self.text_pipeline = [data_dir], None
-        self.table = pd.read_csv(data_dir / f"df_{role}.csv", keep_default_na=False)
-        self.source = np.zeros(len(self.table), dtype=int)  # which of data_dirs each row comes from
-        npy_path, meta_path = audio_cache_paths(data_dir, speech_model)
+        folder = folders[0]
+        self.folders, self.text_pipeline = [folder], None
+        self.kind = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["corpus"]
+        self.table = pd.read_csv(folder / f"df_{role}.csv", keep_default_na=False)
+        self.source = np.zeros(len(self.table), dtype=int)  # which of `folders` each row comes from
+        npy_path, meta_path = audio_cache_paths(folder, speech_model)
         if not meta_path.exists():
-            raise SystemExit(f"error: no features of --speech_model {speech_model} in {data_dir}; make them with "
-                             f"python preprocess.py --data_dir {data_dir} --speech_model {speech_model}")
+            raise SystemExit(f"error: no features of --speech_model {speech_model} in {folder}; make them with "
+                             f"python preprocess.py --data_dir <corpus> --speech_model {speech_model}")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         self.audio_settings = meta["settings"]
         self.frames = np.load(npy_path, mmap_mode="r")
@@ -115,12 +119,12 @@ class Corpus:
         rows = self.table["Segment ID"].map(position).to_numpy()
         self.offsets = np.asarray(meta["offsets"], dtype=np.int64)[rows]
         self.lengths = np.asarray(meta["lengths"], dtype=np.int64)[rows]
-        npy_path = embedding_paths(data_dir, text_dim)[0]
+        npy_path = embedding_paths(folder, text_dim)[0]
         embeddings = load_embeddings(npy_path)
         zero = np.zeros(text_dim, dtype=np.float32)
         self.text = np.stack([np.asarray(embeddings.get(s, zero), dtype=np.float32)
                               for s in self.table["Segment ID"]]) if len(self.table) else np.zeros((0, text_dim))
-        meta_path = embedding_paths(data_dir, text_dim)[1]
+        meta_path = embedding_paths(folder, text_dim)[1]
         self.text_encoder = json.loads(meta_path.read_text(encoding="utf-8"))["encoder"] if meta_path.exists() else "given"
         if self.text.shape[1] != text_dim:
             raise SystemExit(f"error: {npy_path} holds {self.text.shape[1]}-d embeddings, not --text_dim {text_dim}")
@@ -148,7 +152,7 @@ class Corpus:
         if len(encoders) > 1:
             raise SystemExit(f"error: the corpora of --data_dir have different sentence encoders {sorted(encoders)}; "
                              "preprocess them with the same --text_encoder")
-        codes = [CORPUS_CODES[detect_corpus(p.data_dirs[0])] for p in parts]
+        codes = [CORPUS_CODES[p.kind] for p in parts]
         tables = []
         for p, code in zip(parts, codes):
             table = p.table.copy()
@@ -156,7 +160,7 @@ class Corpus:
             table["dialogue"] = f"{code}_" + table["dialogue"]
             tables.append(table)
         self.table = pd.concat(tables, ignore_index=True)
-        self.data_dirs = [p.data_dirs[0] for p in parts]
+        self.folders, self.kind = [p.folders[0] for p in parts], "+".join(p.kind for p in parts)
         self.source = np.concatenate([np.full(len(p.table), k) for k, p in enumerate(parts)])
         self.audio_settings, self.text_encoder = settings[0], encoders.pop()
         self.frames = ConcatFrames([p.frames for p in parts])

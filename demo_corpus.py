@@ -5,10 +5,11 @@ is learnable from both modalities but not trivially: audio carries it through pr
 level/range, energy, speaking rate, voice quality) over speaker-specific voices; the transcript
 through emotion words mixed into neutral sentences; ten simulated raters disagree. It also
 carries the dirt of the real corpus (markers, a blank row, a missing cell, a missing wav, an
-empty transcript, the "disqust" spelling, a cp949 transcript). The KEMDy20 layout (`layout="kemdy20"`)
-has one annotation file per session with only the speaker's labels, flat wav folders, cp949
-transcripts, blank header cells of one space, a missing transcript, bio-signal folders, and the
-session-17 glitch (IDs in Sess17_eval.csv with another session's prefix).
+empty transcript, the "disqust" spelling, a cp949 transcript, a row carrying its neighbour's Segment
+ID). The KEMDy20 layout (`layout="kemdy20"`) has one annotation file per session with only the
+speaker's labels, flat wav folders, cp949 transcripts, blank header cells of one space, a missing
+transcript, bio-signal folders, the session-17 glitch (IDs in Sess17_eval.csv with another
+session's prefix) and a row carrying its neighbour's Segment ID.
 """
 import csv
 import shutil
@@ -82,6 +83,9 @@ KEMDY20_GROUPS = ["Numb", "WAV", " ", "Segment ID", "Total Evaluation", " ", " "
 KEMDY20_SUBHEADERS = [" ", "start", "end", " ", "Emotion", "Valence", "Arousal"]
 BIO_SIGNALS = ("EDA", "TEMP", "IBI")  # KEMDy20's Empatica E4 folders (not audio)
 GLITCH_SESSION, GLITCH_PREFIX = 17, "Sess07"  # KEMDy20: some IDs in Sess17_eval.csv read Sess07_...
+# As in the real Session03_F_res.csv: one file's first row carries the ID of the row after it (KEMDy19: the F file
+# only, so the M file's same row proves the right ID; KEMDy20: the wav lengths prove it).
+ID_GLITCH_SESSION = 8
 
 
 def _dialogue_states(rng: np.random.Generator, n_turns: int) -> dict[str, list[str]]:
@@ -269,6 +273,8 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int | None = N
             continue
         for actor in ("F", "M"):
             table = [[i + 1] + r for i, r in enumerate(rows[actor])]
+            if s == ID_GLITCH_SESSION and actor == "F" and len(table) > 1:
+                table[0][9] = table[1][9]
             if s == 1 and actor == "F" and len(table) > 5:
                 table[3][13 + 3 * 6 + 1] = ""  # a missing rater cell
                 table.insert(5, [""] * len(table[0]))  # a blank row
@@ -287,6 +293,8 @@ def _write_kemdy20_session(root: Path, session: int, rows: list[list]) -> None:
     if session == GLITCH_SESSION:
         for row in table[:3]:
             row[3] = GLITCH_PREFIX + row[3][6:]
+    if session == ID_GLITCH_SESSION and len(table) > 1:
+        table[0][3] = table[1][3]
     if session == 1 and len(table) > 5:
         table[3][7 + 3 * 6 + 1] = ""  # a missing rater cell
         table.insert(5, [""] * len(table[0]))  # a blank row

@@ -13,8 +13,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ import pandas as pd
 
 from constants import CORPUS_CODES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, PROTOCOLS
 from dataset import Corpus, parse_sessions
-from preprocess import CorpusError, detect_corpus, is_demo_corpus, preprocess
+from preprocess import is_demo_corpus, preprocess
+from readers import detect_corpus
 from utils import SUMMARY_METRICS, atomic_path, make_run_dir, plot_confusion, split_data_dir, write_json, write_text
 
 
@@ -36,6 +36,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
            "(default: %(default)s)")
     a("--corpus", choices=["auto", *PROTOCOLS], default="auto",
       help="which corpus --data_dir holds; auto = from its annotation file names (default: %(default)s)")
+    a("--cache_dir", default=None, metavar="DIR",
+      help="where preprocessing's derived files (tables, embeddings, feature caches) are: DIR/<corpus folder name> "
+           "instead of the corpus folder, e.g. for a corpus on read-only storage (default: the corpus folder)")
     a("--text_encoder", default=None, help="sentence encoder for preprocessing: skt/kobert-base-v1 (default for "
                                            "KEMDy19), a Hugging Face id or folder, or tfidf (default for the demo)")
     a("--speech_model", default=None, metavar="ID_OR_DIR",
@@ -146,20 +149,9 @@ def split_sessions(args: argparse.Namespace) -> tuple[list[int], list[int], list
     return train, val, test
 
 
-@contextmanager
-def preprocessing_lock(data_dir: Path) -> Iterator[None]:
-    """One preprocessing of `data_dir` at a time: a second job waits, then finds the outputs up to date."""
-    if not data_dir.is_dir():  # nothing to lock: preprocessing stops with its own one-line error
-        yield
-        return
-    with open(data_dir / ".preprocess.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def prepare_data(args: argparse.Namespace) -> list[Path]:
     """Make the demo corpus if the default folder is empty, then preprocess every corpus folder (a no-op when
-    up to date) -> the folders. Jobs that share a corpus (folds spread over GPUs) take turns."""
+    up to date) -> the folders. Jobs that share a corpus (folds spread over GPUs) take turns (preprocess's lock)."""
     folders = split_data_dir(args.data_dir)
     if args.speech_model and Path(args.speech_model).is_dir():  # a local model folder, usable from anywhere
         args.speech_model = str(Path(args.speech_model).resolve())
@@ -169,12 +161,8 @@ def prepare_data(args: argparse.Namespace) -> list[Path]:
             print(f"No KEMDy19 corpus in {data_dir}: making the synthetic DEMO corpus there. Results on it say "
                   "nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
             make_demo_corpus(data_dir, seed=0)
-        try:
-            with preprocessing_lock(data_dir):
-                preprocess(data_dir, args.text_encoder, args.text_dim, speech_model=args.speech_model,
-                           corpus=args.corpus if len(folders) == 1 else "auto")
-        except CorpusError as error:
-            raise SystemExit(f"error: {error}") from None
+        preprocess(data_dir, args.text_encoder, args.text_dim, speech_model=args.speech_model,
+                   corpus=args.corpus if len(folders) == 1 else "auto", cache_dir=args.cache_dir)
         if is_demo_corpus(data_dir):
             name = PROTOCOLS[detect_corpus(data_dir)].name
             print(f"NOTE: {data_dir} is the synthetic demo corpus, not {name}.")
@@ -321,7 +309,9 @@ def summarize_runs(folder: Path, runs: list[dict]) -> dict:
     tests = [json.loads((folder / r["name"] / "results.json").read_text(encoding="utf-8"))["test"] for r in runs]
     per_run = [{**r, **{m: t[m] for m in SUMMARY_METRICS}} for r, t in zip(runs, tests)]
     values = {m: np.array([t[m] for t in tests]) for m in SUMMARY_METRICS}
-    per_class = {e: float(np.mean([t["per_class"][e]["f1"] for t in tests])) for e in EMOTIONS}
+    # Mean over the runs where the class has an F1 (None where no run's test split had or predicted it).
+    scored = {e: [t["per_class"][e]["f1"] for t in tests if t["per_class"][e]["f1"] is not None] for e in EMOTIONS}
+    per_class = {e: float(np.mean(f1s)) if f1s else None for e, f1s in scored.items()}
     return {"runs": per_run, "n_runs": len(runs), "n_seeds": len({r["seed"] for r in runs}),
             "n_folds": len({r["test_split"] for r in runs}),
             "mean": {m: float(v.mean()) for m, v in values.items()},

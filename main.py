@@ -32,10 +32,11 @@ from experiment import (add_data_args, is_experiment, prepare_data, run_experime
                         split_sessions, write_test_outputs)
 from loss import EmotionLoss, class_balanced_weights
 from metric import av_calibration, selection_score
+from errors import CorpusError
 from trained_run import build_model, check_corpus_unchanged, load_checkpoint, load_trained_model, save_corpus_record
-from utils import (amp_dtype, append_jsonl, atomic_torch_save, broadcast, check_save_path, init_distributed,
-                   make_run_dir, plot_curves, restore_rng_states, rng_states, set_seed, split_data_dir, summary_table,
-                   write_json, write_text)
+from utils import (amp_dtype, append_jsonl, atomic_torch_save, broadcast, cache_folders, check_save_path,
+                   init_distributed, make_run_dir, plot_curves, restore_rng_states, rng_states, set_seed, split_data_dir,
+                   summary_table, write_json, write_text)
 
 # Flags that may be given with --resume (e.g. a lower --lr after a divergence, more --epochs).
 RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id", "amp")
@@ -169,7 +170,8 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     # Absolute: the run evaluates and resumes from any directory. Rank 0 prepares, the others wait for it.
     folders = broadcast(prepare_data(args) if main_process else None, world_size)
     args.data_dir = ",".join(str(folder.resolve()) for folder in folders)
-    corpus = Corpus(args.data_dir, args.SorL, args.text_dim, args.speech_model)
+    args.cache_dir = str(Path(args.cache_dir).resolve()) if args.cache_dir else None
+    corpus = Corpus(cache_folders(args.data_dir, args.cache_dir), args.SorL, args.text_dim, args.speech_model)
     args.speech_layers, args.speech_dim = corpus.speech_shape()  # the model's input shape, saved with its args
     train_loader = make_loader(corpus, train_sessions, args, True, device, num_replicas=world_size, rank=rank)
     val_loader = make_loader(corpus, val_sessions, args, False, device, "--val_split") if val_sessions else None
@@ -178,7 +180,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     if not resume and main_process:  # a resumed run keeps its args.json; the checkpoints carry --resume overrides
         try:
             write_json(run_dir / "args.json", vars(args))
-            save_corpus_record(run_dir, corpus, args.SorL, args.text_dim, args.speech_model)
+            save_corpus_record(run_dir, corpus, args)
         except OSError as error:
             raise SystemExit(f"error: cannot write the run folder {run_dir}: {error.strerror}") from None
     shown = split_record(train_sessions, val_sessions, test_sessions)
@@ -348,7 +350,9 @@ def find_run(args: argparse.Namespace) -> Path:
     name = args.test_only or args.test_path
     if not name:
         raise SystemExit("error: --test_only needs a run folder: --test_only exp/<run> or --test_path <run>")
-    run_dir = Path(name) if Path(name).exists() else Path(args.save_path) / name
+    run_dir = next((p for p in (Path(name), Path(args.save_path) / name) if p.exists()), None)
+    if run_dir is None:
+        raise SystemExit(f"error: --test_only {name}: no such run folder (nor {Path(args.save_path) / name})")
     missing = [f for f in ("args.json", "best.pth") if not (run_dir / f).exists()]
     if not run_dir.is_dir() or missing:
         raise SystemExit(f"error: {run_dir} is not a finished run folder (missing {', '.join(missing) or 'folder'})")
@@ -368,9 +372,8 @@ def evaluate_run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: the corpus of {run_dir.name} is not at {missing[0]} any more; --test_only needs it "
                          "(predict.py needs only the run folder)")
     prepare_data(saved)
-    check_corpus_unchanged(run_dir, saved.data_dir, saved.SorL, saved.text_dim, saved.speech_model,
-                           args.allow_corpus_change)
-    corpus = Corpus(saved.data_dir, saved.SorL, saved.text_dim, saved.speech_model)
+    check_corpus_unchanged(run_dir, saved, args.allow_corpus_change)
+    corpus = Corpus(cache_folders(saved.data_dir, saved.cache_dir), saved.SorL, saved.text_dim, saved.speech_model)
     test_loader = make_loader(corpus, test_sessions, saved, False, device, "--test_split")
     metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=amp_dtype(device, saved.amp))
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics,
@@ -394,7 +397,10 @@ def main(argv: list[str] | None = None) -> None:
     quiet = int(os.environ.get("RANK", "0")) > 0  # data-parallel: rank 0 speaks for all processes
     try:
         with redirect_stdout(open(os.devnull, "w")) if quiet else nullcontext():
-            dispatch(sys.argv[1:] if argv is None else argv)
+            try:
+                dispatch(sys.argv[1:] if argv is None else argv)
+            except CorpusError as error:
+                raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:  # the resume command was printed where the run was interrupted
         raise SystemExit(130) from None
     except SystemExit as stop:

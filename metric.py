@@ -47,6 +47,7 @@ def emotion_metrics(probs: np.ndarray, av_pred: np.ndarray, labels: np.ndarray, 
     true = resolve_ties(pred, labels, first_label)
     classes = list(range(len(EMOTIONS)))
     precision, recall, f1, support = precision_recall_fscore_support(true, pred, labels=classes, zero_division=0)
+    present = (support > 0) | np.isin(classes, pred)  # in the truth or the predictions
     instance_p, instance_r, instance_f = instance_prf(probs, labels)
     return {
         "instance_precision": instance_p, "instance_recall": instance_r, "instance_f1": instance_f,
@@ -56,7 +57,11 @@ def emotion_metrics(probs: np.ndarray, av_pred: np.ndarray, labels: np.ndarray, 
         "macro_f1": float(f1_score(true, pred, labels=np.union1d(true, pred), average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(true, pred, labels=classes, average="weighted", zero_division=0)),
         "ccc_arousal": ccc(av_true[:, 0], av_pred[:, 0]), "ccc_valence": ccc(av_true[:, 1], av_pred[:, 1]),
-        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+        # A class absent from the truth and never predicted has no precision, recall or F1 (None; macro-F1
+        # leaves it out too); predicted but absent, it has precision and F1 0 and no recall.
+        "per_class": {name: {"precision": float(precision[i]) if present[i] else None,
+                             "recall": float(recall[i]) if support[i] else None,
+                             "f1": float(f1[i]) if present[i] else None,
                              "support": int(support[i])} for i, name in enumerate(EMOTIONS)},
         "confusion": confusion_matrix(true, pred, labels=classes).tolist(),
     }

@@ -7,8 +7,10 @@
 
 Audio of any sample rate, mono or stereo, any length (the first 10 s are used, as in evaluation; a
 --speech_model run encodes the whole clip with the run's speech model, as its preprocessing did).
-Text goes through the run's own text encoder (saved in the run folder); no text means a zero embedding.
-Only the run folder is needed: no corpus, no network for a TF-IDF run.
+Text goes through the run's own text encoder (saved in the run folder), NFC-normalised as in training;
+no text means a zero embedding. A wav's transcript is the .txt of the same stem (names compared in NFC,
+so a decomposed macOS name matches). The `note` column names silent clips, channels that cancel, and
+wavs predicted without a transcript. Only the run folder is needed: no corpus, no network for a TF-IDF run.
 """
 import argparse
 import json
@@ -22,31 +24,40 @@ import torch
 from constants import EMOTIONS, N_FFT
 from dataset import assemble_batch, context_windows
 from engine import MODEL_INPUTS
-from preprocess import CorpusError, clean_transcript, decode_text, load_audio, log_mel
+from errors import CorpusError
+from preprocess import log_mel, read_audio
+from readers import clean_transcript, decode_text, nfc
 from speech_features import encode_clips, load_speech_config, load_speech_model, speech_settings
-from trained_run import load_trained_model, run_text_encoder
+from trained_run import load_trained_model, run_text_encoder, trained_on_demo
 from utils import atomic_path
 
 
 def read_transcript(path: Path) -> str:
-    try:
-        return decode_text(path.read_bytes(), path)
-    except FileNotFoundError:
-        raise SystemExit(f"error: --txt {path} does not exist") from None
-    except CorpusError as error:
-        raise SystemExit(f"error: {error}") from None
+    if not path.exists():
+        raise CorpusError(f"--txt {path} does not exist")
+    if not path.is_file():
+        raise CorpusError(f"--txt {path} is a folder, not a transcript file")
+    return decode_text(path.read_bytes(), path)
+
+
+def same_stem_transcript(wav: Path) -> Path | None:
+    """The .txt beside `wav` with the same stem, the names compared in NFC (macOS writes them decomposed)."""
+    stem = nfc(wav.stem)
+    return next((p for p in wav.parent.iterdir() if p.suffix.lower() == ".txt" and nfc(p.stem) == stem), None)
 
 
 def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str | None], bool]:
     """(wav paths, explicit texts or None to look for a same-stem .txt, whether they form a dialogue)."""
     if args.wav:
+        if not Path(args.wav).is_file():
+            raise CorpusError(f"--wav {args.wav}: no such file")
         return [Path(args.wav)], [read_transcript(Path(args.txt)) if args.txt else args.text], False
     folder = Path(args.input_dir or args.dialogue)
     if not folder.is_dir():
-        raise SystemExit(f"error: {folder} is not a folder")
+        raise CorpusError(f"{folder} is not a folder")
     wavs = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".wav"), key=natural_key)
     if not wavs:
-        raise SystemExit(f"error: no .wav files in {folder}")
+        raise CorpusError(f"no .wav files in {folder}")
     return wavs, [None] * len(wavs), bool(args.dialogue)
 
 
@@ -73,30 +84,43 @@ def audio_features(audios: list[np.ndarray], speech_model: str | None, trained_o
 @torch.inference_mode()
 def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: bool,
             device: torch.device | None = None) -> pd.DataFrame:
-    """One row per readable wav; the unreadable ones are named and skipped."""
+    """One row per readable wav (`texts[i]` None: its same-stem .txt, if any); the unreadable ones are named
+    and skipped. The `note` column names what the user should know of a row (silent, no transcript...)."""
     device = device or torch.device("cpu")
     if not (run_dir / "best.pth").exists():
-        raise SystemExit(f"error: {run_dir} has no best.pth (not a finished run folder)")
+        raise CorpusError(f"{run_dir} has no best.pth (not a finished run folder)")
     model, run_args, checkpoint = load_trained_model(run_dir / "best.pth", device)
-    audios, kept, kept_texts, skipped = [], [], [], []
+    if trained_on_demo(run_dir):
+        print(f"NOTE: {run_dir.name} was trained on the synthetic demo corpus: its predictions say nothing about "
+              "real speech")
+    audios, kept, kept_texts, notes, skipped = [], [], [], [], []
     for wav, text in zip(wavs, texts):
         try:
-            if text is None:
-                txt = wav.with_suffix(".txt")
-                text = decode_text(txt.read_bytes(), txt) if txt.exists() else ""
-            audio = load_audio(wav)
+            audio, remarks = read_audio(wav)
         except CorpusError as error:
             skipped.append(str(error))
             continue
+        if text is None:
+            txt = same_stem_transcript(wav)
+            try:
+                text = decode_text(txt.read_bytes(), txt) if txt else ""
+            except CorpusError as error:
+                remarks.append(str(error))
+                text = ""
+            if txt is None:
+                remarks.append("no transcript (audio alone)")
         if len(audio) < N_FFT and not run_args.speech_model:
             print(f"note: {wav} has {len(audio)} samples, less than one {N_FFT}-sample FFT window: zero-padded")
+        for remark in remarks:
+            print(f"note: {wav}: {remark}")
         audios.append(audio)
         kept.append(wav)
         kept_texts.append(clean_transcript(text))
+        notes.append("; ".join(remarks))
     for reason in skipped:
         print(f"skipped: {reason}")
     if not kept:
-        raise SystemExit("error: none of the input files could be read")
+        raise CorpusError("none of the input files could be read")
     frames, lengths = audio_features(audios, run_args.speech_model, checkpoint["features"], device)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     if dialogue:  # windows over the files in order, exactly like training
@@ -113,6 +137,7 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
         table[name] = probs[:, i]
     table["emotion"] = [EMOTIONS[i] for i in probs.argmax(1)]
     table["arousal"], table["valence"] = av[:, 0].cpu().numpy(), av[:, 1].cpu().numpy()
+    table["note"] = notes
     return table
 
 
@@ -132,9 +157,18 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     if (args.text or args.txt) and not args.wav:
         parser.error("--text/--txt go with --wav")
+    try:
+        return run(args)
+    except CorpusError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def run(args: argparse.Namespace) -> pd.DataFrame:
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():  # checked before any work is done
-        raise SystemExit(f"error: --out {out}: the folder {out.parent} does not exist")
+        raise CorpusError(f"--out {out}: the folder {out.parent} does not exist")
+    if out is not None and out.is_dir():
+        raise CorpusError(f"--out {out} is a folder; name a .csv or .json file")
     wavs, texts, dialogue = collect_inputs(args)
     table = predict(Path(args.run), wavs, texts, dialogue, torch.device(args.device))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))

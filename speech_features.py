@@ -26,29 +26,26 @@ import torch
 from tqdm import tqdm
 
 from constants import SAMPLE_RATE
-from utils import amp_dtype, autocast, hub_reachable, pretrained_load_error, write_text
+from utils import amp_dtype, autocast, hub_cache_only, pretrained_load_error, write_text
 
 CHUNK_SECONDS = 20.0  # longer clips are encoded in pieces of at most this length
 BATCH_SECONDS = 32.0  # padded audio per forward pass: bounds the CNN front end's activations (~1 GB at base size)
 MIN_SAMPLES = 400  # the CNN front end's receptive field (25 ms): shorter pieces are zero-padded to it
 
 
-def speech_cache_paths(data_dir: str | Path, name: str) -> tuple[Path, Path]:
-    """(rows .npy, index .json) of `name`'s cache: one file per model (a hub id, or a folder by its full path)."""
+def speech_cache_paths(out: str | Path, name: str) -> tuple[Path, Path]:
+    """(rows .npy, index .json) of `name`'s cache in the cache folder `out`: one file per model (a hub id, or a
+    folder by its full path)."""
     identity = str(Path(name).resolve()) if Path(name).is_dir() else name
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(identity).name)[:60]
-    base = Path(data_dir) / "features" / f"speech_{slug}_{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
+    base = Path(out) / "features" / f"speech_{slug}_{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
     return Path(f"{base}.npy"), Path(f"{base}.json")
-
-
-def _cache_only(name: str) -> bool:
-    return not Path(name).is_dir() and not hub_reachable()  # offline: nothing waits on the network
 
 
 def load_speech_config(name: str):
     """The model's config alone (cheap): enough to tell whether a cache is up to date."""
     from transformers import AutoConfig
-    cache_only = _cache_only(name)
+    cache_only = hub_cache_only(name)
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=cache_only)
     except (OSError, ValueError) as error:
@@ -63,7 +60,7 @@ def load_speech_model(name: str, device: torch.device):
     """(feature extractor, model in eval mode) for a hub id or local folder; one line if unavailable."""
     from transformers import AutoFeatureExtractor, AutoModel
     load_speech_config(name)
-    cache_only = _cache_only(name)
+    cache_only = hub_cache_only(name)
     try:
         extractor = AutoFeatureExtractor.from_pretrained(name, local_files_only=cache_only)
         model = AutoModel.from_pretrained(name, local_files_only=cache_only)
@@ -145,21 +142,26 @@ def encode_clips(audios: list[np.ndarray], extractor, model, device: torch.devic
     return np.concatenate([mean, std], axis=2).astype(np.float32)
 
 
-def build_speech_cache(data_dir: Path, seg_ids: list[str], wav_paths: list[Path], name: str, sources: str,
-                       load_audio: Callable[[Path], np.ndarray], device: torch.device | None = None) -> float:
-    """Write the cache of `name` for `seg_ids` unless it is up to date; resumes an interrupted extraction.
-    `load_audio` reads a wav as 16 kHz mono float32 (preprocessing's reader).
+def build_speech_cache(out: Path, seg_ids: list[str], wav_paths: list[Path], name: str, sources: str,
+                       load_audio: Callable[[Path], np.ndarray], device: torch.device | None = None,
+                       may_write: Callable[[str], None] | None = None) -> float:
+    """Write the cache of `name` for `seg_ids` in the cache folder `out` unless it is up to date; resumes an
+    interrupted extraction. `load_audio` reads a wav as 16 kHz mono float32 (preprocessing's reader);
+    `may_write(what)`, called before anything is written, may refuse (a read-only cache folder).
 
     Returns the seconds spent extracting (0 when up to date).
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    npy_path, meta_path = speech_cache_paths(data_dir, name)
+    npy_path, meta_path = speech_cache_paths(out, name)
     settings = speech_settings(name, load_speech_config(name))
     if meta_path.exists() and npy_path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta["settings"] == settings and meta["sources"] == sources:
             print(f"{npy_path.name} ({name}) is up to date")
             return 0.0
+    if may_write is not None:
+        may_write(f"{name} speech features")
+    npy_path.parent.mkdir(parents=True, exist_ok=True)
     extractor, model = load_speech_model(name, device)
     # Utterances in length order, cut into batches by a fixed rule: a resumed run makes the same batches.
     durations = [sf.info(p).frames for p in wav_paths]

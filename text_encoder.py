@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
 from constants import TEXT_MAX_LENGTH
-from utils import atomic_path, hub_reachable, pretrained_load_error
+from utils import atomic_path, hub_cache_only, pretrained_load_error
 
 SPIECE_UNDERLINE = "\u2581"
 
@@ -82,12 +82,22 @@ def _is_kobert(name: str) -> bool:
         json.loads(config.read_text(encoding="utf-8")).get("model_type") == "bert"
 
 
+def check_text_encoder(name: str) -> None:
+    """Fail in seconds, with one line, if the encoder `name` cannot be loaded: called before any heavy work."""
+    from transformers import AutoConfig
+    cache_only = hub_cache_only(name)
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=cache_only)
+    except (OSError, ValueError) as error:
+        raise pretrained_load_error("text encoder", name, "--text_encoder", error, cache_only,
+                                    ", or use the offline --text_encoder tfidf") from None
+
+
 def load_transformer(name: str, device: torch.device):
     """(tokenizer, model) for a Hugging Face id or a local folder; one clear error if unavailable."""
     from huggingface_hub import hf_hub_download
     from transformers import AutoModel, AutoTokenizer
-    # Offline: only a local folder or the local cache can work, so nothing waits on the network.
-    cache_only = not Path(name).is_dir() and not hub_reachable()
+    cache_only = hub_cache_only(name)
     try:
         if _is_kobert(name):
             spiece = (Path(name) / "spiece.model" if Path(name).is_dir()

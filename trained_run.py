@@ -1,8 +1,8 @@
 """A trained run folder as other entry points use it (main.py --test_only, predict.py, benchmark.py).
 
 A run folder is self-contained: `best.pth` holds the weights, the arguments and the feature settings;
-`corpus.json` the absolute corpus path, the sentence encoder and a fingerprint of the tables and
-embeddings the run was trained on; `text_encoder.joblib` the fitted TF-IDF pipeline when the run
+`corpus.json` the absolute corpus path (and --cache_dir), the sentence encoder, whether it was the
+synthetic demo corpus, and a fingerprint of the tables and embeddings the run was trained on; `text_encoder.joblib` the fitted TF-IDF pipeline when the run
 used one. So a run evaluates or predicts from any directory, and a changed corpus is noticed.
 """
 import argparse
@@ -19,9 +19,9 @@ import torch
 from constants import DEFAULT_TEXT_ENCODER_REAL
 from dataset import Corpus, audio_cache_paths
 from model import EmotionModel
-from preprocess import feature_settings
+from preprocess import feature_settings, is_demo_corpus
 from text_encoder import embedding_paths, tfidf_embeddings, transformer_embeddings
-from utils import atomic_path, file_sha1, split_data_dir, write_json
+from utils import atomic_path, cache_folders, file_sha1, split_data_dir, write_json
 
 # Arguments that define the model's shape: it is rebuilt from exactly these.
 MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat", "dropout",
@@ -57,7 +57,7 @@ def load_trained_model(checkpoint_path: Path, device: torch.device) -> tuple[Emo
         raise SystemExit(f"error: {checkpoint_path} lacks the model arguments {missing}; "
                          "it was saved by an incompatible version")
     args = argparse.Namespace(**{"freq_mask": 0, "time_mask": 0, "speech_model": None, "speech_layers": 0,
-                                 "speech_dim": 0, "amp": False, **checkpoint["args"]})
+                                 "speech_dim": 0, "amp": False, "cache_dir": None, **checkpoint["args"]})
     if not args.speech_model and checkpoint.get("features", feature_settings()) != feature_settings():
         raise SystemExit(f"error: {checkpoint_path} was trained on features {checkpoint['features']}, "
                          f"this code computes {feature_settings()}")
@@ -66,50 +66,60 @@ def load_trained_model(checkpoint_path: Path, device: torch.device) -> tuple[Emo
     return model.eval(), args, checkpoint
 
 
-def corpus_record(data_dir: str, role: str, text_dim: int, speech_model: str | None) -> dict:
-    """What a run was trained on: the corpus folder(s), the encoders, and content hashes of the tables,
-    embeddings and audio feature index it read (editing a transcript or a label changes them)."""
-    folders = split_data_dir(data_dir)
-    npy_path, meta_path, _ = embedding_paths(folders[0], text_dim)
+def corpus_record(data_dir: str, cache_dir: str | None, role: str, text_dim: int, speech_model: str | None) -> dict:
+    """What a run was trained on: the corpus folder(s), the cache location, the encoders, whether it was the demo,
+    and content hashes of the tables, embeddings and audio feature index it read (editing a transcript or a label
+    changes them)."""
+    folders, caches = split_data_dir(data_dir), cache_folders(data_dir, cache_dir)
+    meta_path = embedding_paths(caches[0], text_dim)[1]
     encoder = json.loads(meta_path.read_text(encoding="utf-8"))["encoder"] if meta_path.exists() else "given"
     fingerprint = {}
-    for folder in folders:
-        files = [folder / f"df_{role}.csv", embedding_paths(folder, text_dim)[0],
-                 audio_cache_paths(folder, speech_model)[1]]
+    for folder, cache in zip(folders, caches):
+        files = [cache / f"df_{role}.csv", embedding_paths(cache, text_dim)[0], audio_cache_paths(cache, speech_model)[1]]
         # Several corpora: files are named by their corpus folder too (both have a df_speaker.csv).
         fingerprint.update({(f"{folder.name}/{p.name}" if len(folders) > 1 else p.name): file_sha1(p) for p in files})
-    return {"data_dir": ",".join(str(f.resolve()) for f in folders), "role": role, "text_encoder": encoder,
-            "text_dim": text_dim, "speech_model": speech_model, "fingerprint": fingerprint}
+    return {"data_dir": ",".join(str(f.resolve()) for f in folders),
+            "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None, "role": role, "text_encoder": encoder,
+            "text_dim": text_dim, "speech_model": speech_model, "demo": any(map(is_demo_corpus, folders)),
+            "fingerprint": fingerprint}
 
 
-def save_corpus_record(run_dir: Path, corpus: Corpus, role: str, text_dim: int, speech_model: str | None) -> None:
-    record = corpus_record(",".join(map(str, corpus.data_dirs)), role, text_dim, speech_model)
+def save_corpus_record(run_dir: Path, corpus: Corpus, args: argparse.Namespace) -> None:
+    record = corpus_record(args.data_dir, args.cache_dir, args.SorL, args.text_dim, args.speech_model)
     if corpus.text_pipeline is not None:  # the TF-IDF fitted on several corpora at once
         with atomic_path(run_dir / TFIDF_FILE) as tmp:
             joblib.dump(corpus.text_pipeline, tmp)
     elif record["text_encoder"] == "tfidf":  # the fitted pipeline travels with the run
-        shutil.copyfile(embedding_paths(corpus.data_dirs[0], text_dim)[2], run_dir / TFIDF_FILE)
+        shutil.copyfile(embedding_paths(corpus.folders[0], args.text_dim)[2], run_dir / TFIDF_FILE)
     write_json(run_dir / "corpus.json", record)
 
 
-def check_corpus_unchanged(run_dir: Path, data_dir: str, role: str, text_dim: int, speech_model: str | None,
-                           allow_change: bool) -> None:
-    """Refuse (or, with `allow_change`, warn) when the corpus differs from the one the run was trained on."""
+def check_corpus_unchanged(run_dir: Path, args: argparse.Namespace, allow_change: bool) -> None:
+    """Refuse (or, with `allow_change`, warn) when the corpus differs from the one the run (`args`) was trained on."""
     saved_path = run_dir / "corpus.json"
     if not saved_path.exists():
         print(f"warning: {run_dir} has no corpus.json (an older run): cannot check that the corpus is unchanged")
         return
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    now = corpus_record(data_dir, role, text_dim, speech_model)
+    now = corpus_record(args.data_dir, args.cache_dir, args.SorL, args.text_dim, args.speech_model)
     changed = [name for name, digest in saved["fingerprint"].items() if now["fingerprint"].get(name) != digest]
     if not changed:
         return
-    message = (f"the corpus at {data_dir} has changed since {run_dir.name} was trained ({', '.join(changed)} "
+    message = (f"the corpus at {args.data_dir} has changed since {run_dir.name} was trained ({', '.join(changed)} "
                f"differ; transcripts, labels or wavs were edited, or it was preprocessed again)")
     if not allow_change:
         raise SystemExit(f"error: {message}; its test figures would not be the run's. Pass --allow_corpus_change "
                          "to evaluate on the corpus as it is now")
     print(f"warning: {message}; evaluating on the corpus as it is now (--allow_corpus_change)")
+
+
+def trained_on_demo(run_dir: Path) -> bool:
+    """Whether the run was trained on the synthetic demo corpus (older runs: its marker, if the corpus is there)."""
+    saved_path = run_dir / "corpus.json"
+    if not saved_path.exists():
+        return False
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    return saved["demo"] if "demo" in saved else any(map(is_demo_corpus, split_data_dir(saved["data_dir"])))
 
 
 def run_text_encoder(run_dir: Path, args: argparse.Namespace):

@@ -83,13 +83,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
+        os.replace(tmp, path)
     except BaseException as error:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # never left behind, whatever failed (e.g. `path` is a folder)
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
             raise SystemExit(f"error: disk full while writing {path}; the previous {path.name}, if any, "
                              "is intact. Free space and run the same command again (or --resume the run)") from None
         raise
-    os.replace(tmp, path)
 
 
 def atomic_torch_save(obj: dict, path: Path) -> None:
@@ -152,7 +152,7 @@ def plot_curves(log: list[dict], path: Path, best_epoch: int) -> None:
 def summary_table(metrics: dict, title: str) -> str:
     lines = [f"| {title} | value |", "| --- | --- |"]
     lines += [f"| {name} | {metrics[name]:.3f} |" for name in SUMMARY_METRICS]
-    lines += [f"| F1 {name} | {scores['f1']:.3f} (n={scores['support']}) |"
+    lines += [f"| F1 {name} | {'–' if scores['f1'] is None else format(scores['f1'], '.3f')} (n={scores['support']}) |"
               for name, scores in metrics["per_class"].items()]
     return "\n".join(lines)
 
@@ -175,6 +175,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def hub_cache_only(name: str) -> bool:
+    """Whether `name` (a Hugging Face id or local folder) must load from the local cache alone: not a folder, and
+    the hub unreachable. Offline, nothing then waits on network retries."""
+    return not Path(name).is_dir() and not hub_reachable()
 
 
 def pretrained_load_error(what: str, name: str, flag: str, error: Exception, cache_only: bool,
@@ -217,6 +223,17 @@ def broadcast(value, world_size: int):
 def split_data_dir(data_dir: str | Path) -> list[Path]:
     """--data_dir as folders: one corpus, or several separated by commas."""
     return [Path(p) for p in str(data_dir).split(",") if p.strip()]
+
+
+def cache_folder(data_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Where the derived files of the corpus at `data_dir` go: the corpus folder itself (the published layout), or
+    `cache_dir`/<corpus folder name> (--cache_dir: a corpus on read-only storage, or caches on a faster disk)."""
+    return Path(data_dir) if cache_dir is None else Path(cache_dir) / Path(data_dir).resolve().name
+
+
+def cache_folders(data_dir: str | Path, cache_dir: str | Path | None = None) -> list[Path]:
+    """The cache folder of each corpus of --data_dir (see `cache_folder`)."""
+    return [cache_folder(folder, cache_dir) for folder in split_data_dir(data_dir)]
 
 
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:

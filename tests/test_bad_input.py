@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from conftest import ROOT, TEXT_DIM
 from constants import EMOTIONS
 from demo_corpus import make_demo_corpus
 from main import get_parser, main, train
-from preprocess import preprocess, segment_path
+from preprocess import preprocess
+from readers import segment_path
 from test_train import TINY
 
 ONE_EPOCH = [a if a != "2" else "1" for a in TINY]
@@ -91,28 +93,23 @@ def test_a_500_sample_wav_preprocesses_and_trains(corpus_copy, tmp_path, capsys)
     assert (run / "results.json").exists()
 
 
-def test_rows_without_start_time_are_named_and_a_bad_time_is_one_line(corpus_copy, capsys):
+def test_rows_without_start_time_or_with_a_bad_one_are_named(corpus_copy, capsys):
     path = corpus_copy / "annotation" / "Session07_M_res.csv"
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    cells = lines[4].split(",")
-    cells[1] = ""  # an empty wav start
-    lines[4] = ",".join(cells)
+    cells, bad = lines[4].split(","), lines[5].split(",")
+    cells[1], bad[1] = "", "1:234"  # an empty wav start; one that is not a number
+    lines[4], lines[5] = ",".join(cells), ",".join(bad)
     path.write_text("".join(lines), encoding="utf-8")
     summary = preprocess(corpus_copy, "tfidf", TEXT_DIM)
     assert summary["dropped"]["no start time"] == [cells[9]]
+    assert summary["dropped"]["unreadable row"] == [
+        f"{bad[9]} (Session07_M_res.csv line 6: wav time '1:234' is not a number of seconds)"]
     assert f"no start time: 1 ({cells[9]})" in capsys.readouterr().out
     dropped_role = "speaker" if cells[9][-4] == "M" else "listener"  # the M file labels the male actor
     for role in ("speaker", "listener"):  # every dialogue in time order: the windows hold the right context
         table = pd.read_csv(corpus_copy / f"df_{role}.csv", keep_default_na=False)
         assert table.groupby("dialogue")["start"].apply(lambda s: s.is_monotonic_increasing).all()
         assert (cells[9] in table["Segment ID"].tolist()) == (role != dropped_role)
-
-    cells[1] = "1:234"
-    lines[4] = ",".join(cells)
-    path.write_text("".join(lines), encoding="utf-8")
-    result = run_cli("preprocess.py", ["--data_dir", str(corpus_copy), "--text_encoder", "tfidf",
-                                       "--text_dim", str(TEXT_DIM)])
-    assert_one_line_error(result, "Session07_M_res.csv line 5", "wav time '1:234' is not a number of seconds")
 
 
 def test_two_preprocessings_at_once_do_not_collide(corpus_copy):
@@ -150,8 +147,10 @@ def test_predict_needs_only_the_moved_run_folder(moved_run, demo_dir, tmp_path):
         away.rename(moved_run)
     assert result.returncode == 0, result.stderr
     assert "d_bad.wav: unreadable audio" in result.stdout and "c_short.wav has 128 samples" in result.stdout
-    table = pd.read_csv(tmp_path / "p.csv")
+    assert "trained on the synthetic demo corpus" in result.stdout
+    table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert [f.split("/")[-1] for f in table["file"]] == ["a.wav", "b.wav", "c_short.wav"]
+    assert table["note"].tolist() == ["", "", "silent (no sample above -60 dBFS); no transcript (audio alone)"]
     np.testing.assert_allclose(table[EMOTIONS].sum(1), 1.0, rtol=1e-5)
     assert table.loc[0, EMOTIONS].tolist() != table.loc[1, EMOTIONS].tolist()  # b's UTF-16 text was read
 
@@ -177,16 +176,15 @@ def test_test_only_from_another_directory_and_a_changed_corpus(moved_run, demo_d
         preprocess(demo_dir, "tfidf", TEXT_DIM)
 
 
-def test_missing_model_id_fails_fast_offline(corpus_copy, monkeypatch):
+def test_missing_model_id_fails_before_any_work_offline(corpus_copy, monkeypatch):
     from text_encoder import load_transformer
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.perf_counter()
     with pytest.raises(SystemExit, match="cannot load text encoder 'no-such/model' .*--text_encoder DIR"):
         load_transformer("no-such/model", "cpu")
-    assert time.perf_counter() - started < 10
     result = run_cli("preprocess.py", ["--data_dir", str(corpus_copy), "--text_encoder", "no-such/model"],
                      env={"HF_HUB_OFFLINE": "1"})
     assert_one_line_error(result, "cannot load text encoder 'no-such/model'", "--text_encoder tfidf")
+    assert not (corpus_copy / "features").exists()  # checked before a single spectrogram
 
 
 def test_unfinished_runs_and_damaged_files(demo_dir, tmp_path):
@@ -249,12 +247,97 @@ def test_predict_input_errors_are_one_line(moved_run, tmp_path):
          "--txt " + str(tmp_path / "missing.txt") + " does not exist"),
         (["--run", str(moved_run), "--wav", str(wav), "--out", str(tmp_path / "no" / "p.csv")],
          "the folder " + str(tmp_path / "no") + " does not exist"),
+        (["--run", str(moved_run), "--wav", str(tmp_path / "missing.wav")],
+         f"--wav {tmp_path / 'missing.wav'}: no such file"),
+        (["--run", str(moved_run), "--wav", str(wav), "--txt", str(tmp_path)], f"--txt {tmp_path} is a folder"),
+        (["--run", str(moved_run), "--wav", str(wav), "--out", str(tmp_path)], f"--out {tmp_path} is a folder"),
     ]
     for argv, message in cases:
         assert_one_line_error(run_cli("predict.py", argv), message)
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))  # no temporary file left behind
+
+
+def test_composed_and_decomposed_hangul_predict_alike(moved_run, demo_dir, tmp_path):
+    wav = segment_path(demo_dir, pd.read_csv(demo_dir / "df_speaker.csv")["Segment ID"].iloc[0], ".wav")
+    text = "정말 기뻐요. 오늘 회의는 세 시에 시작해요."
+    composed = predict.predict(moved_run, [wav], [text], dialogue=False)
+    decomposed = predict.predict(moved_run, [wav], [unicodedata.normalize("NFD", text)], dialogue=False)
+    scores = EMOTIONS + ["arousal", "valence"]
+    pd.testing.assert_frame_equal(composed[scores], decomposed[scores])
+    assert composed[scores].values.tolist() != predict.predict(moved_run, [wav], [""], False)[scores].values.tolist()
+    # A decomposed wav name (macOS) beside a composed txt name: the transcript is found and used.
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    shutil.copy(wav, folder / (unicodedata.normalize("NFD", "기쁜 말") + ".wav"))
+    (folder / "기쁜 말.txt").write_text(text, encoding="utf-8")
+    by_name = predict.predict(moved_run, list(folder.glob("*.wav")), [None], dialogue=False)
+    pd.testing.assert_frame_equal(by_name[scores], composed[scores])
+    assert by_name["note"].tolist() == [""]
 
 
 def test_dialogue_files_are_ordered_by_name_with_numbers_as_numbers():
     names = ["utt10.wav", "utt2.wav", "utt1.wav", "intro.wav"]
     assert [p.name for p in sorted(map(Path, names), key=predict.natural_key)] == \
         ["intro.wav", "utt1.wav", "utt2.wav", "utt10.wav"]  # plain sorting would put utt10 before utt2
+
+
+def run_on_read_only(folder: Path, script: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """`script` run with `folder` on read-only storage: a read-only bind mount in a private mount namespace (root
+    ignores file modes), or, for other users, the folder's write permission removed."""
+    if os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "a-w", str(folder)], check=True)
+        try:
+            return run_cli(script, argv)
+        finally:
+            subprocess.run(["chmod", "-R", "u+w", str(folder)], check=True)
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("root without user namespaces: no way to make a folder read-only here")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(folder),
+                           sys.executable, str(ROOT / script)] + argv,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_a_read_only_corpus_trains_with_cache_dir_and_is_one_line_without(raw_demo, demo_dir, tmp_path):
+    corpus = shutil.copytree(raw_demo, tmp_path / "shared" / "KEMDy19")
+    before = snapshot(corpus)
+    flags = ["--text_encoder", "tfidf", "--text_dim", str(TEXT_DIM)]
+    refused = run_on_read_only(corpus, "preprocess.py", ["--data_dir", str(corpus)] + flags)
+    assert_one_line_error(refused, f"{corpus} cannot be written", "pass --cache_dir DIR")
+    cache, exp = tmp_path / "cache", tmp_path / "exp"
+    trained = run_on_read_only(corpus, "main.py", ["--data_dir", str(corpus), "--cache_dir", str(cache),
+                                                   "--save_path", str(exp), "--text_encoder", "tfidf"] + ONE_EPOCH)
+    assert trained.returncode == 0, trained.stderr
+    run = next(exp.iterdir())
+    assert json.loads((run / "corpus.json").read_text())["cache_dir"] == str(cache.resolve())
+    assert (cache / "KEMDy19" / "df_speaker.csv").exists() and snapshot(corpus) == before  # nothing written there
+    tested = run_on_read_only(corpus, "main.py", ["--test_only", str(run)])  # the run knows where its caches are
+    assert tested.returncode == 0, tested.stderr
+    assert json.loads((run / "results_test_only.json").read_text())["test"] == \
+        json.loads((run / "results.json").read_text())["test"]
+    # A corpus preprocessed before it went read-only is used as it is: nothing needs writing, not even a lock.
+    ready = shutil.copytree(demo_dir, tmp_path / "ready" / "KEMDy19")
+    up_to_date = run_on_read_only(ready, "preprocess.py", ["--data_dir", str(ready)] + flags)
+    assert up_to_date.returncode == 0 and "up to date" in up_to_date.stdout, up_to_date.stderr
+
+
+def test_caches_follow_the_corpus_not_its_path(demo_dir, raw_demo, tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "copied" / "KEMDy19"
+    copy.parent.mkdir()
+    subprocess.run(["cp", "-a", str(demo_dir), str(copy)], check=True)
+    derived = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file() and "wav" not in p.parts
+               and "annotation" not in p.parts}
+    monkeypatch.chdir(tmp_path)
+    for path in (copy, Path("copied/KEMDy19")):  # moved, copied, named by another (relative) path
+        preprocess(path, "tfidf", TEXT_DIM)
+        assert "annotation tables and spectrogram cache in" in capsys.readouterr().out
+        assert {p: p.stat().st_mtime_ns for p in derived} == derived  # nothing recomputed, nothing rewritten
+    # A session folder that is a symlink to elsewhere: an edit behind the link is seen.
+    linked = shutil.copytree(raw_demo, tmp_path / "linked" / "KEMDy19", symlinks=True)
+    elsewhere = shutil.move(linked / "wav" / "Session05", tmp_path / "Session05")
+    (linked / "wav" / "Session05").symlink_to(elsewhere, target_is_directory=True)
+    preprocess(linked, "tfidf", TEXT_DIM)
+    txt = sorted(Path(elsewhere).glob("*/*.txt"))[0]
+    txt.write_text("완전히 다른 문장이에요", encoding="utf-8")
+    preprocess(linked, "tfidf", TEXT_DIM)
+    speaker = pd.read_csv(linked / "df_speaker.csv", keep_default_na=False).set_index("Segment ID")
+    assert speaker.loc[txt.stem, "text"] == "완전히 다른 문장이에요"

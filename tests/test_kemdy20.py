@@ -8,10 +8,14 @@ import pytest
 
 import main as main_cli
 from conftest import TEXT_DIM
-from constants import NUM_RATERS
+import soundfile as sf
+
+from constants import NUM_RATERS, SAMPLE_RATE, SUMMARY
 from dataset import Corpus
 from demo_corpus import make_demo_corpus
-from preprocess import CorpusError, detect_corpus, preprocess, read_annotation_file, segment_path
+from errors import CorpusError
+from preprocess import preprocess
+from readers import FileIndex, ReadReport, detect_corpus, read_annotation_file, read_corpus, segment_path
 from test_bad_input import assert_one_line_error, run_cli
 from test_train import TINY
 
@@ -34,14 +38,19 @@ def kemdy20_demo(tmp_path_factory):
 
 
 def test_kemdy20_annotation_file(tmp_path):
-    path = tmp_path / "Sess17_eval.csv"
+    path = tmp_path / "annotation" / "Sess17_eval.csv"
+    path.parent.mkdir()
     path.write_text(HEADER + kemdy20_row(1, "Sess17_script01_User033F_001", "happy;neutral;sad")
                     + kemdy20_row(2, "Sess07_script02_User034M_001", "disqust", "disgust")  # the glitch
                     + "," * 36 + "\n", encoding="ascii")
-    table, blank, corrected = read_annotation_file(path)
+    for seg_id in ("Sess17_script01_User033F_001", "Sess17_script02_User034M_001"):
+        segment_path(tmp_path, seg_id, ".wav").parent.mkdir(parents=True, exist_ok=True)
+        sf.write(segment_path(tmp_path, seg_id, ".wav"), [0.0] * 1600, SAMPLE_RATE)
+    table, _, report = read_corpus(tmp_path, "kemdy20", [path], FileIndex(tmp_path / "wav"))
     assert table["Segment ID"].tolist() == ["Sess17_script01_User033F_001", "Sess17_script02_User034M_001"]
-    assert corrected == ["Sess07_script02_User034M_001 -> Sess17_script02_User034M_001 (Sess17_eval.csv line 4)"]
-    assert blank == ["Sess17_eval.csv line 5"]
+    assert [(r["line"], r["old"], r["new"]) for r in report.repaired] == [
+        (4, "Sess07_script02_User034M_001", "Sess17_script02_User034M_001")]
+    assert report.dropped["blank row"] == ["Sess17_eval.csv line 5"]
     assert table["Emotion"].tolist() == ["happy;neutral;sad", "disgust"]  # ties kept whole; disqust read
     assert table.loc[1, "Emotion.1"] == "disgust" and table.loc[0, "Arousal"] == 3.4 and table.loc[0, "Valence"] == 3
     assert table["role"].tolist() == ["speaker", "speaker"] and table["Session"].tolist() == [17, 17]
@@ -49,30 +58,35 @@ def test_kemdy20_annotation_file(tmp_path):
     assert table["dialogue"].tolist() == ["Sess17_script01", "Sess17_script02"]
     assert segment_path(tmp_path, "Sess17_script02_User034M_001", ".wav") == \
         tmp_path / "wav" / "Session17" / "Sess17_script02_User034M_001.wav"  # flat: no per-script folder
-    path.write_text(HEADER + kemdy20_row(1, "Sess17_script01_User033F_001", "neutral")[:-3] + "\n")
+    assert report.kept["no txt (empty transcript)"] == table["Segment ID"].tolist()  # kept, named
+    path.write_text(",".join(HEADER.split("\n")[0].split(",")[:-1]) + "\n" + HEADER.split("\n")[1] + "\n")
     with pytest.raises(CorpusError, match="Sess17_eval.csv: 36 columns, expected 37"):
-        read_annotation_file(path)
-    path.write_text(HEADER + kemdy20_row(1, "Sess17_impro01_User033F_001", "neutral"))
-    with pytest.raises(CorpusError, match="line 3: Segment ID 'Sess17_impro01_User033F_001' is not"):
-        read_annotation_file(path)
+        read_annotation_file(path, ReadReport())
 
 
 def test_kemdy20_demo_preprocessing_accounts_for_every_row(kemdy20_demo):
-    manifest = json.loads((kemdy20_demo / "preprocess_manifest.json").read_text())["summary"]
-    assert manifest["corpus"] == "kemdy20"
+    summary = json.loads((kemdy20_demo / SUMMARY).read_text())
+    assert summary["corpus"] == "kemdy20"
     written = sum(len(pd.read_csv(p, header=None, skiprows=2, dtype=str).dropna(how="all"))
                   for p in (kemdy20_demo / "annotation").glob("Sess*_eval.csv"))
-    assert manifest["rows"] + sum(n for reason, n in manifest["dropped_rows"].items() if reason != "blank row") == \
+    assert summary["rows"] + sum(n for reason, n in summary["dropped_rows"].items() if reason != "blank row") == \
         written
-    assert manifest["dropped"]["no wav"] and manifest["dropped"]["no txt"]  # named, not silently lost
+    assert summary["dropped"]["no wav"] and summary["kept"]["no txt (empty transcript)"]  # named, not silently lost
     speaker = pd.read_csv(kemdy20_demo / "df_speaker.csv", keep_default_na=False)
     assert len(pd.read_csv(kemdy20_demo / "df_listener.csv")) == 0
-    glitched = [c.split(" -> ")[1].split(" ")[0] for c in manifest["corrected_ids"]]
-    assert len(glitched) == 3 and set(glitched) <= set(speaker["Segment ID"])  # matched to their Sess17 wavs
+    prefixed = [r["new"] for r in summary["repaired"] if r["problem"] == "Segment ID of another session"]
+    assert len(prefixed) == 3 and set(prefixed) <= set(speaker["Segment ID"])  # matched to their Sess17 wavs
+    # The demo's repeated ID (session 8): the one unannotated wav of the dialogue whose length is end - start.
+    [repeated] = [r for r in summary["repaired"] if r["problem"] == "repeated Segment ID"]
+    rows = pd.read_csv(kemdy20_demo / "annotation" / "Sess08_eval.csv", header=None, skiprows=2, dtype=str)
+    start, end = float(rows.iloc[0, 1]), float(rows.iloc[0, 2])
+    assert (repeated["file"], repeated["line"], repeated["old"]) == ("Sess08_eval.csv", 3, rows.iloc[1, 3])
+    assert abs(sf.info(segment_path(kemdy20_demo, repeated["new"], ".wav")).duration - (end - start)) < 1e-3
+    assert speaker["Segment ID"].is_unique and repeated["new"] in set(speaker["Segment ID"])
     assert speaker["text"].str.contains("[가-힣]").mean() > 0.95  # cp949 transcripts decoded
     meta = json.loads((kemdy20_demo / "features" / "logmel.json").read_text())
     assert all(segment_path(kemdy20_demo, s, ".wav").exists() for s in meta["ids"])  # only wavs, no EDA/TEMP/IBI
-    assert (kemdy20_demo / "EDA").is_dir() and len(meta["ids"]) == manifest["utterances"]
+    assert (kemdy20_demo / "EDA").is_dir() and len(meta["ids"]) == summary["utterances"]
 
 
 def test_kemdy20_splits_training_and_errors(kemdy20_demo, tmp_path):
@@ -95,7 +109,7 @@ def test_kemdy20_splits_training_and_errors(kemdy20_demo, tmp_path):
 def test_a_folder_with_both_layouts_is_refused(kemdy20_demo, raw_demo, tmp_path):
     mixed = shutil.copytree(kemdy20_demo / "annotation", tmp_path / "mixed" / "annotation")
     shutil.copy(next((raw_demo / "annotation").glob("Session01_F_res.csv")), mixed)
-    with pytest.raises(SystemExit, match="both KEMDy19 .* and KEMDy20"):
+    with pytest.raises(CorpusError, match="both KEMDy19 .* and KEMDy20"):
         detect_corpus(tmp_path / "mixed")
     assert detect_corpus(raw_demo) == "kemdy19" and detect_corpus(kemdy20_demo) == "kemdy20"
 

@@ -1,14 +1,17 @@
 import json
 import math
+import unicodedata
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 
-from constants import MAX_FRAMES, N_MELS, NUM_RATERS, SAMPLE_RATE
-from preprocess import (CorpusError, clean_transcript, decode_text, load_audio, log_mel, preprocess,
-                        read_annotation_file, segment_path)
+from constants import MAX_FRAMES, N_MELS, NUM_RATERS, SAMPLE_RATE, SUMMARY
+from errors import CorpusError
+from preprocess import load_audio, log_mel, preprocess, read_audio
+from readers import (FileIndex, ReadReport, clean_transcript, decode_text, read_annotation_file, read_corpus,
+                     segment_path)
 
 HEADER = ("Numb,Wav,,ECG,,E4-EDA,,E4-TEMP,,Segment ID,Total Evaluation,,," + ",,,".join(
     f"Eval{i:02d}" for i in range(1, NUM_RATERS + 1)) + ",,\n"
@@ -16,14 +19,32 @@ HEADER = ("Numb,Wav,,ECG,,E4-EDA,,E4-TEMP,,Segment ID,Total Evaluation,,," + ",,
     ["Emotion,Valence,Arousal"] * NUM_RATERS) + "\n")
 
 
-def row(numb: int, seg_id: str, total: str, raters: list[tuple[str, str, str]]) -> str:
-    cells = [str(numb)] + ["1.0", "2.5"] * 4 + [seg_id, total, "3.2", "2.9"] + [v for r in raters for v in r]
+def row(numb: int, seg_id: str, total: str, raters: list[tuple[str, str, str]], start: float = 1.0,
+        end: float = 2.5) -> str:
+    cells = [str(numb)] + [str(start), str(end)] * 4 + [seg_id, total, "3.2", "2.9"] + [v for r in raters for v in r]
     return ",".join(cells) + "\n"
 
 
 def write_annotation(path, body: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(HEADER + body, encoding="utf-8")
     return path
+
+
+def small_corpus(root, files: dict[str, str], seg_ids: list[str]):
+    """A KEMDy19-layout folder with the given annotation files and a short wav + txt for each of `seg_ids`."""
+    for name, body in files.items():
+        write_annotation(root / "annotation" / name, body)
+    for seg_id in seg_ids:
+        segment_path(root, seg_id, ".wav").parent.mkdir(parents=True, exist_ok=True)
+        sf.write(segment_path(root, seg_id, ".wav"), np.zeros(1600, np.float32), SAMPLE_RATE)
+        segment_path(root, seg_id, ".txt").write_text("네", encoding="utf-8")
+    return root
+
+
+def read_small(root):
+    files = sorted((root / "annotation").glob("*.csv"))
+    return read_corpus(root, "kemdy19", files, FileIndex(root / "wav"))
 
 
 RATERS = [("neutral", "3", "3")] * 8 + [("happy", "4", "4"), ("happy", "4", "5")]
@@ -35,9 +56,10 @@ def test_positional_reading_roles_ties_spelling_blank_and_missing_cells(tmp_path
     raters[5] = ("neutral", "", "3")  # missing valence cell
     body = (row(1, "Sess01_script01_F001", "neutral;happy", raters)
             + "," * 42 + "\n"  # blank row
-            + row(2, "Sess01_script01_M001", "disqust", RATERS))
-    table, blank, _ = read_annotation_file(write_annotation(tmp_path / "Session01_F_res.csv", body))
-    assert blank == ["Session01_F_res.csv line 4"]
+            + row(2, "Sess01_script01_M001", "disqust", RATERS, 2.5, 4.0))
+    root = small_corpus(tmp_path, {"Session01_F_res.csv": body}, ["Sess01_script01_F001", "Sess01_script01_M001"])
+    table, wavs, report = read_small(root)
+    assert report.dropped["blank row"] == ["Session01_F_res.csv line 4"]
     assert table["Segment ID"].tolist() == ["Sess01_script01_F001", "Sess01_script01_M001"]
     assert table["role"].tolist() == ["speaker", "listener"]  # F file: F speaks, then listens to M
     assert table["speaker"].tolist() == ["F", "M"]
@@ -47,30 +69,58 @@ def test_positional_reading_roles_ties_spelling_blank_and_missing_cells(tmp_path
     assert table.loc[0, "Valence"] == 3.2 and table.loc[0, "Arousal"] == 2.9
     assert table.loc[1, "dialogue"] == "Sess01_script01" and table.loc[1, "Session"] == 1
     assert table.loc[1, "sequence"] == 1 and table.loc[1, "script"] == "script01"
+    assert table["text"].tolist() == ["네", "네"] and wavs["Sess01_script01_M001"].name == "Sess01_script01_M001.wav"
 
 
-@pytest.mark.parametrize("body, message", [
-    (row(1, "Sess01_script01_F001", "joy", RATERS), "line 3: unknown emotion 'joy'"),
-    (row(1, "Sess01_script01_F001", "neutral", [("neutral", "6", "3")] * 10), "line 3: rating '6'"),
-    (row(1, "Sess01_script01_F001", "neutral", [("neutral", "0", "3")] * 10), "line 3: rating '0'"),
-    (row(1, "Sess01_script01_F001", "neutral", [("neutral", "abc", "3")] * 10), "line 3: rating 'abc'"),
-    (row(1, "Sess01_script01_F001", "neutral", RATERS) + row(2, "Sess01_script01_F001", "neutral", RATERS),
-     "line 4: Segment ID Sess01_script01_F001 repeats line 3"),
-    (row(1, "Sess01_script01_F001", "neutral", RATERS[:9]), "40 columns, expected 43"),
-    (row(1, "Sess01_script01_F001", "neutral", RATERS + [("neutral", "3", "3")]), "46 columns, expected 43"),
-    (row(1, "Sess01_scene01_F001", "neutral", RATERS), "Segment ID 'Sess01_scene01_F001' is not"),
-], ids=["label", "rating-6", "rating-0", "rating-text", "duplicate", "missing-columns", "extra-columns", "segment-id"])
-def test_bad_annotation_rows_name_file_and_line(tmp_path, body, message):
-    path = write_annotation(tmp_path / "Session01_F_res.csv", body)
-    with pytest.raises(CorpusError, match="Session01_F_res.csv") as error:
-        read_annotation_file(path)
-    assert message in str(error.value)
+@pytest.mark.parametrize("body, reason, message", [
+    (row(1, "Sess01_script01_F001", "joy", RATERS), "unreadable row", "line 3: unknown emotion 'joy'"),
+    (row(1, "Sess01_script01_F001", "neutral", RATERS).replace(",3.2,", ",6,", 1), "unreadable row",
+     "line 3: rating '6'"),
+    (row(1, "Sess01_script01_F001", "neutral", RATERS).replace(",1.0,", ",1:234,", 1), "unreadable row",
+     "line 3: wav time '1:234' is not a number of seconds"),
+    (row(1, "Sess01_script01_F001", "neutral", RATERS[:9]), "unreadable row", "line 3: 40 columns, expected 43"),
+    (row(1, "Sess01_script01_F001", "neutral", RATERS + [("neutral", "3", "3")]), "unreadable row",
+     "line 3: 46 columns, expected 43"),
+    (row(1, "Sess01_scene01_F001", "neutral", RATERS), "malformed Segment ID", "Sess01_scene01_F001"),
+    (row(1, "Sess02_script01_F001", "neutral", RATERS), "Segment ID of another session", "Sess02_script01_F001"),
+], ids=["label", "rating-6", "time", "missing-columns", "extra-columns", "segment-id", "other-session"])
+def test_a_bad_row_is_dropped_and_named_never_fatal(tmp_path, body, reason, message):
+    good = row(2, "Sess01_script01_M001", "neutral", RATERS, 2.5, 4.0)
+    root = small_corpus(tmp_path, {"Session01_F_res.csv": body + good},
+                        ["Sess01_script01_F001", "Sess01_script01_M001", "Sess02_script01_F001"])
+    table, _, report = read_small(root)
+    assert table["Segment ID"].tolist() == ["Sess01_script01_M001"]  # the good row is read
+    assert len(report.dropped[reason]) == 1 and message in report.dropped[reason][0], report.dropped
+    assert "Session01_F_res.csv line 3" in report.dropped[reason][0]
+
+
+def test_a_bad_rater_cell_is_left_blank_and_named(tmp_path):
+    raters = list(RATERS)
+    raters[3] = ("joy", "9", "3")
+    root = small_corpus(tmp_path, {"Session01_F_res.csv": row(1, "Sess01_script01_F001", "neutral", raters)},
+                        ["Sess01_script01_F001"])
+    table, _, report = read_small(root)
+    assert table.loc[0, "Emotion.4"] == "" and math.isnan(table.loc[0, "Valence.4"])
+    assert table.loc[0, "Arousal.4"] == 3.0 and table.loc[0, "Emotion.3"] == "neutral"  # the rest is kept
+    assert report.kept["rater cell left blank"] == [
+        "Sess01_script01_F001 (Session01_F_res.csv line 3, rater 4: unknown emotion 'joy' (expected one of "
+        "neutral, happy, surprise, angry, sad, disgust, fear))",
+        "Sess01_script01_F001 (Session01_F_res.csv line 3, rater 4: rating '9' is not a number from 1 to 5)"]
+
+
+def test_a_file_that_is_not_an_annotation_file_is_one_line(tmp_path):
+    path = tmp_path / "Session01_F_res.csv"
+    path.write_text("a,b,c\n1,2,3\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match="Session01_F_res.csv: 3 columns, expected 43"):
+        read_annotation_file(path, ReadReport())
 
 
 def test_transcript_cleaning():
     assert clean_transcript("c/ 어 n/ 그게* 말이야+ / 정말?") == "어 그게 말이야 정말?"
     assert clean_transcript("b/ n/ *") == ""
     assert clean_transcript("N/u/l/o/ 네") == "네"
+    decomposed = unicodedata.normalize("NFD", "정말 기뻐요")  # as macOS and some editors write it
+    assert decomposed != "정말 기뻐요" and clean_transcript(decomposed) == "정말 기뻐요"
 
 
 def test_cp949_fallback(tmp_path):
@@ -104,11 +154,50 @@ def test_demo_outputs_and_roles(demo_dir):
     frames = np.load(demo_dir / "features" / "logmel.npy", mmap_mode="r")
     assert frames.shape == (sum(meta["lengths"]), N_MELS) and frames.dtype == np.float16
     assert set(meta["ids"]) == set(speaker["Segment ID"])
-    manifest = json.loads((demo_dir / "preprocess_manifest.json").read_text())
-    assert manifest["summary"]["dropped_rows"]["no wav"] == 2  # the demo's segment without wav, both roles
-    assert manifest["summary"]["dropped_rows"]["blank row"] == 1
+    summary = json.loads((demo_dir / SUMMARY).read_text())
+    assert summary["dropped_rows"] == {"blank row": 1, "no wav": 2}  # the demo's segment without wav, both roles
     empty = speaker.loc[speaker["Segment ID"].str.startswith("Sess03_script01"), "text"].iloc[0]
     assert empty == ""  # markers-only transcript: kept, empty
+
+
+def _data_rows(path) -> list[list[str]]:
+    return [line.split(",") for line in path.read_text(encoding="utf-8").splitlines()[2:]]
+
+
+def test_a_mistyped_segment_id_is_repaired_from_the_sibling_file(demo_dir, raw_demo):
+    """The real glitch of Session03_F_res.csv, which the demo repeats in session 8: the F file's first row carries
+    the ID of the row after it; the M file's row with the same start/end, and the wav, give the right one."""
+    female, male = (_data_rows(raw_demo / "annotation" / f"Session08_{a}_res.csv") for a in "FM")
+    assert female[0][9] == female[1][9] != male[0][9]  # the glitch as written
+    repaired = json.loads((demo_dir / SUMMARY).read_text())["repaired"]
+    assert repaired == [{"file": "Session08_F_res.csv", "line": 3, "old": female[0][9], "new": male[0][9],
+                         "problem": "repeated Segment ID",
+                         "evidence": f"Session08_M_res.csv line 3 has the same wav start/end "
+                                     f"{float(male[0][1]):g}-{float(male[0][2]):g} s; Session08/Sess08_script01/"
+                                     f"{male[0][9]}.wav exists"}]
+    table = pd.read_csv(demo_dir / "annotation.csv", keep_default_na=False)
+    # The repaired row keeps its own labels: the F actor's labels of that segment, not the next one's.
+    role = "speaker" if male[0][9][-4] == "F" else "listener"
+    row = table[(table["Segment ID"] == male[0][9]) & (table["role"] == role)].iloc[0]
+    assert (row["Emotion"], row["Valence"], row["Arousal"]) == (female[0][10].replace("disqust", "disgust"),
+                                                                float(female[0][11]), float(female[0][12]))
+    assert table["Segment ID"].value_counts().max() == 2  # every segment once per role
+
+
+def test_a_repeated_id_without_evidence_is_dropped_and_named(corpus_copy):
+    for actor in "FM":  # the same glitch in both files: nothing settles which row is which
+        path = corpus_copy / "annotation" / f"Session09_{actor}_res.csv"
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        first, second = lines[2].split(","), lines[3].split(",")
+        lost, first[9] = first[9], second[9]
+        lines[2] = ",".join(first)
+        path.write_text("".join(lines), encoding="utf-8")
+    summary = preprocess(corpus_copy, "tfidf", 16)
+    assert summary["dropped"]["repeated Segment ID"] == sorted(
+        f"{second[9]} (Session09_{a}_res.csv line {n})" for a in "FM" for n in (3, 4))
+    assert summary["kept"]["wav without annotation row (not used)"] == [lost]
+    table = pd.read_csv(corpus_copy / "annotation.csv", keep_default_na=False)
+    assert not {second[9], lost} & set(table["Segment ID"])
 
 
 def test_second_run_recomputes_nothing(demo_dir, capsys):
@@ -120,35 +209,32 @@ def test_second_run_recomputes_nothing(demo_dir, capsys):
 
 
 def test_missing_corpus_says_where_and_how(tmp_path):
-    with pytest.raises(SystemExit, match="no KEMDy19 or KEMDy20 corpus at .*--make_demo"):
+    with pytest.raises(CorpusError, match="no KEMDy19 or KEMDy20 corpus at .*--make_demo"):
         preprocess(tmp_path / "nothing")
 
 
-def test_missing_txt_and_corrupt_wav_are_skipped_and_counted(corpus_copy, capsys):
-    seg_txt = "Sess06_script01_F001" if (corpus_copy / "wav/Session06/Sess06_script01/Sess06_script01_F001.txt").exists() \
+def test_missing_txt_is_kept_and_a_corrupt_wav_skipped_and_named(corpus_copy, capsys):
+    seg_txt = "Sess06_script01_F001" if segment_path(corpus_copy, "Sess06_script01_F001", ".txt").exists() \
         else "Sess06_script01_M001"
     segment_path(corpus_copy, seg_txt, ".txt").unlink()
     corrupt = "Sess07_script01_F001" if segment_path(corpus_copy, "Sess07_script01_F001", ".wav").exists() \
         else "Sess07_script01_M001"
     segment_path(corpus_copy, corrupt, ".wav").write_bytes(b"RIFF\x00\x00not a wav at all")
     summary = preprocess(corpus_copy, "tfidf", 16)
-    assert summary["dropped_rows"]["no txt"] == 2
+    assert summary["kept"]["no txt (empty transcript)"] == [seg_txt]
     assert summary["dropped_rows"]["unusable wav"] == 2
-    assert f"{corrupt}.wav: unreadable audio" in capsys.readouterr().out
-    speaker = pd.read_csv(corpus_copy / "df_speaker.csv")
-    assert seg_txt not in set(speaker["Segment ID"]) and corrupt not in set(speaker["Segment ID"])
+    out = capsys.readouterr().out
+    assert f"{corrupt}.wav: unreadable audio" in out and f"kept, no txt (empty transcript): 1 ({seg_txt})" in out
+    speaker = pd.read_csv(corpus_copy / "df_speaker.csv", keep_default_na=False).set_index("Segment ID")
+    assert speaker.loc[seg_txt, "text"] == "" and corrupt not in speaker.index  # the wav and labels are real
 
 
-def test_unknown_label_fails_without_destroying_outputs(corpus_copy):
+def test_a_file_with_another_layout_fails_without_destroying_outputs(corpus_copy):
     preprocess(corpus_copy, "tfidf", 16)
     before = (corpus_copy / "annotation.csv").read_bytes()
     path = corpus_copy / "annotation" / "Session02_M_res.csv"
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    cells = lines[3].split(",")
-    cells[10] = "joy"
-    lines[3] = ",".join(cells)
-    path.write_text("".join(lines), encoding="utf-8")
-    with pytest.raises(CorpusError, match="Session02_M_res.csv line 4: unknown emotion 'joy'"):
+    path.write_text("Numb,Wav,Segment ID\n,start,\n1,2,Sess02_script01_F001\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match="Session02_M_res.csv: 3 columns, expected 43"):
         preprocess(corpus_copy, "tfidf", 16)
     assert (corpus_copy / "annotation.csv").read_bytes() == before
 
@@ -163,3 +249,20 @@ def test_stereo_and_other_rates_are_mixed_down_and_resampled(tmp_path):
     assert abs(np.argmax(spectrum) * SAMPLE_RATE / len(audio) - 440) < 2  # same pitch after resampling
     assert log_mel(audio).shape == (len(audio) // 512 + 1, N_MELS)
     assert log_mel(np.zeros(SAMPLE_RATE * 10, np.float32)).shape[0] == MAX_FRAMES
+
+
+def test_cancelling_channels_and_silence_are_named(corpus_copy):
+    voice = load_audio(sorted(corpus_copy.glob("wav/Session05/*/*.wav"))[0])
+    flipped, silent = sorted(corpus_copy.glob("wav/Session06/*/*.wav"))[:2]
+    sf.write(flipped, np.stack([voice, -voice], axis=1), SAMPLE_RATE, subtype="FLOAT")  # right = left inverted
+    sf.write(silent, np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    audio, notes = read_audio(flipped)
+    np.testing.assert_array_equal(audio, voice)  # the channel kept, not their silent average
+    assert notes == ["channels cancel when averaged: channel 1 of 2 used"]
+    summary = preprocess(corpus_copy, "tfidf", 16)
+    assert summary["audio"] == {"channels cancel when averaged": [flipped.stem],
+                                "silent (no sample above -60 dBFS)": [silent.stem]}
+    meta = json.loads((corpus_copy / "features" / "logmel.json").read_text())
+    k = meta["ids"].index(flipped.stem)
+    frames = np.load(corpus_copy / "features" / "logmel.npy")[meta["offsets"][k]:][:meta["lengths"][k]]
+    np.testing.assert_array_equal(frames, log_mel(voice))

@@ -14,6 +14,7 @@ from main import calibrate_av, evaluate_run, get_parser, main, make_loader, trai
 from metric import av_calibration, ccc, emotion_metrics, instance_prf, resolve_ties
 from model import EmotionModel
 from trained_run import load_trained_model
+from utils import summary_table
 
 TINY = ["--text_dim", str(TEXT_DIM), "--hidden_size", "16", "--num_layers", "1", "--audio_dim", "16",
         "--batch_size", "16", "--epochs", "2", "--ws", "4"]
@@ -61,6 +62,11 @@ def test_metrics_agree_with_scikit_learn():
     metrics = emotion_metrics(probs, av_pred, labels, first, av_true)
     assert metrics["macro_f1"] == pytest.approx(f1_score(first, probs.argmax(1), average="macro"))
     assert metrics["macro_f1"] > f1_score(first, probs.argmax(1), average="macro", labels=range(7), zero_division=0)
+    # Such a class has no F1 at all (None in results.json, "–" in the printed table), not an F1 of 0.
+    assert metrics["per_class"]["fear"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert "| F1 fear | – (n=0) |" in summary_table(metrics, "test")
+    assert metrics["per_class"]["neutral"]["f1"] == pytest.approx(f1_score(first, probs.argmax(1), labels=[0],
+                                                                          average=None)[0])
 
 
 def test_ccc_by_hand():
@@ -211,7 +217,7 @@ def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
     assert best["av_scale"].tolist() != [1.0, 1.0]
     # Fitting again (e.g. a resumed run that had not written results.json) starts from the identity map.
     model, saved, _ = load_trained_model(run_dir / "best.pth", torch.device("cpu"))
-    corpus = Corpus(saved.data_dir, saved.SorL, saved.text_dim)
+    corpus = Corpus(saved.data_dir, saved.SorL, saved.text_dim)  # no --cache_dir: the corpus folder holds them
     val_loader = make_loader(corpus, split_sessions(saved)[1], saved, False, torch.device("cpu"))
     assert calibrate_av(model, val_loader, torch.device("cpu"), None)["av_calibration"] == calibration
     # A model saved before the calibration existed loads with the identity map.
@@ -231,8 +237,11 @@ def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
 
 
 def test_bad_test_path_and_split_messages(demo_dir, tmp_path):
+    with pytest.raises(SystemExit, match=f"--test_only exp/typo: no such run folder \\(nor {tmp_path}/exp/typo\\)"):
+        main(["--test_only", "exp/typo", "--save_path", str(tmp_path)])
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="is not a finished run folder"):
-        main(["--test_only", str(tmp_path / "missing"), "--save_path", str(tmp_path)])
+        main(["--test_only", str(tmp_path / "empty"), "--save_path", str(tmp_path)])
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "args.json").write_text("{}")
     with pytest.raises(SystemExit, match="missing best.pth"):

@@ -13,7 +13,7 @@ import report
 from conftest import TEXT_DIM
 from constants import EMOTIONS
 from main import get_parser, train
-from preprocess import segment_path
+from readers import segment_path
 from test_train import TINY
 
 ONE_EPOCH = [a if a != "2" else "1" for a in TINY]  # TINY with --epochs 1
