@@ -27,13 +27,15 @@ from tqdm import tqdm
 
 from constants import EMOTIONS, MAX_FRAMES, RATING_RANGE, SAMPLE_RATE
 from dataset import Corpus
-from experiment import (add_data_args, is_experiment, prepare_data, run_experiment, split_record, split_sessions,
-                        write_test_outputs)
+from errors import CorpusError, FlagError, one_line_errors
+from experiment import is_experiment, run_experiment
 from metric import ccc, emotion_metrics
-from errors import CorpusError
+from options import add_data_args
 from preprocess import load_audio, save_npy
+from protocol import DataSpec, prepare_data, resolve_data
 from readers import segment_path
-from utils import cache_folders, make_run_dir, split_data_dir, summary_table, write_json, write_text
+from trained_run import write_run_args, write_test_outputs
+from utils import make_run_dir, summary_table, write_text
 
 OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
 AUDIO_FEATURES = [*OPENSMILE_SETS, "logmel", "speech"]
@@ -111,30 +113,30 @@ def opensmile_functionals(data_dir: Path, cache: Path, seg_ids: list[str], featu
     return np.stack([cached[s] for s in seg_ids])
 
 
-def feature_blocks(args: argparse.Namespace, corpus: Corpus) -> dict[str, np.ndarray]:
-    names = [n for n in args.audio_features.replace(" ", "").split(",") if n and n != "none"]
+def feature_blocks(audio_features: str, no_text: bool, spec: DataSpec, corpus: Corpus) -> dict[str, np.ndarray]:
+    """The feature blocks named by --audio_features (plus the sentence embeddings unless --no_text)."""
+    names = [n for n in audio_features.replace(" ", "").split(",") if n and n != "none"]
     unknown = [n for n in names if n not in AUDIO_FEATURES]
     if unknown:
-        raise SystemExit(f"error: --audio_features {args.audio_features}: unknown {unknown} "
-                         f"(expected a comma list of {', '.join(AUDIO_FEATURES)} or none)")
-    if "speech" in names and not args.speech_model:
-        raise SystemExit("error: --audio_features speech needs --speech_model ID_OR_DIR")
+        raise FlagError(f"--audio_features {audio_features}: unknown {unknown} "
+                        f"(expected a comma list of {', '.join(AUDIO_FEATURES)} or none)")
+    if "speech" in names and not spec.speech_model:
+        raise FlagError("--audio_features speech needs --speech_model ID_OR_DIR")
     blocks = {}
     for name in names:
         if name == "logmel":
             blocks[name] = logmel_band_statistics(corpus)
         elif name == "speech":
-            blocks[name] = speech_layer_average(Corpus(cache_folders(args.data_dir, args.cache_dir), args.SorL,
-                                                       args.text_dim, args.speech_model))
+            blocks[name] = speech_layer_average(Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model))
         else:
             blocks[name] = np.concatenate([  # rows of the corpora in order; each caches its own functionals
                 opensmile_functionals(folder, cache, corpus.table["Segment ID"][corpus.source == k].tolist(),
                                       OPENSMILE_SETS[name])
-                for k, (folder, cache) in enumerate(zip(split_data_dir(args.data_dir), corpus.folders))])
-    if not args.no_text:
+                for k, (folder, cache) in enumerate(zip(spec.folders, spec.caches))])
+    if not no_text:
         blocks["text"] = corpus.text
     if not blocks:
-        raise SystemExit("error: --audio_features none with --no_text leaves no features")
+        raise FlagError("--audio_features none with --no_text leaves no features")
     return blocks
 
 
@@ -161,21 +163,19 @@ def class_probabilities(model, x: np.ndarray) -> np.ndarray:
 
 
 def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
-    if args.audio_features is None:
-        args.audio_features = "speech" if args.speech_model else "egemaps,logmel"
-    train_sessions, val_sessions, test_sessions = split_sessions(args)
-    args.data_dir = ",".join(str(folder.resolve()) for folder in prepare_data(args))
-    args.cache_dir = str(Path(args.cache_dir).resolve()) if args.cache_dir else None
-    corpus = Corpus(cache_folders(args.data_dir, args.cache_dir), args.SorL, args.text_dim)
+    audio_features = args.audio_features or ("speech" if args.speech_model else "egemaps,logmel")
+    spec = resolve_data(args)
+    prepare_data(spec)
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim)
     run_dir = run_dir or make_run_dir(args.save_path, f"baseline_{args.SorL}")
-    write_json(run_dir / "args.json", vars(args))
-    shown = split_record(train_sessions, val_sessions, test_sessions)
+    write_run_args(run_dir, {**vars(args), **spec.flags(), "audio_features": audio_features})
+    shown = spec.record()
     print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
     rows = {name: np.flatnonzero(np.isin(corpus.sessions, sessions)) for name, sessions in
-            (("train", train_sessions), ("val", val_sessions), ("test", test_sessions))}
+            (("train", spec.train), ("val", spec.val), ("test", spec.test))}
     if len(rows["test"]) == 0:
-        raise SystemExit(f"error: --test_split sessions {shown['test']} have no utterances in the corpus")
-    blocks = feature_blocks(args, corpus)
+        raise FlagError(f"--test_split sessions {shown['test']} have no utterances in the corpus")
+    blocks = feature_blocks(audio_features, args.no_text, spec, corpus)
     x = standardize(blocks, rows["train"])
     y, av = corpus.first_label, corpus.arousal_valence
 
@@ -218,13 +218,11 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
-    try:
+    with one_line_errors():
         if args.resume or is_experiment(args):
             run_experiment(args, f"baseline_{args.SorL}", train)
         else:
             train(args)
-    except CorpusError as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

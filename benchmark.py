@@ -10,7 +10,7 @@ under 5 minutes; peak training memory at KEMDy19's size under 4 GB. Pretrained s
 extraction throughput of a randomly initialised base-size wav2vec2 (random weights cost the same
 compute), and its peak memory on one long clip, which chunking keeps independent of the length.
 """
-import main  # noqa: F401  (sets the oneDNN cache size before torch loads)
+import runtime  # noqa: F401  (process settings that must precede `import torch`)
 
 import argparse
 import json
@@ -26,18 +26,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from constants import HOP_LENGTH, MAX_FRAMES, N_MELS, SAMPLE_RATE
-from dataset import Corpus
+from dataset import Corpus, make_loader
 from demo_corpus import make_demo_corpus
-from engine import evaluate, train_one_epoch
-from experiment import split_sessions
-from loss import EmotionLoss
-from main import get_parser, make_loader, make_optimizer, train
+from engine import evaluate, setup, train, train_one_epoch
+from errors import KemdyError, one_line_errors
+from options import get_parser, model_config
 from predict import predict
 from preprocess import fingerprint, load_audio, log_mel, preprocess
+from protocol import resolve_data
 from readers import segment_path
 from speech_features import build_speech_cache, encode_clips, load_speech_model
-from trained_run import build_model
-from utils import amp_dtype, cache_folder, cache_folders
+from utils import cache_folder
 
 KEMDY19_UTTERANCES = 10280  # per role
 KEMDY19_TRAIN_WINDOWS = KEMDY19_UTTERANCES * 14 // 20  # default split: 14 training sessions of 20
@@ -81,23 +80,20 @@ def _train_child(data_dir: str, model_flags: list[str], argv: list[str], max_win
     """Training of one model in a fresh process, so its peak memory is its own."""
     args = get_parser().parse_args(argv + ["--data_dir", data_dir] + model_flags)
     dev = torch.device(device)
-    train_sessions, _, test_sessions = split_sessions(args)
-    corpus = Corpus(cache_folders(data_dir, args.cache_dir), "speaker", args.text_dim)
-    loader = make_loader(corpus, train_sessions, args, True, dev)
+    spec = resolve_data(args)
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim)
+    loader = make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers)
     loader.dataset.windows = loader.dataset.windows[:max_windows]
     loader.sampler.n = len(loader.dataset.windows)
-    model = build_model(args).to(dev)
-    optimizer = make_optimizer(model, args)
-    loss_fn = EmotionLoss(args.lam).to(dev)
-    dtype = amp_dtype(dev, args.amp)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    train_one_epoch(model, loader, loss_fn, optimizer, dev, 0, dtype, scaler)  # warm-up: allocator, kernels
+    # The training objects exactly as main.py makes them (engine.setup): model, loss, optimizer, EMA, scaler.
+    t = setup(model_config(args), args, corpus, np.flatnonzero(np.isin(corpus.sessions, spec.train)), dev)
+    train_one_epoch(t.model, loader, t.loss_fn, t.optimizer, dev, 0, t.dtype, t.scaler)  # warm-up: allocator
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    stats = train_one_epoch(model, loader, loss_fn, optimizer, dev, 1, dtype, scaler)
-    eval_loader = make_loader(corpus, test_sessions, args, False, dev)
+    stats = train_one_epoch(t.model, loader, t.loss_fn, t.optimizer, dev, 1, t.dtype, t.scaler)
+    eval_loader = make_loader(corpus, spec.test, args.ws, args.batch_size, False)
     start = time.perf_counter()
-    evaluate(model, eval_loader, dev, dtype=dtype)
+    evaluate(t.model, eval_loader, dev, dtype=t.dtype)
     eval_rate = len(eval_loader.dataset) / (time.perf_counter() - start)
     result = {"windows_per_s": len(loader.dataset) / stats["train_seconds"],
               "step_ms": 1000 * stats["train_seconds"] / len(loader), "data_wait_share": stats["train_data_wait"],
@@ -115,7 +111,7 @@ def in_fresh_process(target, *args) -> dict:
     child.start()
     child.join()
     if child.exitcode != 0:
-        raise SystemExit(f"error: benchmark step {target.__name__} failed (exit code {child.exitcode}); see above")
+        raise KemdyError(f"benchmark step {target.__name__} failed (exit code {child.exitcode}); see above")
     return queue.get()
 
 
@@ -173,10 +169,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
               "--num_workers", str(args.num_workers), "--device", args.device] + (
                   ["--cache_dir", args.cache_dir] if args.cache_dir else [])
     parsed = get_parser().parse_args(common + ["--data_dir", str(data_dir)])
-    device = torch.device(args.device)
-    train_sessions, _, _ = split_sessions(parsed)
-    corpus = Corpus([cache], "speaker", args.text_dim)
-    loader = make_loader(corpus, train_sessions, parsed, True, device)
+    spec = resolve_data(parsed)
+    corpus = Corpus(spec.caches, spec.role, args.text_dim)
+    loader = make_loader(corpus, spec.train, args.ws, args.batch_size, True, num_workers=args.num_workers)
     figures["loader_windows_per_s"] = _windows_per_second(loader, limit_batches=10**9)
     reference = DataLoader(PublishedStyleWindows(corpus, loader.dataset.windows, data_dir),
                            batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers)
@@ -264,7 +259,7 @@ def main_cli(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.utterances, args.train_windows, args.reference_batches, args.predict_files = 240, 64, 1, 4
         args.speech_size, args.speech_utterances = "tiny", 20
-    with tempfile.TemporaryDirectory(prefix="kemdy_bench_") as work:
+    with tempfile.TemporaryDirectory(prefix="kemdy_bench_") as work, one_line_errors():
         figures = run(args, Path(work))
     figures["config"] = {k: v for k, v in vars(args).items() if k != "out"}
     figures["torch_threads"] = torch.get_num_threads()

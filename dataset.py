@@ -7,33 +7,18 @@ from the memory-mapped spectrogram array once, and the windows refer to them by 
 neighbouring windows share `ws - 1` utterances.
 """
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from constants import (CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, EMOTION_INDEX, EMOTIONS, MANIFEST, MAX_FRAMES,
-                       NUM_RATERS, NUM_SESSIONS)
+from constants import CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, EMOTION_INDEX, EMOTIONS, MANIFEST, MAX_FRAMES, NUM_RATERS
+from errors import CorpusError, FlagError
 from speech_features import speech_cache_paths
 from text_encoder import embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings
 from utils import split_data_dir
-
-
-def parse_sessions(text: str, flag: str = "--test_split", n_sessions: int = NUM_SESSIONS) -> list[int]:
-    """'[13,14,15,16]' or '13,14,15,16' -> [13, 14, 15, 16]; anything else is a one-line error."""
-    items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
-    try:
-        sessions = [int(s) for s in items]
-    except ValueError:
-        raise SystemExit(f"error: {flag} '{text}' is not a list of session numbers like 13,14,15,16") from None
-    bad = [s for s in sessions if not 1 <= s <= n_sessions]
-    if not sessions or bad:
-        raise SystemExit(f"error: {flag} '{text}' must name sessions from 1 to {n_sessions}"
-                         + (f" (got {bad})" if bad else " (got none)"))
-    return sorted(set(sessions))
 
 
 def _labels_to_multi_hot(cells: pd.Series) -> np.ndarray:
@@ -110,8 +95,8 @@ class Corpus:
         self.source = np.zeros(len(self.table), dtype=int)  # which of `folders` each row comes from
         npy_path, meta_path = audio_cache_paths(folder, speech_model)
         if not meta_path.exists():
-            raise SystemExit(f"error: no features of --speech_model {speech_model} in {folder}; make them with "
-                             f"python preprocess.py --data_dir <corpus> --speech_model {speech_model}")
+            raise CorpusError(f"no features of --speech_model {speech_model} in {folder}; make them with "
+                              f"python preprocess.py --data_dir <corpus> --speech_model {speech_model}")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         self.audio_settings = meta["settings"]
         self.frames = np.load(npy_path, mmap_mode="r")
@@ -127,7 +112,7 @@ class Corpus:
         meta_path = embedding_paths(folder, text_dim)[1]
         self.text_encoder = json.loads(meta_path.read_text(encoding="utf-8"))["encoder"] if meta_path.exists() else "given"
         if self.text.shape[1] != text_dim:
-            raise SystemExit(f"error: {npy_path} holds {self.text.shape[1]}-d embeddings, not --text_dim {text_dim}")
+            raise CorpusError(f"{npy_path} holds {self.text.shape[1]}-d embeddings, not --text_dim {text_dim}")
         self.labels = _labels_to_multi_hot(self.table["Emotion"])
         self.first_label = np.array([EMOTION_INDEX[c.split(";")[0]] for c in self.table["Emotion"]])
         # Soft target: share of the raters choosing each emotion (a rater's tie splits evenly).
@@ -145,13 +130,13 @@ class Corpus:
     def _union(self, parts: list["Corpus"], text_dim: int) -> None:
         settings = [p.audio_settings for p in parts]
         if any(s != settings[0] for s in settings):
-            raise SystemExit("error: the corpora of --data_dir have different audio features; preprocess them "
-                             "with the same settings (and the same --speech_model)")
+            raise CorpusError("the corpora of --data_dir have different audio features; preprocess them "
+                              "with the same settings (and the same --speech_model)")
         # The contest's given embedding file is KoBERT's, as computing them here with the default encoder.
         encoders = {DEFAULT_TEXT_ENCODER_REAL if p.text_encoder == "given" else p.text_encoder for p in parts}
         if len(encoders) > 1:
-            raise SystemExit(f"error: the corpora of --data_dir have different sentence encoders {sorted(encoders)}; "
-                             "preprocess them with the same --text_encoder")
+            raise CorpusError(f"the corpora of --data_dir have different sentence encoders {sorted(encoders)}; "
+                              "preprocess them with the same --text_encoder")
         codes = [CORPUS_CODES[p.kind] for p in parts]
         tables = []
         for p, code in zip(parts, codes):
@@ -199,8 +184,8 @@ class WindowDataset(Dataset):
         self.corpus, self.train, self.seed, self.epoch = corpus, train, seed, 0
         self.windows = context_windows(corpus.dialogues, ws)[np.isin(corpus.sessions, sessions)]
         if len(self.windows) == 0:
-            raise SystemExit(f"error: {split} sessions {sessions} have no utterances in the corpus "
-                             f"(it has sessions {sorted(set(corpus.sessions.tolist()))})")
+            raise FlagError(f"{split} sessions {sessions} have no utterances in the corpus "
+                            f"(it has sessions {sorted(set(corpus.sessions.tolist()))})")
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -273,3 +258,14 @@ class ChunkBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return int(np.ceil(np.ceil(self.n / self.batch_size) / self.num_replicas))
+
+
+def make_loader(corpus: Corpus, sessions: list[int] | tuple[int, ...], ws: int, batch_size: int, train: bool,
+                seed: int = 0, num_workers: int = 0, pin_memory: bool = False, split: str = "training",
+                num_replicas: int = 1, rank: int = 0) -> DataLoader:
+    """Batches of the windows ending in `sessions` (shuffled chunks when `train`; with `num_replicas` > 1 this
+    process's share). `split` names the flag behind `sessions` in the error for an empty split."""
+    dataset = WindowDataset(corpus, list(sessions), ws, train=train, seed=seed, split=split)
+    sampler = ChunkBatchSampler(len(dataset), batch_size, chunk=ws, shuffle=train, seed=seed,
+                                num_replicas=num_replicas, rank=rank)
+    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)

@@ -21,6 +21,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from constants import DEMO_MARKER_FILE, EMOTIONS, NUM_RATERS, PROTOCOLS, SAMPLE_RATE
+from errors import CorpusError
 
 
 @dataclass(frozen=True)
@@ -189,12 +190,12 @@ def _ratings(rng: np.random.Generator, emotion: str, strength: float) -> tuple[l
 def check_demo_target(root: Path) -> None:
     """Refuse (one line, nothing touched) a folder that holds anything but an earlier demo corpus."""
     if root.exists() and not root.is_dir():
-        raise SystemExit(f"error: cannot write the demo corpus to {root}: it is a file")
+        raise CorpusError(f"cannot write the demo corpus to {root}: it is a file")
     found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir()) if root.is_dir() else []
     if found and not (root / DEMO_MARKER_FILE).exists():
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-        raise SystemExit(f"error: refusing to write the demo corpus into {root}: it already holds {shown} "
-                         f"(not a demo corpus: no {DEMO_MARKER_FILE}); choose an empty or new folder")
+        raise CorpusError(f"refusing to write the demo corpus into {root}: it already holds {shown} "
+                          f"(not a demo corpus: no {DEMO_MARKER_FILE}); choose an empty or new folder")
 
 
 def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int | None = None, n_scripts: int = 1,

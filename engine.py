@@ -1,16 +1,108 @@
-"""One training epoch and one evaluation pass; each returns a dict of figures."""
+"""The training engine of main.py, experiments and benchmark.py: set-up, one epoch, evaluation, the epoch loop
+(EMA, mixed precision, data parallel, early stopping, selection on validation), the arousal/valence calibration
+and the test (the split of pytorch/examples imagenet's train/validate and ConvNeXt's engine.py; loops return
+dicts of figures, one JSON line per epoch goes to log.jsonl).
+"""
+import argparse
+import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from loss import EmotionLoss
-from metric import emotion_metrics
-from utils import autocast
+from constants import EMOTIONS
+from dataset import Corpus, make_loader
+from errors import FlagError, TrainingError
+from loss import EmotionLoss, class_balanced_weights
+from metric import av_calibration, emotion_metrics, selection_score
+from model import MODEL_INPUTS, EmotionModel, ModelConfig
+from options import model_config
+from protocol import DataSpec, prepare_data, resolve_data
+from trained_run import (Progress, check_corpus_unchanged, find_run, load_checkpoint, load_trained_model,
+                         restore_training, save_checkpoint, save_corpus_record, write_run_args, write_test_outputs)
+from utils import (amp_dtype, append_jsonl, atomic_torch_save, autocast, broadcast, check_save_path, init_distributed,
+                   make_run_dir, plot_curves, restore_rng_states, set_seed, summary_table, write_text)
 
-MODEL_INPUTS = ("spec", "spec_lengths", "text", "slots")
+@dataclass
+class Training:
+    """The objects of one training run, made once by `setup`."""
+    model: EmotionModel
+    train_model: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    ema: AveragedModel | None  # weights averaged over epochs: what is validated, selected and tested
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    loss_fn: EmotionLoss
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None = float32
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def scored(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def parts(self) -> dict:
+        return {"model": self.model, "ema": self.ema, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "scaler": self.scaler}
+
+
+def run_name(args: argparse.Namespace) -> str:
+    return f"{args.backbone}_{args.SorL}_{args.optim}_{args.ws}"
+
+
+def resolve_device(device: str, gpu_id: int) -> torch.device:
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise FlagError("--device cuda but no CUDA device is available")
+        return torch.device(f"cuda:{gpu_id}")
+    return torch.device("cpu")
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def setup(config: ModelConfig, args: argparse.Namespace, corpus: Corpus, train_rows: np.ndarray,
+          device: torch.device, rank: int = 0, world_size: int = 1) -> Training:
+    """Model (log-mel bands standardised with the training rows' statistics), its DDP wrapper under torchrun,
+    loss (class-balanced with --loss cbloss), optimizer, exponential learning-rate decay, EMA and fp16 scaler."""
+    model = EmotionModel(config)
+    if not config.speech_layers:
+        mean, std = corpus.mel_statistics(train_rows)
+        model.audio.mel_mean.copy_(torch.from_numpy(mean))
+        model.audio.mel_std.copy_(torch.from_numpy(std))
+    model.to(device)
+    train_model = model
+    if world_size > 1:  # DDP gives every process rank 0's initial weights; dropout and SpecAugment draw per process
+        torch.manual_seed(args.seed + rank)
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    dtype = amp_dtype(device, args.amp)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    class_weights = None
+    if args.loss == "cbloss":
+        class_weights = class_balanced_weights(corpus.labels[train_rows].sum(0), args.beta)
+        print("class-balanced weights:", dict(zip(EMOTIONS, class_weights.round(decimals=3).tolist())))
+    loss_fn = EmotionLoss(args.lam, class_weights, args.av_loss).to(device)
+    optimizer = make_optimizer(model, args.optim, args.lr, args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+    # Weights averaged over epochs (buffers included) smooth the epoch-to-epoch swings of a model trained on a
+    # small corpus.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    return Training(model, train_model, ema, optimizer, scheduler, scaler, loss_fn, device, dtype, rank, world_size)
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -71,3 +163,195 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, d
     out = {k: torch.cat(v).cpu().numpy() for k, v in outputs.items()}
     metrics = emotion_metrics(out["probs"], out["av"], out["labels"], out["first_label"], out["av_true"])
     return metrics, out
+
+
+def calibrate_av(model: EmotionModel, val_loader: DataLoader, device: torch.device,
+                 dtype: torch.dtype | None) -> dict:
+    """Fit the model's arousal/valence scale and shift on the validation sessions' raw outputs (from the
+    identity map, so that fitting again, e.g. on a resumed run, gives the same map); -> its record."""
+    model.reset_av_calibration()
+    _, outputs = evaluate(model, val_loader, device, desc="calibrate", dtype=dtype)
+    scale, shift = av_calibration(outputs["av_true"], outputs["av"])
+    model.set_av_calibration(torch.from_numpy(scale).float(), torch.from_numpy(shift).float())
+    return {"av_calibration": {name: {"scale": round(float(scale[k]), 4), "shift": round(float(shift[k]), 4)}
+                               for k, name in enumerate(("arousal", "valence"))}}
+
+
+def speech_record(model: EmotionModel, corpus: Corpus) -> dict:
+    """For a --speech_model run: the encoder (id, revision) and the learned weight of each of its layers."""
+    if not corpus.speech_shape()[0]:
+        return {}
+    return {"speech_model": corpus.audio_settings,
+            "speech_layer_weights": [round(w, 4) for w in model.audio.layer_weights().tolist()]}
+
+
+def _epoch(t: Training, loaders: dict, epoch: int, run_dir: Path, progress: Progress) -> tuple[dict, bool]:
+    """Train one epoch, step the schedule and the EMA, validate (rank 0) -> (log record, whether it is the best
+    so far). Under torchrun the other ranks learn rank 0's best epoch, which early stopping needs."""
+    loaders["train"].sampler.epoch = loaders["train"].dataset.epoch = epoch
+    record = {"epoch": epoch, "lr": t.optimizer.param_groups[0]["lr"]}
+    try:
+        record.update(train_one_epoch(t.train_model, loaders["train"], t.loss_fn, t.optimizer, t.device, epoch,
+                                      t.dtype, t.scaler))
+    except FloatingPointError as error:
+        last = f"{run_dir / 'checkpoint.pth'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
+        lower = t.optimizer.param_groups[0]["lr"] / 10
+        raise TrainingError(f"{error}. Last good checkpoint: {last}. Resume with a lower learning rate: "
+                            f"python main.py --resume {run_dir} --lr {lower:g}") from None
+    t.scheduler.step()
+    if t.ema is not None:
+        t.ema.update_parameters(t.model)
+    if t.rank > 0:
+        progress.best_epoch = broadcast(None, t.world_size)
+        return record, False
+    improved = loaders["val"] is None
+    if loaders["val"] is not None:
+        val_metrics, _ = evaluate(t.scored, loaders["val"], t.device, desc=f"epoch {epoch} val", dtype=t.dtype)
+        record.update({f"val_{k}": v for k, v in val_metrics.items() if not isinstance(v, (dict, list))})
+        record["val_score"] = selection_score(val_metrics)
+        improved = record["val_score"] > progress.best_score
+    if improved:
+        progress.best_score, progress.best_epoch = record.get("val_score", 0.0), epoch
+        progress.best_val = {k: v for k, v in record.items() if k.startswith("val_")}
+    broadcast(progress.best_epoch, t.world_size)
+    record["seconds"] = record["train_seconds"]
+    return record, improved
+
+
+def fit(t: Training, loaders: dict, run_dir: Path, progress: Progress, log: list[dict], epochs: int, patience: int,
+        save: dict) -> Progress:
+    """The epoch loop from `progress.epoch + 1`: early stopping on the validation score, one JSON line per epoch,
+    `best.pth` when the score improves and `checkpoint.pth` after every epoch (rank 0; `save` holds what the
+    checkpoints carry besides the training state). Ctrl-C prints the command that resumes the run."""
+    epoch = progress.epoch + 1
+    try:
+        for epoch in range(progress.epoch + 1, epochs + 1):
+            # Checked before the epoch, so that a run resumed after its early stop does not train on.
+            if loaders["val"] is not None and patience and epoch - 1 - progress.best_epoch >= patience:
+                print(f"early stop after epoch {epoch - 1}: no better validation score in {patience} epochs")
+                break
+            record, improved = _epoch(t, loaders, epoch, run_dir, progress)
+            progress.epoch = epoch
+            if t.rank > 0:
+                continue
+            append_jsonl(run_dir / "log.jsonl", record)
+            log.append(record)
+            if improved:
+                save_checkpoint(run_dir / "best.pth", **{**t.parts(), "model": t.scored}, progress=progress, **save)
+            save_checkpoint(run_dir / "checkpoint.pth", **t.parts(), progress=progress, **save)  # marks it done
+            val_text = (f", val macro-F1 {record['val_macro_f1']:.3f} score {record['val_score']:.3f}"
+                        if loaders["val"] is not None else "")
+            print(f"epoch {epoch}: loss {record['train_loss']:.4f}{val_text}"
+                  f"{' *' if improved and loaders['val'] is not None else ''}")
+    except KeyboardInterrupt:
+        done = f"epoch {epoch - 1} is the last saved" if epoch > 1 else "no epoch was finished"
+        print(f"\ninterrupted during epoch {epoch} ({done}); continue with: python main.py --resume {run_dir}")
+        raise
+    return progress
+
+
+def _resume(t: Training, run_dir: Path, args: argparse.Namespace, overrides: dict) -> tuple[Progress, list[dict]]:
+    """The progress and log of an interrupted run, its training state loaded into `t` (same model, optimizer,
+    scheduler, best-so-far and RNG states); epochs logged after the last checkpoint are trained again."""
+    progress = Progress()
+    if (run_dir / "checkpoint.pth").exists():
+        checkpoint = load_checkpoint(run_dir / "checkpoint.pth", t.device)
+        progress = restore_training(checkpoint, **t.parts())
+        restore_rng_states(checkpoint["rng"])  # rank 0's states
+        if t.world_size > 1:  # each process its own dropout and SpecAugment draws again
+            torch.manual_seed(args.seed + t.rank + t.world_size * checkpoint["epoch"])
+        if "lr" in overrides:  # e.g. after a divergence: continue with a lower learning rate
+            for group in t.optimizer.param_groups:
+                group["lr"] = args.lr
+        print(f"resuming {run_dir} after epoch {progress.epoch} (best epoch so far {progress.best_epoch})")
+    log_path, log = run_dir / "log.jsonl", []
+    if log_path.exists() and t.rank == 0:
+        log = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        log = [r for r in log if r["epoch"] <= progress.epoch]
+        write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
+    return progress, log
+
+
+def _finish(t: Training, loaders: dict, run_dir: Path, corpus: Corpus, spec: DataSpec, progress: Progress,
+            log: list[dict], av_calibration: str) -> None:
+    """Rank 0 after the last epoch: curves, the selected model calibrated on validation and tested; results."""
+    plot_curves(log, run_dir / "curves.png", progress.best_epoch)
+    best = load_checkpoint(run_dir / "best.pth", t.device)
+    t.model.load_state_dict(best["model"])
+    calibration = {}
+    if av_calibration == "val" and loaders["val"] is not None:
+        calibration = calibrate_av(t.model, loaders["val"], t.device, t.dtype)
+        atomic_torch_save({**best, "model": t.model.state_dict()}, run_dir / "best.pth")
+    metrics, outputs = evaluate(t.model, loaders["test"], t.device, desc="test", dtype=t.dtype)
+    shown = spec.record()
+    write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics, "results.json",
+                       {"model": "neural", "best_epoch": progress.best_epoch, "val": progress.best_val,
+                        "sessions": shown, "processes": t.world_size, **calibration, **speech_record(t.model, corpus)})
+    print(f"best epoch {progress.best_epoch} (by {'validation score' if loaders['val'] else 'last epoch, --val_split none'})")
+    print(summary_table(metrics, f"test {shown['test']}"))
+    print(f"results: {run_dir / 'results.json'}")
+
+
+def train(args: argparse.Namespace, run_dir: Path | None = None, resume_overrides: dict | None = None) -> Path:
+    """Train a new run (in a new folder unless `run_dir` is given) or, given `resume_overrides` (the flags given
+    with --resume, possibly none), continue the run in `run_dir` from its last checkpoint. Under torchrun
+    (WORLD_SIZE > 1) one process per GPU (or CPU process with gloo) trains on its share of the batches, gradients
+    averaged (DDP); rank 0 alone prepares the data, validates, tests and writes files."""
+    device = resolve_device(args.device, args.gpu_id)
+    rank, world_size, local_rank = init_distributed(device.type)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device(f"cuda:{local_rank}")
+    set_seed(args.seed)
+    spec = resolve_data(args)
+    if run_dir is None and rank == 0:
+        check_save_path(args.save_path)  # before any data is prepared
+    # Data first: bad data stops the start before a run folder exists, so none is left behind.
+    broadcast(prepare_data(spec) if rank == 0 else None, world_size)  # the others wait for rank 0
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model)
+    config = model_config(args, corpus.speech_shape())
+    pin = device.type == "cuda"
+    loaders = {"train": make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers,
+                                    pin, num_replicas=world_size, rank=rank),
+               "val": make_loader(corpus, spec.val, args.ws, args.batch_size, False, args.seed, args.num_workers, pin,
+                                  "--val_split") if spec.val else None,
+               "test": make_loader(corpus, spec.test, args.ws, args.batch_size, False, args.seed, args.num_workers,
+                                   pin, "--test_split")}
+    run_dir = broadcast(run_dir or (make_run_dir(args.save_path, run_name(args)) if rank == 0 else None), world_size)
+    run_args = {**vars(args), **spec.flags()}  # what the run records: the flags, the data ones resolved
+    if resume_overrides is None and rank == 0:  # a resumed run keeps its args.json; checkpoints carry overrides
+        write_run_args(run_dir, run_args)
+        save_corpus_record(run_dir, corpus, spec)
+    shown = spec.record()
+    print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
+    if world_size > 1:
+        print(f"data-parallel over {world_size} processes: {world_size} x {args.batch_size} windows per step")
+    t = setup(config, args, corpus, np.flatnonzero(np.isin(corpus.sessions, spec.train)), device, rank, world_size)
+    progress, log = _resume(t, run_dir, args, resume_overrides) if resume_overrides is not None else (Progress(), [])
+    save = {"config": config, "run_args": run_args, "features": corpus.audio_settings}
+    fit(t, loaders, run_dir, progress, log, args.epochs, args.patience, save)
+    if rank == 0:
+        _finish(t, loaders, run_dir, corpus, spec, progress, log, args.av_calibration)
+    return run_dir
+
+
+def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_change: bool) -> dict:
+    """--test_only: the saved run's test metrics on its corpus, as it is now (refused if it changed, unless
+    `allow_corpus_change`); writes results_test_only.json, predictions_test_only.csv, confusion_test_only.png."""
+    run_dir = find_run(name, save_path)
+    model, saved, checkpoint = load_trained_model(run_dir / "best.pth", device)
+    spec = resolve_data(saved)
+    missing = [folder for folder in spec.folders if not (folder / "annotation").is_dir()]
+    if missing:
+        raise FlagError(f"the corpus of {run_dir.name} is not at {missing[0]} any more; --test_only needs it "
+                        "(predict.py needs only the run folder)")
+    prepare_data(spec)
+    check_corpus_unchanged(run_dir, spec, allow_corpus_change)
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model)
+    test_loader = make_loader(corpus, spec.test, saved.ws, saved.batch_size, False, split="--test_split")
+    metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=amp_dtype(device, saved.amp))
+    write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics,
+                       "results_test_only.json", {"model": "neural", "best_epoch": checkpoint["best_epoch"],
+                                                  **speech_record(model, corpus)})
+    print(summary_table(metrics, f"test {list(spec.test)} ({run_dir.name})"))
+    print(f"results: {run_dir / 'results_test_only.json'}")
+    return metrics

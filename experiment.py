@@ -1,190 +1,34 @@
-"""What main.py and baseline.py share: the data and split flags, the session splits, the test
-outputs of a run folder, and experiments of several runs (seeds x session folds) with a summary.
+"""Experiments of several runs (seeds x session folds) with a summary, for main.py and baseline.py.
 
 An experiment is one parent folder holding a normal run folder per (seed, fold), named `foldK`,
 `seedS` or `seedS_foldK`, plus `runs.json` (the plan) and `summary.json` / `summary.md` (mean +-
 sample std of every test metric over all its runs). It is resumable: finished runs are kept.
 """
 import argparse
-import copy
 import fcntl
 import json
 import os
-import re
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from constants import CORPUS_CODES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, EMOTIONS, PROTOCOLS
-from dataset import Corpus, parse_sessions
-from preprocess import is_demo_corpus, preprocess
-from readers import detect_corpus
-from utils import SUMMARY_METRICS, atomic_path, make_run_dir, plot_confusion, split_data_dir, write_json, write_text
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """Flags with the same name and meaning in main.py and baseline.py."""
-    a = p.add_argument
-    a("--save_path", default="exp", help="folder that holds the run folders (default: %(default)s)")
-    a("--data_dir", default=DEFAULT_DATA_DIR,
-      help="KEMDy19 or KEMDy20 folder, or both separated by a comma to train on their union (sessions then read "
-           "19_03, 20_03); if it is the default and empty, the synthetic demo corpus is made there "
-           "(default: %(default)s)")
-    a("--corpus", choices=["auto", *PROTOCOLS], default="auto",
-      help="which corpus --data_dir holds; auto = from its annotation file names (default: %(default)s)")
-    a("--cache_dir", default=None, metavar="DIR",
-      help="where preprocessing's derived files (tables, embeddings, feature caches) are: DIR/<corpus folder name> "
-           "instead of the corpus folder, e.g. for a corpus on read-only storage (default: the corpus folder)")
-    a("--text_encoder", default=None, help="sentence encoder for preprocessing: skt/kobert-base-v1 (default for "
-                                           "KEMDy19), a Hugging Face id or folder, or tfidf (default for the demo)")
-    a("--speech_model", default=None, metavar="ID_OR_DIR",
-      help="audio from this pretrained speech encoder's cached layer features (a Hugging Face id or local folder: "
-           "wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) instead of log-mel spectrograms (default: log-mel)")
-    a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
-    a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
-    a("--test_split", default=None, help="test sessions, e.g. [13,14,15,16] or 13,14,15,16 (default: the corpus's "
-                                         "published test split: KEMDy19 13-16, KEMDy20 33-40)")
-    a("--val_split", default="auto", help="validation sessions held out of training: a list, 'auto' (the two sessions "
-                                          "before the test split) or 'none' (published protocol: keep the last epoch) "
-                                          "(default: %(default)s)")
-    a("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    a("--seeds", default=None, help="several seeds, e.g. 0,1,2: one run folder each in one experiment folder with a "
-                                    "mean +- std summary; combines with --cv (default: only --seed)")
-    a("--cv", action="store_true", help="run the session cross-validation folds (one run folder each, with a summary)")
-    a("--cv_folds", default=None, help="test sessions of each fold, folds separated by ';' (default: the corpus's "
-                                       "published 5 folds: KEMDy19 1-4;5-8;...;17-20, KEMDy20 1-8;...;33-40)")
+from constants import EMOTIONS
+from errors import FlagError, RunFolderError
+from protocol import format_split, prepare_data, resolve_data
+from utils import SUMMARY_METRICS, make_run_dir, write_json, write_text
 
 
 def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
     except ValueError:
-        raise SystemExit(f"error: --seeds '{text}' is not a list of integers like 0,1,2") from None
+        raise FlagError(f"--seeds '{text}' is not a list of integers like 0,1,2") from None
     if not seeds or len(set(seeds)) != len(seeds):
-        raise SystemExit(f"error: --seeds '{text}' must list distinct seeds, like 0,1,2")
+        raise FlagError(f"--seeds '{text}' must list distinct seeds, like 0,1,2")
     return seeds
-
-
-def session_label(key: int) -> int | str:
-    """A session as shown: its number in one corpus, `19_03` for session 3 of KEMDy19 among several."""
-    return f"{key // 100}_{key % 100:02d}" if key >= 100 else key
-
-
-def split_record(train: list[int], val: list[int], test: list[int]) -> dict[str, list]:
-    """The sessions of a run as results.json and the console show them."""
-    return {name: [session_label(k) for k in keys] for name, keys in (("train", train), ("val", val), ("test", test))}
-
-
-def format_split(keys: list[int]) -> str:
-    return ",".join(str(session_label(k)) for k in keys)
-
-
-def resolve_protocol(args: argparse.Namespace) -> list[list[int]]:
-    """The session keys of --data_dir, grouped by corpus; fills --test_split and --cv_folds
-    with the published splits when they are not given (several corpora: each corpus's own test sessions,
-    and fold k = fold k of every corpus, e.g. KEMDy20 8k+1..8k+8 with KEMDy19 4k+1..4k+4). A listener run on
-    a corpus without listener labels stops here, before any work."""
-    folders = split_data_dir(args.data_dir)
-    forced = getattr(args, "corpus", "auto")
-    if len(folders) > 1 and forced != "auto":
-        raise SystemExit("error: --corpus names the corpus of one folder; with several in --data_dir each is "
-                         "recognised from its annotation files")
-    kinds = [detect_corpus(folder, forced) for folder in folders]
-    if len(folders) > 1 and len(set(kinds)) < len(kinds):
-        raise SystemExit(f"error: --data_dir {args.data_dir}: two folders of the same corpus; give each corpus once")
-    args.corpus = kinds[0] if len(kinds) == 1 else forced
-    protocols = [PROTOCOLS[kind] for kind in kinds]
-    prefix = [100 * CORPUS_CODES[kind] if len(kinds) > 1 else 0 for kind in kinds]
-    groups = [[base + s for s in range(1, p.sessions + 1)] for p, base in zip(protocols, prefix)]
-    if args.test_split is None:
-        args.test_split = format_split([base + s for p, base in zip(protocols, prefix) for s in p.test_split])
-    if args.cv_folds is None:
-        args.cv_folds = ";".join(format_split([base + s for p, base in zip(protocols, prefix) for s in p.cv_folds[k]])
-                                 for k in range(len(protocols[0].cv_folds)))
-    unlabelled = [p.name for p in protocols if not p.listener]
-    if args.SorL == "listener" and unlabelled:
-        raise SystemExit(f"error: --SorL listener: {unlabelled[0]} ({args.data_dir}) annotates only the speaker's "
-                         "emotion; use --SorL speaker")
-    return groups
-
-
-def parse_split(text: str, flag: str, groups: list[list[int]]) -> list[int]:
-    """Session keys from a list like 13,14 (one corpus) or 19_13,20_33 (several); one-line error otherwise."""
-    if len(groups) == 1:
-        return parse_sessions(text, flag, len(groups[0]))
-    known = {str(session_label(k)): k for group in groups for k in group}
-    items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
-    bad = [s for s in items if s not in known]
-    if not items or bad:
-        raise SystemExit(f"error: {flag} '{text}' must name sessions of the corpora, like 19_13,20_33 "
-                         f"(got {bad or 'none'})")
-    return sorted({known[s] for s in items})
-
-
-def split_sessions(args: argparse.Namespace) -> tuple[list[int], list[int], list[int]]:
-    """(train, validation, test) session keys from --test_split and --val_split, within the corpus's sessions
-    (`--val_split auto`: in each corpus, the two sessions just before its test sessions, wrapping around)."""
-    groups = resolve_protocol(args)
-    test = parse_split(args.test_split, "--test_split", groups)
-    if args.val_split == "none":
-        val = []
-    elif args.val_split == "auto":
-        val = []
-        for group in groups:
-            tested = [k for k in group if k in test]
-            if tested:
-                first = group.index(tested[0])
-                before = [group[(first - 1 - k) % len(group)] for k in range(len(group))]
-                val += [k for k in before if k not in test][:2]
-        val = sorted(val)
-    else:
-        val = parse_split(args.val_split, "--val_split", groups)
-        if set(val) & set(test):
-            raise SystemExit(f"error: --val_split {args.val_split} overlaps --test_split {args.test_split}")
-    train = [k for group in groups for k in group if k not in test and k not in val]
-    return train, val, test
-
-
-def prepare_data(args: argparse.Namespace) -> list[Path]:
-    """Make the demo corpus if the default folder is empty, then preprocess every corpus folder (a no-op when
-    up to date) -> the folders. Jobs that share a corpus (folds spread over GPUs) take turns (preprocess's lock)."""
-    folders = split_data_dir(args.data_dir)
-    if args.speech_model and Path(args.speech_model).is_dir():  # a local model folder, usable from anywhere
-        args.speech_model = str(Path(args.speech_model).resolve())
-    for data_dir in folders:
-        if not (data_dir / "annotation").exists() and str(data_dir) == DEFAULT_DATA_DIR:
-            from demo_corpus import make_demo_corpus
-            print(f"No KEMDy19 corpus in {data_dir}: making the synthetic DEMO corpus there. Results on it say "
-                  "nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
-            make_demo_corpus(data_dir, seed=0)
-        preprocess(data_dir, args.text_encoder, args.text_dim, speech_model=args.speech_model,
-                   corpus=args.corpus if len(folders) == 1 else "auto", cache_dir=args.cache_dir)
-        if is_demo_corpus(data_dir):
-            name = PROTOCOLS[detect_corpus(data_dir)].name
-            print(f"NOTE: {data_dir} is the synthetic demo corpus, not {name}.")
-    return folders
-
-
-def write_test_outputs(run_dir: Path, corpus: Corpus, rows: np.ndarray, probs: np.ndarray, av_pred: np.ndarray,
-                       metrics: dict, results_name: str, extra: dict) -> None:
-    """results*.json ({"test": metrics, **extra}), predictions*.csv (one row per test utterance: Segment ID,
-    label(s) as written, 7 probabilities, arousal/valence true and predicted) and confusion*.png."""
-    table = pd.DataFrame({"Segment ID": corpus.table["Segment ID"].to_numpy()[rows],
-                          "emotion": corpus.table["Emotion"].to_numpy()[rows]})
-    for i, name in enumerate(EMOTIONS):
-        table[name] = probs[:, i]
-    av_true = corpus.arousal_valence[rows]
-    table["arousal_true"], table["arousal_pred"] = av_true[:, 0], av_pred[:, 0]
-    table["valence_true"], table["valence_pred"] = av_true[:, 1], av_pred[:, 1]
-    with atomic_path(run_dir / results_name.replace("results", "predictions").replace(".json", ".csv")) as tmp:
-        table.to_csv(tmp, index=False)
-    write_json(run_dir / results_name, {"test": metrics, **extra})
-    plot_confusion(metrics["confusion"], run_dir / results_name.replace("results", "confusion").replace(".json", ".png"),
-                   f"test confusion ({run_dir.name})")
 
 
 def is_experiment(args: argparse.Namespace) -> bool:
@@ -235,23 +79,22 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
     if args.resume:
         folder = Path(args.resume)
         if not (folder / "runs.json").exists():
-            raise SystemExit(f"error: --resume {folder} is not an experiment folder (no runs.json)")
+            raise RunFolderError(f"--resume {folder} is not an experiment folder (no runs.json)")
         saved = json.loads((folder / "runs.json").read_text(encoding="utf-8"))
         # Under the saved plan, this version's defaults: a flag added since the plan was written gets its default.
         args = argparse.Namespace(**{**vars(args), **saved["args"], **(overrides or {}), "resume": str(folder)})
         runs = saved["runs"]
     else:
         seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
-        groups = resolve_protocol(args)
-        folds = ([parse_split(f, "--cv_folds", groups) for f in args.cv_folds.split(";")] if args.cv
-                 else [parse_split(args.test_split, "--test_split", groups)])
+        spec = resolve_data(args)
+        folds = spec.cv_folds if args.cv else [spec.test]
         runs = [{"name": "_".join(([f"seed{seed}"] if args.seeds else []) + ([f"fold{k}"] if args.cv else [])),
                  "seed": seed, "test_split": format_split(fold)}
                 for seed in seeds for k, fold in enumerate(folds, 1)]
         prefix = ("cv_" if args.cv else "seeds_") + name
-        prepare_data(args)  # bad data stops here, before an experiment folder exists
+        prepare_data(spec)  # bad data stops here, before an experiment folder exists
         folder = make_run_dir(args.save_path, prefix)
-        write_json(folder / "runs.json", {"args": {**vars(args), "plan_only": False}, "runs": runs})
+        write_json(folder / "runs.json", {"args": {**vars(args), **spec.flags(), "plan_only": False}, "runs": runs})
         if getattr(args, "plan_only", False):
             gpus = " ".join(str(g) for g in range(min(len(runs), 4)))
             print(f"plan of {len(runs)} runs written to {folder}; train them with one job per GPU, e.g. on "
@@ -280,10 +123,8 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
             if run_dir.exists():
                 run_dir.rename(folder / f"{run['name']}_interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
             run_dir.mkdir()
-            run_args = copy.copy(args)
-            run_args.seed, run_args.test_split = run["seed"], run["test_split"]
-            run_args.cv, run_args.seeds = False, None
-            train_run(run_args, run_dir)
+            train_run(argparse.Namespace(**{**vars(args), "seed": run["seed"], "test_split": run["test_split"],
+                                            "cv": False, "seeds": None}), run_dir)
         except KeyboardInterrupt:
             print(f"experiment interrupted in {run['name']}; continue the whole experiment (finished runs are kept) "
                   f"with the same script and --resume {folder}")

@@ -2,14 +2,21 @@
 
 Differs from the published model where it was wrong: one audio encoder is shared by all window
 steps (the published CNN mixed the window's utterances across channels, so step i was not
-utterance i), and padded steps get a zero vector plus a mask bit.
+utterance i), and padded steps get a zero vector plus a mask bit. Its shape is a ModelConfig (like
+nanoGPT's GPTConfig): made once from the flags, stored in every checkpoint, the only thing a saved
+model is rebuilt from.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 
 from constants import EMOTIONS, N_MELS
+
+
+MODEL_INPUTS = ("spec", "spec_lengths", "text", "slots")  # the batch entries EmotionModel.forward takes, in order
 
 
 def _time_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -129,33 +136,52 @@ def _identity_av_map() -> dict[str, torch.Tensor]:
     return {"av_scale": torch.ones(2), "av_shift": torch.zeros(2)}
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model's shape and its training-time augmentation. The defaults are the recipe's (the CLI takes
+    them from here); the published model is hidden_size=512, num_layers=4, audio_dim=256, audio_pool="mean",
+    direct=False, freq_mask=0, time_mask=0 (`$PUBLISHED` in the README)."""
+    text_dim: int = 768  # sentence embedding size
+    audio_dim: int = 128  # audio encoder output; conv widths are audio_dim/8 .. audio_dim
+    hidden_size: int = 128  # fusion and recurrent width
+    num_layers: int = 2  # recurrent layers
+    bidirectional: bool = False
+    backbone: str = "lstm"  # or "gru"
+    emotion_concat: bool = True  # the arousal/valence trunk also sees the emotion probabilities
+    dropout: float = 0.2
+    audio_pool: str = "bands"  # or "mean" (the frequency axis averaged away; ablation)
+    direct: bool = True  # the heads also see the target utterance's own fused features
+    freq_mask: int = 20  # SpecAugment: widest frequency mask in mel bands, 0 = off
+    time_mask: int = 20  # SpecAugment: widest time mask in frames, 0 = off
+    speech_layers: int = 0  # > 0: a speech model's pooled layers (L rows of width 2 * speech_dim), not log-mel
+    speech_dim: int = 0
+
+
 class EmotionModel(nn.Module):
-    def __init__(self, text_dim: int = 768, audio_dim: int = 256, hidden_size: int = 512, num_layers: int = 4,
-                 bidirectional: bool = False, backbone: str = "lstm", emotion_concat: bool = True,
-                 dropout: float = 0.2, audio_pool: str = "bands", direct: bool = True, freq_mask: int = 0,
-                 time_mask: int = 0, speech_layers: int = 0, speech_dim: int = 0):
+    def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
+        c = self.config = config
         # Log-mel spectrograms through the CNN, or with speech_layers > 0 a speech model's pooled layers.
-        self.audio = (SpeechEncoder(speech_layers, speech_dim, audio_dim, dropout) if speech_layers else
-                      AudioEncoder(audio_dim, pool=audio_pool, freq_mask=freq_mask, time_mask=time_mask,
-                                   dropout=dropout))
-        self.text_norm = nn.LayerNorm(text_dim)
-        self.fuse = nn.Sequential(nn.Linear(audio_dim + text_dim, hidden_size), nn.ReLU(inplace=True),
-                                  nn.Dropout(dropout))
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[backbone]
-        self.rnn = rnn(hidden_size + 1, hidden_size, num_layers=num_layers, batch_first=True,
-                       bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
+        self.audio = (SpeechEncoder(c.speech_layers, c.speech_dim, c.audio_dim, c.dropout) if c.speech_layers else
+                      AudioEncoder(c.audio_dim, pool=c.audio_pool, freq_mask=c.freq_mask, time_mask=c.time_mask,
+                                   dropout=c.dropout))
+        self.text_norm = nn.LayerNorm(c.text_dim)
+        self.fuse = nn.Sequential(nn.Linear(c.audio_dim + c.text_dim, c.hidden_size), nn.ReLU(inplace=True),
+                                  nn.Dropout(c.dropout))
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[c.backbone]
+        self.rnn = rnn(c.hidden_size + 1, c.hidden_size, num_layers=c.num_layers, batch_first=True,
+                       bidirectional=c.bidirectional, dropout=c.dropout if c.num_layers > 1 else 0.0)
         # The direct path: the heads also see the target utterance's own fused features, not only what
         # of it survives the recurrent steps (the context says how to read the target; it does not replace it).
-        self.direct = direct
-        out_dim = hidden_size * (2 if bidirectional else 1) + (hidden_size if direct else 0)
+        self.direct = c.direct
+        out_dim = c.hidden_size * (2 if c.bidirectional else 1) + (c.hidden_size if c.direct else 0)
         self.emotion_head = nn.Linear(out_dim, len(EMOTIONS))
-        self.emotion_concat = emotion_concat
-        trunk_in = out_dim + (len(EMOTIONS) if emotion_concat else 0)
-        self.av_trunk = nn.Sequential(nn.Linear(trunk_in, hidden_size // 2), nn.ReLU(inplace=True),
-                                      nn.Dropout(dropout))
-        self.arousal_head = nn.Linear(hidden_size // 2, 1)
-        self.valence_head = nn.Linear(hidden_size // 2, 1)
+        self.emotion_concat = c.emotion_concat
+        trunk_in = out_dim + (len(EMOTIONS) if c.emotion_concat else 0)
+        self.av_trunk = nn.Sequential(nn.Linear(trunk_in, c.hidden_size // 2), nn.ReLU(inplace=True),
+                                      nn.Dropout(c.dropout))
+        self.arousal_head = nn.Linear(c.hidden_size // 2, 1)
+        self.valence_head = nn.Linear(c.hidden_size // 2, 1)
         # An affine map of (arousal, valence) fitted on the validation sessions after training (identity
         # until then): MSE training shrinks predictions towards the mean, which CCC penalises.
         for name, value in _identity_av_map().items():

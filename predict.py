@@ -23,8 +23,8 @@ import torch
 
 from constants import EMOTIONS, N_FFT
 from dataset import assemble_batch, context_windows
-from engine import MODEL_INPUTS
-from errors import CorpusError
+from errors import CorpusError, FlagError, RunFolderError, one_line_errors
+from model import MODEL_INPUTS
 from preprocess import log_mel, read_audio
 from readers import clean_transcript, decode_text, nfc
 from speech_features import encode_clips, load_speech_config, load_speech_model, speech_settings
@@ -34,9 +34,9 @@ from utils import atomic_path
 
 def read_transcript(path: Path) -> str:
     if not path.exists():
-        raise CorpusError(f"--txt {path} does not exist")
+        raise FlagError(f"--txt {path} does not exist")
     if not path.is_file():
-        raise CorpusError(f"--txt {path} is a folder, not a transcript file")
+        raise FlagError(f"--txt {path} is a folder, not a transcript file")
     return decode_text(path.read_bytes(), path)
 
 
@@ -50,11 +50,11 @@ def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str | Non
     """(wav paths, explicit texts or None to look for a same-stem .txt, whether they form a dialogue)."""
     if args.wav:
         if not Path(args.wav).is_file():
-            raise CorpusError(f"--wav {args.wav}: no such file")
+            raise FlagError(f"--wav {args.wav}: no such file")
         return [Path(args.wav)], [read_transcript(Path(args.txt)) if args.txt else args.text], False
     folder = Path(args.input_dir or args.dialogue)
     if not folder.is_dir():
-        raise CorpusError(f"{folder} is not a folder")
+        raise FlagError(f"{folder} is not a folder")
     wavs = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".wav"), key=natural_key)
     if not wavs:
         raise CorpusError(f"no .wav files in {folder}")
@@ -83,12 +83,12 @@ def audio_features(audios: list[np.ndarray], speech_model: str | None, trained_o
 
 @torch.inference_mode()
 def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: bool,
-            device: torch.device | None = None) -> pd.DataFrame:
+            device: torch.device | None = None, trust_pickle: bool = False) -> pd.DataFrame:
     """One row per readable wav (`texts[i]` None: its same-stem .txt, if any); the unreadable ones are named
     and skipped. The `note` column names what the user should know of a row (silent, no transcript...)."""
     device = device or torch.device("cpu")
     if not (run_dir / "best.pth").exists():
-        raise CorpusError(f"{run_dir} has no best.pth (not a finished run folder)")
+        raise RunFolderError(f"{run_dir} has no best.pth (not a finished run folder)")
     model, run_args, checkpoint = load_trained_model(run_dir / "best.pth", device)
     if trained_on_demo(run_dir):
         print(f"NOTE: {run_dir.name} was trained on the synthetic demo corpus: its predictions say nothing about "
@@ -128,7 +128,7 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
     else:  # each utterance alone: a window of padding and itself
         windows = np.full((len(kept), run_args.ws), -1)
         windows[:, -1] = np.arange(len(kept))
-    embeddings = run_text_encoder(run_dir, run_args)(kept_texts)
+    embeddings = run_text_encoder(run_dir, model.config.text_dim, trust_pickle)(kept_texts)
     batch = assemble_batch(frames, offsets, lengths, embeddings, windows)
     logits, av = model(*(batch[k].to(device) for k in MODEL_INPUTS))
     probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
@@ -154,23 +154,24 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     text.add_argument("--txt", help="a .txt file with the transcript of --wav")
     parser.add_argument("--out", help="write the table to a .csv or .json file")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(default: %(default)s)")
+    parser.add_argument("--trust_run", action="store_true",
+                        help="a run saved by an earlier version keeps its TF-IDF as a pickle (text_encoder.joblib): "
+                             "load it. A pickle can run any code: only for run folders whose author you trust")
     args = parser.parse_args(argv)
     if (args.text or args.txt) and not args.wav:
         parser.error("--text/--txt go with --wav")
-    try:
+    with one_line_errors():
         return run(args)
-    except CorpusError as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 def run(args: argparse.Namespace) -> pd.DataFrame:
     out = Path(args.out) if args.out else None
     if out is not None and not out.parent.is_dir():  # checked before any work is done
-        raise CorpusError(f"--out {out}: the folder {out.parent} does not exist")
+        raise FlagError(f"--out {out}: the folder {out.parent} does not exist")
     if out is not None and out.is_dir():
-        raise CorpusError(f"--out {out} is a folder; name a .csv or .json file")
+        raise FlagError(f"--out {out} is a folder; name a .csv or .json file")
     wavs, texts, dialogue = collect_inputs(args)
-    table = predict(Path(args.run), wavs, texts, dialogue, torch.device(args.device))
+    table = predict(Path(args.run), wavs, texts, dialogue, torch.device(args.device), args.trust_run)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if out is not None:
         with atomic_path(out) as tmp:

@@ -32,11 +32,11 @@ from tqdm import tqdm
 from constants import (DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO, DEFAULT_TEXT_ENCODER_REAL,
                        DEMO_MARKER_FILE, EMOTIONS, F_MAX, F_MIN, HOP_LENGTH, LOG_OFFSET, MANIFEST, N_FFT, N_MELS,
                        PROTOCOLS, SAMPLE_RATE, SUMMARY)
-from errors import CorpusError
+from errors import CorpusError, one_line_errors
 from readers import FileIndex, annotation_files, detect_corpus, read_corpus, segment_relpath
 from speech_features import build_speech_cache, load_speech_config
-from text_encoder import check_text_encoder, embedding_paths, fit_tfidf, save_tfidf, tfidf_embeddings, \
-    transformer_embeddings
+from text_encoder import (check_text_encoder, embedding_paths, fit_tfidf, save_tfidf, tfidf_embeddings, tfidf_exists,
+                          transformer_embeddings)
 from utils import atomic_path, cache_folder, write_json, write_text
 
 SILENCE_PEAK = 10 ** (-60 / 20)  # no sample above -60 dBFS: no speech (a 16-bit file's floor is -96 dBFS)
@@ -206,12 +206,13 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     text_encoder = text_encoder or default_text_encoder(data_dir)
     wavs = FileIndex(data_dir / "wav")
     sources = fingerprint(data_dir, files + wavs.with_suffixes(".wav", ".txt"))
-    npy_path, meta_path, _ = embedding_paths(out, text_dim)
+    npy_path, meta_path, tfidf_base = embedding_paths(out, text_dim)
     wanted_embedding = {"encoder": text_encoder, "sources": sources}
     # Every model id is checked before any heavy work: a bad one fails in seconds, with one line.
     if speech_model:
         load_speech_config(speech_model)
-    if text_encoder != "tfidf" and _read_json(out / MANIFEST).get("embedding", {}).get(str(text_dim)) != wanted_embedding:
+    embedded = _read_json(out / MANIFEST).get("embedding", {}).get(str(text_dim))
+    if text_encoder != "tfidf" and embedded != wanted_embedding:
         check_text_encoder(text_encoder)
     seconds = {}
     with cache_lock(out) as writable:
@@ -234,7 +235,8 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             write_json(out / MANIFEST, manifest)
         if npy_path.exists() and not meta_path.exists():
             print(f"using {npy_path} as given (not made by this repo; e.g. the contest's KoBERT embeddings)")
-        elif manifest.get("embedding", {}).get(str(text_dim)) == wanted_embedding and npy_path.exists():
+        elif (manifest.get("embedding", {}).get(str(text_dim)) == wanted_embedding and npy_path.exists()
+              and (text_encoder != "tfidf" or tfidf_exists(tfidf_base))):
             print(f"{npy_path.name} ({text_encoder}) is up to date")
         else:
             may_write("sentence embeddings")
@@ -247,8 +249,9 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         if speech_model:
             table = pd.read_csv(out / "annotation.csv", keep_default_na=False) if table is None else table
             seg_ids = sorted(table["Segment ID"].unique())
-            seconds["speech"] = build_speech_cache(out, seg_ids, [wavs.get(segment_relpath(s, ".wav")) for s in seg_ids],
-                                                   speech_model, sources, load_audio, may_write=may_write)
+            paths = [wavs.get(segment_relpath(s, ".wav")) for s in seg_ids]
+            seconds["speech"] = build_speech_cache(out, seg_ids, paths, speech_model, sources, load_audio,
+                                                   may_write=may_write)
     summary = _read_json(out / SUMMARY)
     print_summary(summary, data_dir)
     return {**summary, "seconds": seconds}
@@ -292,7 +295,8 @@ def summarize(table: pd.DataFrame, report, audio_notes: dict[str, list[str]], ki
 
 
 def _listed(names: list[str], limit: int = 20) -> str:
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more (all in {SUMMARY})" if len(names) > limit else "")
+    more = f" and {len(names) - limit} more (all in {SUMMARY})" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def print_summary(summary: dict, data_dir: Path) -> None:
@@ -344,7 +348,7 @@ def main() -> None:
     parser.add_argument("--impros", type=int, default=1, help="demo: improvised dialogues per session (default: %(default)s)")
     parser.add_argument("--turns", type=int, default=20, help="demo: utterances per dialogue (default: %(default)s)")
     args = parser.parse_args()
-    try:
+    with one_line_errors():
         if args.make_demo:
             from demo_corpus import make_demo_corpus
             make_demo_corpus(args.make_demo, args.seed, args.sessions, args.scripts, args.impros, args.turns,
@@ -353,8 +357,6 @@ def main() -> None:
         else:
             preprocess(args.data_dir, args.text_encoder, args.text_dim, args.seed, args.speech_model, args.corpus,
                        args.cache_dir)
-    except CorpusError as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

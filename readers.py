@@ -256,7 +256,8 @@ def _length_match(seg_id: str, session: int, start: float, end: float, wavs: Fil
     if not parts:
         return None, ""
     if int(parts.group(1)) != session:
-        return f"Sess{session:02d}{seg_id[6:]}", f"the file is Sess{session:02d}_eval.csv (prefix glitch of older copies)"
+        return (f"Sess{session:02d}{seg_id[6:]}",
+                f"the file is Sess{session:02d}_eval.csv (prefix glitch of older copies)")
     lasts = end - start
 
     def fits(candidate: str) -> bool:

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from constants import SAMPLE_RATE
+from errors import PretrainedError
 from utils import amp_dtype, autocast, hub_cache_only, pretrained_load_error, write_text
 
 CHUNK_SECONDS = 20.0  # longer clips are encoded in pieces of at most this length
@@ -51,7 +52,7 @@ def load_speech_config(name: str):
     except (OSError, ValueError) as error:
         raise pretrained_load_error("speech model", name, "--speech_model", error, cache_only) from None
     if not hasattr(config, "conv_kernel"):
-        raise SystemExit(f"error: --speech_model {name} is a {config.model_type} model, not a speech encoder "
+        raise PretrainedError(f"--speech_model {name} is a {config.model_type} model, not a speech encoder "
                          "that takes raw audio (wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R)")
     return config
 

@@ -8,7 +8,6 @@ import pickle
 import unicodedata
 from pathlib import Path
 
-import joblib
 import numpy as np
 import sentencepiece as spm
 import torch
@@ -18,6 +17,7 @@ from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
 from constants import TEXT_MAX_LENGTH
+from errors import CorpusError
 from utils import atomic_path, hub_cache_only, pretrained_load_error
 
 SPIECE_UNDERLINE = "\u2581"
@@ -134,9 +134,13 @@ def transformer_embeddings(texts: list[str], name: str, batch_size: int = 64,
     return out
 
 
+def _tfidf_vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, vocabulary=vocabulary)
+
+
 def fit_tfidf(texts: list[str], dim: int, seed: int = 0) -> Pipeline:
     """Character n-gram TF-IDF + truncated SVD: an offline encoder for the demo (no download)."""
-    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True)
+    vectorizer = _tfidf_vectorizer()
     features = vectorizer.fit_transform([t for t in texts if t.strip()])
     # SVD rank is bounded by the corpus; columns past it are zero-filled in tfidf_embeddings.
     rank = max(1, min(dim, features.shape[0] - 1, features.shape[1] - 1))
@@ -153,15 +157,42 @@ def tfidf_embeddings(texts: list[str], pipeline: Pipeline, dim: int) -> np.ndarr
     return out
 
 
-def embedding_paths(data_dir: str | Path, dim: int) -> tuple[Path, Path, Path]:
-    """(vectors .npy, metadata .json with ids and encoder, fitted tf-idf .joblib)."""
-    base = Path(data_dir) / f"embedding_{dim}"
-    return base.with_suffix(".npy"), base.with_suffix(".json"), base.with_suffix(".tfidf.joblib")
+def embedding_paths(folder: str | Path, dim: int) -> tuple[Path, Path, Path]:
+    """(vectors .npy, metadata .json with ids and encoder, base name of the fitted TF-IDF: `save_tfidf`)."""
+    base = Path(folder) / f"embedding_{dim}"
+    return base.with_suffix(".npy"), base.with_suffix(".json"), base.with_suffix(".tfidf")
 
 
-def save_tfidf(pipeline: Pipeline, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        joblib.dump(pipeline, tmp)
+TFIDF_FORMAT = "tfidf-char_wb-1-3+svd/1"
+
+
+def save_tfidf(pipeline: Pipeline, base: Path) -> None:
+    """The fitted TF-IDF + SVD as data, not a pickle: `<base>.npz` (idf, SVD components) and `<base>.json`
+    (the vocabulary), so that loading a file someone else wrote can never run code."""
+    vectorizer, svd = pipeline.named_steps["tfidf"], pipeline.named_steps["svd"]
+    with atomic_path(base.with_name(base.name + ".npz")) as tmp, open(tmp, "wb") as f:
+        np.savez(f, idf=vectorizer.idf_, components=svd.components_)
+    with atomic_path(base.with_name(base.name + ".json")) as tmp:
+        tmp.write_text(json.dumps({"format": TFIDF_FORMAT, "vocabulary": {k: int(v) for k, v in
+                                                                          vectorizer.vocabulary_.items()}},
+                                  ensure_ascii=False), encoding="utf-8")
+
+
+def load_tfidf(base: Path) -> Pipeline:
+    """The pipeline `save_tfidf` wrote (arrays and a vocabulary only: no pickle is read)."""
+    meta = json.loads(base.with_name(base.name + ".json").read_text(encoding="utf-8"))
+    if meta.get("format") != TFIDF_FORMAT:
+        raise CorpusError(f"{base}.json is not a TF-IDF pipeline of this version ({meta.get('format')})")
+    with np.load(base.with_name(base.name + ".npz"), allow_pickle=False) as arrays:
+        vectorizer = _tfidf_vectorizer(meta["vocabulary"])
+        vectorizer.idf_ = arrays["idf"]
+        svd = TruncatedSVD(len(arrays["components"]))
+        svd.components_ = arrays["components"]
+    return Pipeline([("tfidf", vectorizer), ("svd", svd)])
+
+
+def tfidf_exists(base: Path) -> bool:
+    return all(base.with_name(base.name + suffix).exists() for suffix in (".npz", ".json"))
 
 
 def load_embeddings(npy_path: str | Path) -> dict[str, np.ndarray]:
@@ -175,6 +206,6 @@ def load_embeddings(npy_path: str | Path) -> dict[str, np.ndarray]:
         # The contest file is a pickle: only load one you trust.
         contest = np.load(npy_path, allow_pickle=True).item()
     except (ValueError, pickle.UnpicklingError, AttributeError) as error:
-        raise SystemExit(f"error: {npy_path} has no {meta_path.name} and is not the contest's "
-                         f"pickled dict of embeddings ({error})") from None
+        raise CorpusError(f"{npy_path} has no {meta_path.name} and is not the contest's "
+                          f"pickled dict of embeddings ({error})") from None
     return {Path(k).stem: np.asarray(v, dtype=np.float32).reshape(-1) for k, v in contest.items()}

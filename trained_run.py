@@ -1,115 +1,181 @@
-"""A trained run folder as other entry points use it (main.py --test_only, predict.py, benchmark.py).
+"""Run folders: checkpoints (save, load, resume), the model rebuilt from its checkpoint, what the run was trained on,
+its text encoder, and its test outputs; used by main.py, predict.py, benchmark.py and experiments.
 
-A run folder is self-contained: `best.pth` holds the weights, the arguments and the feature settings;
-`corpus.json` the absolute corpus path (and --cache_dir), the sentence encoder, whether it was the
-synthetic demo corpus, and a fingerprint of the tables and embeddings the run was trained on; `text_encoder.joblib` the fitted TF-IDF pipeline when the run
-used one. So a run evaluates or predicts from any directory, and a changed corpus is noticed.
+A run folder is self-contained data, never code. `best.pth` (the selected model) and `checkpoint.pth` (the last
+epoch, for --resume) hold the weights, the ModelConfig, the run's resolved arguments and the feature settings, and
+load with `weights_only=True`; `corpus.json` holds the corpus folders (and --cache_dir), the sentence encoder,
+whether it was the synthetic demo corpus, and content hashes of the tables and embeddings the run was trained on;
+`text_encoder.npz` + `.json` the fitted TF-IDF pipeline as arrays and a vocabulary. Runs saved by earlier versions
+(a pickled `text_encoder.joblib`, no ModelConfig) still load; their pickle only behind `trust_pickle`
+(--trust_run), since unpickling a file can run any code.
 """
 import argparse
 import json
 import pickle
 import shutil
 import zipfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import joblib
 import numpy as np
+import pandas as pd
 import torch
 
-from constants import DEFAULT_TEXT_ENCODER_REAL
+from constants import DEFAULT_TEXT_ENCODER_REAL, EMOTIONS
 from dataset import Corpus, audio_cache_paths
-from model import EmotionModel
+from errors import RunFolderError, StorageError
+from model import EmotionModel, ModelConfig
 from preprocess import feature_settings, is_demo_corpus
-from text_encoder import embedding_paths, tfidf_embeddings, transformer_embeddings
-from utils import atomic_path, cache_folders, file_sha1, split_data_dir, write_json
+from protocol import DataSpec
+from text_encoder import (embedding_paths, load_tfidf, save_tfidf, tfidf_embeddings, tfidf_exists,
+                          transformer_embeddings)
+from utils import atomic_path, atomic_torch_save, file_sha1, plot_confusion, rng_states, write_json
 
-# Arguments that define the model's shape: it is rebuilt from exactly these.
-MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat", "dropout",
-              "audio_pool", "no_direct")  # and speech_layers, speech_dim (0 = log-mel) since --speech_model
-TFIDF_FILE = "text_encoder.joblib"
+TFIDF_BASE = "text_encoder"  # text_encoder.npz + text_encoder.json in a run folder
+PICKLED_TFIDF = "text_encoder.joblib"  # what runs saved before the change to data files hold
+# The arguments an older checkpoint (without "model_config") rebuilds its model from, and their values then.
+OLD_MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat",
+                  "dropout", "audio_pool", "no_direct")
 
 
-def build_model(args: argparse.Namespace) -> EmotionModel:
-    return EmotionModel(text_dim=args.text_dim, audio_dim=args.audio_dim, hidden_size=args.hidden_size,
-                        num_layers=args.num_layers, bidirectional=args.bidirectional, backbone=args.backbone,
-                        emotion_concat=not args.no_cat, dropout=args.dropout, audio_pool=args.audio_pool,
-                        direct=not args.no_direct, freq_mask=args.freq_mask, time_mask=args.time_mask,
-                        speech_layers=args.speech_layers, speech_dim=args.speech_dim)
+@dataclass
+class Progress:
+    """Where training stands: the last finished epoch, and the best validation score so far and its epoch."""
+    epoch: int = 0
+    best_score: float = float("-inf")
+    best_epoch: int = 0
+    best_val: dict = field(default_factory=dict)
+
+
+def save_checkpoint(path: Path, *, model: torch.nn.Module, ema, optimizer, scheduler, scaler, progress: Progress,
+                    config: ModelConfig, run_args: dict, features: dict) -> None:
+    """Everything to resume exactly (weights, EMA, optimizer, scheduler, scaler, RNG states, progress) and to
+    rebuild the model alone (its ModelConfig, the run's arguments, the feature settings); written atomically."""
+    atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states(),
+                       "epoch": progress.epoch, "best_score": progress.best_score,
+                       "best_epoch": progress.best_epoch, "best_val": progress.best_val,
+                       "model_config": asdict(config), "args": run_args, "features": features}, path)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
-    """torch.load with a one-line error for a missing, truncated or foreign file."""
+    """torch.load (weights only: no code runs) with a one-line RunFolderError for a missing, truncated or
+    foreign file."""
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
-        raise SystemExit(f"error: {path} does not exist") from None
+        raise RunFolderError(f"{path} does not exist") from None
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise SystemExit(f"error: {path} is damaged or not a checkpoint of this repo ({first_line}); "
-                         "if the run was interrupted, continue it with python main.py --resume <run>") from None
+        raise RunFolderError(f"{path} is damaged or not a checkpoint of this repo ({first_line}); if the run was "
+                             "interrupted, continue it with python main.py --resume <run>") from None
 
 
-def load_trained_model(checkpoint_path: Path, device: torch.device) -> tuple[EmotionModel, argparse.Namespace, dict]:
-    """Rebuild exactly the saved model from the arguments inside its checkpoint -> (model, args, checkpoint)."""
-    checkpoint = load_checkpoint(checkpoint_path, device)
-    missing = [k for k in MODEL_ARGS if k not in checkpoint["args"]]
+def restore_training(checkpoint: dict, *, model: torch.nn.Module, ema, optimizer, scheduler, scaler) -> Progress:
+    """Load a checkpoint's training state into the objects of a resumed run -> its progress (RNG states are
+    restored by the caller, which knows the process's rank)."""
+    model.load_state_dict(checkpoint["model"])
+    if ema is not None:
+        ema.load_state_dict(checkpoint["ema"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    return Progress(checkpoint["epoch"], checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["best_val"])
+
+
+def model_config(checkpoint: dict, path: Path) -> ModelConfig:
+    """The checkpoint's ModelConfig; for a run saved before it existed, the one its arguments describe (without
+    SpecAugment or a speech model, as those runs were, unless their arguments say otherwise)."""
+    if "model_config" in checkpoint:
+        return ModelConfig(**checkpoint["model_config"])
+    args = checkpoint["args"]
+    missing = [k for k in OLD_MODEL_ARGS if k not in args]
     if missing:
-        raise SystemExit(f"error: {checkpoint_path} lacks the model arguments {missing}; "
-                         "it was saved by an incompatible version")
-    args = argparse.Namespace(**{"freq_mask": 0, "time_mask": 0, "speech_model": None, "speech_layers": 0,
-                                 "speech_dim": 0, "amp": False, "cache_dir": None, **checkpoint["args"]})
-    if not args.speech_model and checkpoint.get("features", feature_settings()) != feature_settings():
-        raise SystemExit(f"error: {checkpoint_path} was trained on features {checkpoint['features']}, "
-                         f"this code computes {feature_settings()}")
-    model = build_model(args).to(device)
+        raise RunFolderError(f"{path} lacks the model arguments {missing}; it was saved by an incompatible version")
+    return ModelConfig(text_dim=args["text_dim"], audio_dim=args["audio_dim"], hidden_size=args["hidden_size"],
+                       num_layers=args["num_layers"], bidirectional=args["bidirectional"], backbone=args["backbone"],
+                       emotion_concat=not args["no_cat"], dropout=args["dropout"], audio_pool=args["audio_pool"],
+                       direct=not args["no_direct"], freq_mask=args.get("freq_mask", 0),
+                       time_mask=args.get("time_mask", 0), speech_layers=args.get("speech_layers", 0),
+                       speech_dim=args.get("speech_dim", 0))
+
+
+def load_trained_model(path: Path, device: torch.device) -> tuple[EmotionModel, argparse.Namespace, dict]:
+    """Rebuild exactly the saved model from its checkpoint -> (model in eval mode, the run's arguments,
+    checkpoint). Arguments added since the run was saved get the values that reproduce it."""
+    checkpoint = load_checkpoint(path, device)
+    config = model_config(checkpoint, path)
+    args = argparse.Namespace(**{"speech_model": None, "amp": False, "cache_dir": None, **checkpoint["args"]})
+    if not config.speech_layers and checkpoint.get("features", feature_settings()) != feature_settings():
+        raise RunFolderError(f"{path} was trained on features {checkpoint['features']}, this code computes "
+                             f"{feature_settings()}")
+    model = EmotionModel(config).to(device)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), args, checkpoint
 
 
-def corpus_record(data_dir: str, cache_dir: str | None, role: str, text_dim: int, speech_model: str | None) -> dict:
+def find_run(name: str, save_path: str) -> Path:
+    """A finished run folder named as given or under --save_path; RunFolderError saying what is missing."""
+    run_dir = next((p for p in (Path(name), Path(save_path) / name) if p.exists()), None)
+    if run_dir is None:
+        raise RunFolderError(f"--test_only {name}: no such run folder (nor {Path(save_path) / name})")
+    missing = [f for f in ("args.json", "best.pth") if not (run_dir / f).exists()]
+    if not run_dir.is_dir() or missing:
+        raise RunFolderError(f"{run_dir} is not a finished run folder (missing {', '.join(missing) or 'folder'})")
+    if not (run_dir / "results.json").exists():
+        raise RunFolderError(f"{run_dir} did not finish training (no results.json), so its best.pth is not the "
+                             f"run's model; finish it first: python main.py --resume {run_dir}")
+    return run_dir
+
+
+def corpus_record(spec: DataSpec, text_dim: int) -> dict:
     """What a run was trained on: the corpus folder(s), the cache location, the encoders, whether it was the demo,
     and content hashes of the tables, embeddings and audio feature index it read (editing a transcript or a label
     changes them)."""
-    folders, caches = split_data_dir(data_dir), cache_folders(data_dir, cache_dir)
-    meta_path = embedding_paths(caches[0], text_dim)[1]
+    meta_path = embedding_paths(spec.caches[0], text_dim)[1]
     encoder = json.loads(meta_path.read_text(encoding="utf-8"))["encoder"] if meta_path.exists() else "given"
     fingerprint = {}
-    for folder, cache in zip(folders, caches):
-        files = [cache / f"df_{role}.csv", embedding_paths(cache, text_dim)[0], audio_cache_paths(cache, speech_model)[1]]
+    for folder, cache in zip(spec.folders, spec.caches):
+        files = [cache / f"df_{spec.role}.csv", embedding_paths(cache, text_dim)[0],
+                 audio_cache_paths(cache, spec.speech_model)[1]]
         # Several corpora: files are named by their corpus folder too (both have a df_speaker.csv).
-        fingerprint.update({(f"{folder.name}/{p.name}" if len(folders) > 1 else p.name): file_sha1(p) for p in files})
-    return {"data_dir": ",".join(str(f.resolve()) for f in folders),
-            "cache_dir": str(Path(cache_dir).resolve()) if cache_dir else None, "role": role, "text_encoder": encoder,
-            "text_dim": text_dim, "speech_model": speech_model, "demo": any(map(is_demo_corpus, folders)),
-            "fingerprint": fingerprint}
+        fingerprint.update({(f"{folder.name}/{p.name}" if len(spec.folders) > 1 else p.name): file_sha1(p)
+                            for p in files})
+    return {"data_dir": ",".join(map(str, spec.folders)), "cache_dir": str(spec.cache_dir) if spec.cache_dir else None,
+            "role": spec.role, "text_encoder": encoder, "text_dim": text_dim, "speech_model": spec.speech_model,
+            "demo": any(map(is_demo_corpus, spec.folders)), "fingerprint": fingerprint}
 
 
-def save_corpus_record(run_dir: Path, corpus: Corpus, args: argparse.Namespace) -> None:
-    record = corpus_record(args.data_dir, args.cache_dir, args.SorL, args.text_dim, args.speech_model)
+def save_corpus_record(run_dir: Path, corpus: Corpus, spec: DataSpec) -> None:
+    """corpus.json, and the fitted TF-IDF pipeline when the run's text encoder is one."""
+    record = corpus_record(spec, spec.text_dim)
     if corpus.text_pipeline is not None:  # the TF-IDF fitted on several corpora at once
-        with atomic_path(run_dir / TFIDF_FILE) as tmp:
-            joblib.dump(corpus.text_pipeline, tmp)
-    elif record["text_encoder"] == "tfidf":  # the fitted pipeline travels with the run
-        shutil.copyfile(embedding_paths(corpus.folders[0], args.text_dim)[2], run_dir / TFIDF_FILE)
+        save_tfidf(corpus.text_pipeline, run_dir / TFIDF_BASE)
+    elif record["text_encoder"] == "tfidf":  # the corpus's fitted pipeline travels with the run
+        base = embedding_paths(spec.caches[0], spec.text_dim)[2]
+        for suffix in (".npz", ".json"):
+            shutil.copyfile(base.with_name(base.name + suffix), run_dir / f"{TFIDF_BASE}{suffix}")
     write_json(run_dir / "corpus.json", record)
 
 
-def check_corpus_unchanged(run_dir: Path, args: argparse.Namespace, allow_change: bool) -> None:
-    """Refuse (or, with `allow_change`, warn) when the corpus differs from the one the run (`args`) was trained on."""
+def check_corpus_unchanged(run_dir: Path, spec: DataSpec, allow_change: bool) -> None:
+    """Refuse (or, with `allow_change`, warn) when the corpus differs from the one the run was trained on."""
     saved_path = run_dir / "corpus.json"
     if not saved_path.exists():
         print(f"warning: {run_dir} has no corpus.json (an older run): cannot check that the corpus is unchanged")
         return
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    now = corpus_record(args.data_dir, args.cache_dir, args.SorL, args.text_dim, args.speech_model)
+    now = corpus_record(spec, saved["text_dim"])
     changed = [name for name, digest in saved["fingerprint"].items() if now["fingerprint"].get(name) != digest]
     if not changed:
         return
-    message = (f"the corpus at {args.data_dir} has changed since {run_dir.name} was trained ({', '.join(changed)} "
+    message = (f"the corpus at {now['data_dir']} has changed since {run_dir.name} was trained ({', '.join(changed)} "
                f"differ; transcripts, labels or wavs were edited, or it was preprocessed again)")
     if not allow_change:
-        raise SystemExit(f"error: {message}; its test figures would not be the run's. Pass --allow_corpus_change "
-                         "to evaluate on the corpus as it is now")
+        raise RunFolderError(f"{message}; its test figures would not be the run's. Pass --allow_corpus_change to "
+                             "evaluate on the corpus as it is now")
     print(f"warning: {message}; evaluating on the corpus as it is now (--allow_corpus_change)")
 
 
@@ -119,19 +185,71 @@ def trained_on_demo(run_dir: Path) -> bool:
     if not saved_path.exists():
         return False
     saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    return saved["demo"] if "demo" in saved else any(map(is_demo_corpus, split_data_dir(saved["data_dir"])))
+    return saved["demo"] if "demo" in saved else any(is_demo_corpus(p) for p in saved["data_dir"].split(","))
 
 
-def run_text_encoder(run_dir: Path, args: argparse.Namespace):
-    """texts -> (N, text_dim) embeddings with the run's own sentence encoder."""
+def run_text_encoder(run_dir: Path, text_dim: int, trust_pickle: bool = False):
+    """texts -> (N, text_dim) embeddings with the run's own sentence encoder. A pickled pipeline (runs saved by
+    earlier versions) is loaded only with `trust_pickle`: unpickling can run any code its author put in it."""
     saved_path = run_dir / "corpus.json"
     encoder = json.loads(saved_path.read_text(encoding="utf-8"))["text_encoder"] if saved_path.exists() else None
     if encoder == "tfidf":
-        pipeline = joblib.load(run_dir / TFIDF_FILE)
-        return lambda texts: tfidf_embeddings(texts, pipeline, args.text_dim)
+        if tfidf_exists(run_dir / TFIDF_BASE):
+            pipeline = load_tfidf(run_dir / TFIDF_BASE)
+        elif not trust_pickle:
+            raise RunFolderError(f"{run_dir / PICKLED_TFIDF} is a pickle (a run saved by an earlier version), and "
+                                 "loading a pickle can run any code: pass --trust_run only if you trust whoever made "
+                                 "this run folder")
+        else:
+            import joblib
+            pipeline = joblib.load(run_dir / PICKLED_TFIDF)
+        return lambda texts: tfidf_embeddings(texts, pipeline, text_dim)
     if encoder is None:
-        raise SystemExit(f"error: {run_dir} has no corpus.json (an older run): its text encoder is unknown; "
-                         "train it again with this version to predict from text")
+        raise RunFolderError(f"{run_dir} has no corpus.json (an older run): its text encoder is unknown; train it "
+                             "again with this version to predict from text")
     if encoder == "given":  # the contest's own embedding_768.npy: KoBERT, as published
         encoder = DEFAULT_TEXT_ENCODER_REAL
     return lambda texts: np.asarray(transformer_embeddings(texts, encoder))
+
+
+def write_test_outputs(run_dir: Path, corpus: Corpus, rows: np.ndarray, probs: np.ndarray, av_pred: np.ndarray,
+                       metrics: dict, results_name: str, extra: dict) -> None:
+    """results*.json ({"test": metrics, **extra}), predictions*.csv (one row per test utterance: Segment ID,
+    label(s) as written, 7 probabilities, arousal/valence true and predicted) and confusion*.png."""
+    table = pd.DataFrame({"Segment ID": corpus.table["Segment ID"].to_numpy()[rows],
+                          "emotion": corpus.table["Emotion"].to_numpy()[rows]})
+    for i, name in enumerate(EMOTIONS):
+        table[name] = probs[:, i]
+    av_true = corpus.arousal_valence[rows]
+    table["arousal_true"], table["arousal_pred"] = av_true[:, 0], av_pred[:, 0]
+    table["valence_true"], table["valence_pred"] = av_true[:, 1], av_pred[:, 1]
+    with atomic_path(run_dir / results_name.replace("results", "predictions").replace(".json", ".csv")) as tmp:
+        table.to_csv(tmp, index=False)
+    write_json(run_dir / results_name, {"test": metrics, **extra})
+    plot_confusion(metrics["confusion"], run_dir / results_name.replace("results", "confusion").replace(".json", ".png"),
+                   f"test confusion ({run_dir.name})")
+
+
+def write_run_args(run_dir: Path, run_args: dict) -> None:
+    """args.json: the run's arguments with the data flags resolved (what --resume and report.py read)."""
+    try:
+        write_json(run_dir / "args.json", run_args)
+    except OSError as error:
+        raise StorageError(f"cannot write the run folder {run_dir}: {error.strerror}") from None
+
+
+def resume_args(run_dir: Path) -> dict | None:
+    """The arguments to continue an interrupted run with (its last checkpoint's: they hold the overrides of any
+    earlier --resume; its args.json if it stopped before its first checkpoint), or None for a finished run.
+    An evaluation of the model that training will replace is removed."""
+    if not (run_dir / "args.json").exists():
+        raise RunFolderError(f"--resume {run_dir} is not a run folder (no args.json)")
+    if (run_dir / "results.json").exists():
+        print(f"{run_dir} has finished (results.json exists): nothing to resume")
+        return None
+    for stale in ("results_test_only.json", "predictions_test_only.csv", "confusion_test_only.png"):
+        (run_dir / stale).unlink(missing_ok=True)
+    if (run_dir / "checkpoint.pth").exists():
+        return load_checkpoint(run_dir / "checkpoint.pth")["args"]
+    print(f"{run_dir} has no checkpoint yet (stopped in its first epoch): training it from the start")
+    return json.loads((run_dir / "args.json").read_text(encoding="utf-8"))

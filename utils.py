@@ -17,6 +17,7 @@ import torch
 from matplotlib.figure import Figure  # pyplot-free: writes files on a server, leaves a notebook's backend alone
 
 from constants import EMOTIONS
+from errors import FlagError, PretrainedError, StorageError
 
 SUMMARY_METRICS = ["instance_precision", "instance_recall", "instance_f1", "accuracy", "macro_f1",
                    "weighted_f1", "ccc_arousal", "ccc_valence"]
@@ -50,9 +51,9 @@ def check_save_path(save_path: str) -> None:
     root = Path(save_path)
     existing = next(p for p in [root, *root.parents] if p.exists())
     if not existing.is_dir():
-        raise SystemExit(f"error: --save_path {root}: {existing} is a file, not a folder")
+        raise FlagError(f"--save_path {root}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise SystemExit(f"error: --save_path {root}: {existing} is not writable")
+        raise FlagError(f"--save_path {root}: {existing} is not writable")
 
 
 def make_run_dir(save_path: str, name: str) -> Path:
@@ -70,8 +71,8 @@ def make_run_dir(save_path: str, name: str) -> Path:
             except FileExistsError:
                 continue
     except OSError as error:
-        raise SystemExit(f"error: cannot create a run folder in --save_path {root}: {error.strerror}") from None
-    raise SystemExit(f"error: could not create a new run folder under {root}")
+        raise StorageError(f"cannot create a run folder in --save_path {root}: {error.strerror}") from None
+    raise StorageError(f"could not create a new run folder under {root}")
 
 
 @contextmanager
@@ -87,8 +88,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException as error:
         tmp.unlink(missing_ok=True)  # never left behind, whatever failed (e.g. `path` is a folder)
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            raise SystemExit(f"error: disk full while writing {path}; the previous {path.name}, if any, "
-                             "is intact. Free space and run the same command again (or --resume the run)") from None
+            raise StorageError(f"disk full while writing {path}; the previous {path.name}, if any, is intact. "
+                               "Free space and run the same command again (or --resume the run)") from None
         raise
 
 
@@ -184,13 +185,13 @@ def hub_cache_only(name: str) -> bool:
 
 
 def pretrained_load_error(what: str, name: str, flag: str, error: Exception, cache_only: bool,
-                          alternative: str = "") -> SystemExit:
+                          alternative: str = "") -> PretrainedError:
     """The one-line error for a Hugging Face id or folder that cannot be loaded."""
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     where = ("it is not a local folder, not in the local Hugging Face cache, and the hub cannot be reached"
              if cache_only else first_line)
-    return SystemExit(f"error: cannot load {what} '{name}' ({where}). Download it where the Hugging Face hub is "
-                      f"reachable (`hf download {name} --local-dir DIR`) and pass {flag} DIR{alternative}")
+    return PretrainedError(f"cannot load {what} '{name}' ({where}). Download it where the Hugging Face hub is "
+                           f"reachable (`hf download {name} --local-dir DIR`) and pass {flag} DIR{alternative}")
 
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:

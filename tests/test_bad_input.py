@@ -2,6 +2,7 @@
 run, a run folder evaluates and predicts from anywhere, and every error is one line without a traceback."""
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -14,12 +15,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 
 import predict
 from conftest import ROOT, TEXT_DIM
 from constants import EMOTIONS
 from demo_corpus import make_demo_corpus
-from main import get_parser, main, train
+from engine import train
+from errors import CorpusError, PretrainedError
+from main import main
+from options import get_parser
 from preprocess import preprocess
 from readers import segment_path
 from test_train import TINY
@@ -65,7 +70,7 @@ def test_demo_generator_refuses_a_folder_with_user_files(tmp_path, monkeypatch):
     sf.write(user / "wav" / "Session01" / "mine.wav", np.zeros(1600, np.float32), 16000)
     (user / "notes.txt").write_text("my notes", encoding="utf-8")
     before = snapshot(user)
-    with pytest.raises(SystemExit, match=r"refusing to write the demo corpus into .*KEMDy19: it already holds "
+    with pytest.raises(CorpusError, match=r"refusing to write the demo corpus into .*KEMDy19: it already holds "
                                          r"notes.txt, wav/"):
         make_demo_corpus(user, seed=0, n_sessions=2, n_turns=3)
     assert snapshot(user) == before
@@ -179,7 +184,7 @@ def test_test_only_from_another_directory_and_a_changed_corpus(moved_run, demo_d
 def test_missing_model_id_fails_before_any_work_offline(corpus_copy, monkeypatch):
     from text_encoder import load_transformer
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SystemExit, match="cannot load text encoder 'no-such/model' .*--text_encoder DIR"):
+    with pytest.raises(PretrainedError, match="cannot load text encoder 'no-such/model' .*--text_encoder DIR"):
         load_transformer("no-such/model", "cpu")
     result = run_cli("preprocess.py", ["--data_dir", str(corpus_copy), "--text_encoder", "no-such/model"],
                      env={"HF_HUB_OFFLINE": "1"})
@@ -341,3 +346,51 @@ def test_caches_follow_the_corpus_not_its_path(demo_dir, raw_demo, tmp_path, mon
     preprocess(linked, "tfidf", TEXT_DIM)
     speaker = pd.read_csv(linked / "df_speaker.csv", keep_default_na=False).set_index("Segment ID")
     assert speaker.loc[txt.stem, "text"] == "완전히 다른 문장이에요"
+
+
+def as_saved_before_model_config(run_dir: Path) -> Path:
+    """The run folder as the code before the ModelConfig and the pickle-free TF-IDF wrote it (its format checked
+    against a run made by that code): no "model_config" in the checkpoints, the pipeline pickled by joblib."""
+    import joblib
+    from text_encoder import load_tfidf
+    for name in ("best.pth", "checkpoint.pth"):
+        checkpoint = torch.load(run_dir / name, weights_only=True)
+        del checkpoint["model_config"]
+        torch.save(checkpoint, run_dir / name)
+    joblib.dump(load_tfidf(run_dir / "text_encoder"), run_dir / "text_encoder.joblib")
+    for suffix in (".npz", ".json"):
+        (run_dir / f"text_encoder{suffix}").unlink()
+    return run_dir
+
+
+def test_a_run_saved_before_the_model_config_tests_resumes_and_predicts(moved_run, demo_dir, tmp_path):
+    wav = segment_path(demo_dir, pd.read_csv(demo_dir / "df_speaker.csv")["Segment ID"].iloc[0], ".wav")
+    expected = predict.predict(moved_run, [wav], [None], dialogue=False)
+    old = as_saved_before_model_config(Path(shutil.copytree(moved_run, tmp_path / "old")))
+    assert main(["--test_only", str(old)]) is None
+    assert json.loads((old / "results_test_only.json").read_text())["test"] == \
+        json.loads((old / "results.json").read_text())["test"]
+    refused = run_cli("predict.py", ["--run", str(old), "--wav", str(wav)])
+    assert_one_line_error(refused, "text_encoder.joblib is a pickle", "--trust_run")
+    pd.testing.assert_frame_equal(predict.predict(old, [wav], [None], dialogue=False, trust_pickle=True), expected)
+    (old / "results.json").unlink()  # as if interrupted after its last epoch: resuming finishes it the same way
+    main(["--resume", str(old)])
+    assert json.loads((old / "results.json").read_text())["test"] == \
+        json.loads((moved_run / "results.json").read_text())["test"]
+
+
+def test_a_planted_pickle_in_a_run_folder_is_never_loaded(moved_run, tmp_path):
+    marker = tmp_path / "the pickle ran"
+
+    class Payload:
+        def __reduce__(self):
+            return open, (str(marker), "w")  # unpickling it would create the marker
+    shared = Path(shutil.copytree(moved_run, tmp_path / "shared"))
+    (shared / "text_encoder.joblib").write_bytes(pickle.dumps(Payload()))
+    wav = next(iter(sorted(moved_run.parent.parent.glob("corpora/*/wav/*/*/*.wav"))))
+    assert run_cli("predict.py", ["--run", str(shared), "--wav", str(wav)]).returncode == 0  # reads its .npz only
+    for suffix in (".npz", ".json"):
+        (shared / f"text_encoder{suffix}").unlink()
+    assert_one_line_error(run_cli("predict.py", ["--run", str(shared), "--wav", str(wav)]),
+                          "text_encoder.joblib is a pickle", "--trust_run")
+    assert not marker.exists()

@@ -10,12 +10,15 @@ import pytest
 import soundfile as sf
 import torch
 
-import main as main_module
+import engine
 from conftest import ROOT
 from demo_corpus import make_demo_corpus
-from main import evaluate_run, get_parser, main, train
+from engine import train
+from main import main
+from options import get_parser
 from preprocess import preprocess
 from test_train import TINY
+from errors import StorageError
 from utils import atomic_path, atomic_torch_save
 
 METRICS = ("instance_f1", "macro_f1", "weighted_f1", "accuracy", "ccc_arousal", "ccc_valence")
@@ -69,7 +72,7 @@ def test_resume_of_a_finished_run_does_nothing_and_flags_are_checked(demo_dir, t
 
 
 def test_divergence_stops_with_epoch_batch_and_how_to_resume(demo_dir, tmp_path, monkeypatch):
-    real, poison = main_module.train_one_epoch, {2}
+    real, poison = engine.train_one_epoch, {2}
 
     def poisoned(model, loader, loss_fn, optimizer, device, epoch, *precision):
         if epoch in poison:  # the third batch of a poisoned epoch gives a NaN loss
@@ -82,7 +85,7 @@ def test_divergence_stops_with_epoch_batch_and_how_to_resume(demo_dir, tmp_path,
             loss_fn = nan_loss
         return real(model, loader, loss_fn, optimizer, device, epoch, *precision)
 
-    monkeypatch.setattr(main_module, "train_one_epoch", poisoned)
+    monkeypatch.setattr(engine, "train_one_epoch", poisoned)
     argv = ["--data_dir", str(demo_dir), "--save_path", str(tmp_path)] + TINY[:-4] + ["--ws", "4", "--epochs", "3"]
     with pytest.raises(SystemExit) as error:
         main(argv)
@@ -113,7 +116,7 @@ def test_atomic_writes_keep_the_previous_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(SystemExit, match="disk full while writing .*checkpoint.pth; the previous checkpoint.pth"):
+    with pytest.raises(StorageError, match="disk full while writing .*checkpoint.pth; the previous checkpoint.pth"):
         atomic_torch_save({"epoch": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"epoch": 1}
@@ -141,10 +144,10 @@ def test_bad_flags(flag, value, message):
 def test_test_path_from_an_incompatible_version(demo_dir, tmp_path):
     run_dir = train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(tmp_path)] + TINY))
     checkpoint = torch.load(run_dir / "best.pth", weights_only=True)
-    del checkpoint["args"]["num_layers"]  # as saved by the published code
+    del checkpoint["model_config"], checkpoint["args"]["num_layers"]  # as saved by the published code
     torch.save(checkpoint, run_dir / "best.pth")
     with pytest.raises(SystemExit, match="lacks the model arguments \\['num_layers'\\]; .*incompatible version"):
-        evaluate_run(get_parser().parse_args(["--test_only", str(run_dir)]))
+        main(["--test_only", str(run_dir)])
 
 
 def test_split_session_without_data(tmp_path):

@@ -7,6 +7,7 @@ import sentencepiece as spm
 import torch
 
 from dataset import Corpus
+from errors import PretrainedError
 from preprocess import preprocess
 from text_encoder import KoBertTokenizer, load_embeddings, transformer_embeddings
 
@@ -66,7 +67,7 @@ def test_tiny_local_kobert_through_the_real_loading_path(spiece, tmp_path):
 
 
 def test_unavailable_model_gives_one_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="cannot load text encoder .*--text_encoder tfidf"):
+    with pytest.raises(PretrainedError, match="cannot load text encoder .*--text_encoder tfidf"):
         transformer_embeddings(["네"], str(tmp_path / "no-such-model"))
 
 

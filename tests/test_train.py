@@ -7,12 +7,15 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from conftest import TEXT_DIM
-from dataset import Corpus, context_windows, parse_sessions
-from experiment import split_sessions
+from dataset import Corpus, context_windows, make_loader
+from engine import calibrate_av, evaluate_run, train
+from errors import FlagError
 from loss import EmotionLoss, class_balanced_weights
-from main import calibrate_av, evaluate_run, get_parser, main, make_loader, train
+from main import main
+from options import get_parser
+from protocol import parse_sessions, resolve_data
 from metric import av_calibration, ccc, emotion_metrics, instance_prf, resolve_ties
-from model import EmotionModel
+from model import EmotionModel, ModelConfig
 from trained_run import load_trained_model
 from utils import summary_table
 
@@ -134,8 +137,8 @@ def test_ccc_loss_is_one_minus_the_metric():
 @pytest.mark.parametrize("bidirectional,audio_pool,direct", [(False, "bands", True), (True, "mean", False)])
 def test_model_shapes_and_ranges(ws, bidirectional, audio_pool, direct):
     torch.manual_seed(0)
-    model = EmotionModel(text_dim=12, audio_dim=16, hidden_size=8, num_layers=2, bidirectional=bidirectional,
-                         audio_pool=audio_pool, direct=direct, freq_mask=10, time_mask=10).eval()
+    model = EmotionModel(ModelConfig(text_dim=12, audio_dim=16, hidden_size=8, num_layers=2, bidirectional=bidirectional,
+                                     audio_pool=audio_pool, direct=direct, freq_mask=10, time_mask=10)).eval()
     lengths = torch.tensor([40, 313, 7])
     spec = torch.randn(int(lengths.sum()), 229)  # packed frames of the 3 clips
     slots = torch.full((1, ws), -1)
@@ -150,7 +153,8 @@ def test_model_shapes_and_ranges(ws, bidirectional, audio_pool, direct):
 @pytest.mark.parametrize("audio_pool", ["bands", "mean"])
 def test_audio_encoding_does_not_depend_on_batch_padding(audio_pool):
     torch.manual_seed(0)
-    encoder = EmotionModel(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1, audio_pool=audio_pool).audio.eval()
+    encoder = EmotionModel(ModelConfig(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1,
+                                       audio_pool=audio_pool)).audio.eval()
     clip = torch.randn(50, 229)
     alone = encoder(clip, torch.tensor([50]))
     long_clip = torch.randn(300, 229)
@@ -170,7 +174,8 @@ def test_band_pooling_keeps_where_the_energy_sits_in_the_spectrum():
     outputs = {}
     for pool in ("mean", "bands"):
         torch.manual_seed(0)
-        encoder = EmotionModel(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1, audio_pool=pool).audio.eval()
+        encoder = EmotionModel(ModelConfig(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1,
+                                           audio_pool=pool)).audio.eval()
         outputs[pool] = encoder(torch.cat([low, high]), torch.tensor([60, 60]))
     torch.testing.assert_close(outputs["mean"][0], outputs["mean"][1], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(outputs["bands"][0], outputs["bands"][1], rtol=1e-3, atol=1e-4)
@@ -178,7 +183,7 @@ def test_band_pooling_keeps_where_the_energy_sits_in_the_spectrum():
 
 def test_specaugment_masks_only_in_training():
     torch.manual_seed(0)
-    model = EmotionModel(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1, freq_mask=30, time_mask=20)
+    model = EmotionModel(ModelConfig(text_dim=4, audio_dim=16, hidden_size=8, num_layers=1, freq_mask=30, time_mask=20))
     spec, lengths = torch.randn(80, 229), torch.tensor([80])
     model.audio.eval()
     torch.testing.assert_close(model.audio(spec, lengths), model.audio(spec, lengths))
@@ -192,10 +197,11 @@ def test_windows_at_dialogue_starts():
 
 
 def test_test_split_parsing_and_errors():
-    assert parse_sessions("[13,14,15,16]") == parse_sessions("13,14,15,16") == [13, 14, 15, 16]
+    assert parse_sessions("[13,14,15,16]", "--test_split", 20) == parse_sessions("13,14,15,16", "--test_split", 20) \
+        == [13, 14, 15, 16]
     for bad, message in [("0,1", "from 1 to 20"), ("", "got none"), ("a,b", "not a list"), ("[21]", "got \\[21\\]")]:
-        with pytest.raises(SystemExit, match=f"--test_split .*{message}"):
-            parse_sessions(bad)
+        with pytest.raises(FlagError, match=f"--test_split .*{message}"):
+            parse_sessions(bad, "--test_split", 20)
 
 
 def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
@@ -217,15 +223,16 @@ def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
     assert best["av_scale"].tolist() != [1.0, 1.0]
     # Fitting again (e.g. a resumed run that had not written results.json) starts from the identity map.
     model, saved, _ = load_trained_model(run_dir / "best.pth", torch.device("cpu"))
-    corpus = Corpus(saved.data_dir, saved.SorL, saved.text_dim)  # no --cache_dir: the corpus folder holds them
-    val_loader = make_loader(corpus, split_sessions(saved)[1], saved, False, torch.device("cpu"))
+    spec = resolve_data(saved)
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim)
+    val_loader = make_loader(corpus, spec.val, saved.ws, saved.batch_size, False)
     assert calibrate_av(model, val_loader, torch.device("cpu"), None)["av_calibration"] == calibration
     # A model saved before the calibration existed loads with the identity map.
     old = {k: v for k, v in best.items() if k not in ("av_scale", "av_shift")}
     model.load_state_dict(old)
     assert model.av_scale.tolist() == [1.0, 1.0] and model.av_shift.tolist() == [0.0, 0.0]
 
-    metrics = evaluate_run(get_parser().parse_args(["--test_only", str(run_dir)]))
+    metrics = evaluate_run(str(run_dir), "exp", torch.device("cpu"), allow_corpus_change=False)
     for key in ("instance_f1", "macro_f1", "weighted_f1", "accuracy", "ccc_arousal", "ccc_valence"):
         assert metrics[key] == pytest.approx(results[key], abs=1e-6), key
     assert metrics["confusion"] == results["confusion"]
@@ -245,7 +252,7 @@ def test_bad_test_path_and_split_messages(demo_dir, tmp_path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "args.json").write_text("{}")
     with pytest.raises(SystemExit, match="missing best.pth"):
-        main(["--test_only", "--test_path", "half", "--save_path", str(tmp_path)])
+        main(["--test_only", "--test_path", "half", "--save_path", str(tmp_path)])  # deprecated alias, still works
     with pytest.raises(SystemExit, match="--test_split '30' must name sessions from 1 to 20"):
         main(["--data_dir", str(demo_dir), "--test_split", "30"] + TINY)
     with pytest.raises(SystemExit, match="--lam must be in"):

@@ -12,7 +12,8 @@ import predict
 import report
 from conftest import TEXT_DIM
 from constants import EMOTIONS
-from main import get_parser, train
+from engine import train
+from options import get_parser
 from readers import segment_path
 from test_train import TINY
 

@@ -1,0 +1,160 @@
+"""The flags of main.py (and the data flags baseline.py shares): names, help, defaults and checks.
+
+The model's defaults are ModelConfig's (the recipe's), so the CLI and the model have one set; `model_config`
+makes the ModelConfig of a run from its flags, once.
+"""
+import argparse
+
+from constants import DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, PROTOCOLS, SAMPLE_RATE
+from errors import FlagError
+from model import ModelConfig
+
+# Flags that may be given with --resume (e.g. a lower --lr after a divergence, more --epochs).
+RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id", "amp")
+DEFAULT = ModelConfig()
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Flags with the same name and meaning in main.py and baseline.py."""
+    a = p.add_argument
+    a("--save_path", default="exp", help="folder that holds the run folders (default: %(default)s)")
+    a("--data_dir", default=DEFAULT_DATA_DIR,
+      help="KEMDy19 or KEMDy20 folder, or both separated by a comma to train on their union (sessions then read "
+           "19_03, 20_03); if it is the default and empty, the synthetic demo corpus is made there "
+           "(default: %(default)s)")
+    a("--corpus", choices=["auto", *PROTOCOLS], default="auto",
+      help="which corpus --data_dir holds; auto = from its annotation file names (default: %(default)s)")
+    a("--cache_dir", default=None, metavar="DIR",
+      help="where preprocessing's derived files (tables, embeddings, feature caches) are: DIR/<corpus folder name> "
+           "instead of the corpus folder, e.g. for a corpus on read-only storage (default: the corpus folder)")
+    a("--text_encoder", default=None, help="sentence encoder for preprocessing: skt/kobert-base-v1 (default for "
+                                           "KEMDy19), a Hugging Face id or folder, or tfidf (default for the demo)")
+    a("--speech_model", default=None, metavar="ID_OR_DIR",
+      help="audio from this pretrained speech encoder's cached layer features (a Hugging Face id or local folder: "
+           "wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) instead of log-mel spectrograms (default: log-mel)")
+    a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
+    a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
+    a("--test_split", default=None, help="test sessions, e.g. [13,14,15,16] or 13,14,15,16 (default: the corpus's "
+                                         "published test split: KEMDy19 13-16, KEMDy20 33-40)")
+    a("--val_split", default="auto", help="validation sessions held out of training: a list, 'auto' (the two sessions "
+                                          "before the test split) or 'none' (published protocol: keep the last epoch) "
+                                          "(default: %(default)s)")
+    a("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    a("--seeds", default=None, help="several seeds, e.g. 0,1,2: one run folder each in one experiment folder with a "
+                                    "mean +- std summary; combines with --cv (default: only --seed)")
+    a("--cv", action="store_true", help="run the session cross-validation folds (one run folder each, with a summary)")
+    a("--cv_folds", default=None, help="test sessions of each fold, folds separated by ';' (default: the corpus's "
+                                       "published 5 folds: KEMDy19 1-4;5-8;...;17-20, KEMDy20 1-8;...;33-40)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("--backbone", choices=["lstm", "gru"], default=DEFAULT.backbone,
+      help="recurrent backbone over the window (default: %(default)s)")
+    a("--audio_dim", type=int, default=DEFAULT.audio_dim,
+      help="audio encoder output size; conv widths are dim/8..dim (default: %(default)s)")
+    a("--audio_pool", choices=["bands", "mean"], default=DEFAULT.audio_pool,
+      help="bands = mean and std over time per conv channel and frequency band; mean = average the frequency axis "
+           "away, then mean and max over time (ablation) (default: %(default)s)")
+    a("--hidden_size", type=int, default=DEFAULT.hidden_size, help="recurrent hidden size (published: 512) "
+                                                                   "(default: %(default)s)")
+    a("--num_layers", type=int, default=DEFAULT.num_layers, help="recurrent layers (published: 4) (default: %(default)s)")
+    a("--dropout", type=float, default=DEFAULT.dropout,
+      help="dropout in fusion, recurrent and arousal/valence layers (default: %(default)s)")
+    a("--bidirectional", action="store_true", help="bidirectional recurrent backbone (default: off)")
+    a("--no_cat", action="store_true", help="ablation: do not feed emotion probabilities to the arousal/valence trunk")
+    a("--no_direct", action="store_true", help="ablation: the heads see only the last recurrent step, not also the "
+                                               "target utterance's own features (the published model)")
+    a("--freq_mask", type=int, default=DEFAULT.freq_mask,
+      help="SpecAugment: widest frequency mask in mel bands, 0 = off (default: %(default)s)")
+    a("--time_mask", type=int, default=DEFAULT.time_mask,
+      help="SpecAugment: widest time mask in frames, 0 = off (default: %(default)s)")
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("--gpu_id", type=int, default=0, help="CUDA device index (default: %(default)s)")
+    a("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = CUDA when present (default: %(default)s)")
+    a("--ws", type=int, default=8, help="window size: the utterance and ws-1 before it (default: %(default)s)")
+    a("--batch_size", type=int, default=32, help="windows per batch (default: %(default)s)")
+    a("--optim", choices=["sgd", "adam", "adamw", "adagrad"], default="adam",
+      help="optimizer; adamw decouples --weight_decay from the gradient (default: %(default)s)")
+    a("--loss", choices=["normal", "cbloss"], default="normal", help="normal = KLDiv + MSE; cbloss = class-balanced "
+                                                                     "emotion term (default: %(default)s)")
+    a("--av_loss", choices=["mse", "ccc"], default="mse",
+      help="arousal/valence loss: mse (published) or 1 - CCC over the batch (default: %(default)s)")
+    a("--av_calibration", choices=["val", "none"], default="val",
+      help="val = after training, scale and shift arousal/valence so that their mean and std on the validation "
+           "sessions match the ratings' (AVEC-style post-processing; identity without validation sessions); "
+           "none = raw outputs. With --av_loss ccc it changes little: that loss already matches the spread "
+           "(default: %(default)s)")
+    a("--lam", type=float, default=0.66, help="weight of the emotion loss; 1-lam goes to arousal+valence (default: %(default)s)")
+    a("--beta", type=float, default=0.99, help="class-balanced loss beta (default: %(default)s)")
+    a("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
+    a("--lr_decay", type=float, default=0.98, help="learning rate multiplier applied after every epoch (default: %(default)s)")
+    a("--weight_decay", type=float, default=0.0, help="L2 weight decay (default: %(default)s)")
+    a("--epochs", type=int, default=30, help="training epochs (published: 100) (default: %(default)s)")
+    a("--ema", type=float, default=0.8, help="validate, select and test an exponential moving average of the weights "
+                                             "over epochs with this decay, e.g. 0.8; 0 = the raw weights (default: %(default)s)")
+    a("--patience", type=int, default=10, help="early stopping: stop after this many epochs without a better "
+                                              "validation score, 0 = never (default: %(default)s)")
+    a("--num_workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
+    a("--amp", action="store_true", help="mixed precision on CUDA: bf16 where supported, else fp16 with a gradient "
+                                        "scaler (default: float32; no effect on CPU)")
+
+
+def get_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """main.py's flags."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    _add_model_args(p)
+    _add_training_args(p)
+    a = p.add_argument
+    a("--plan_only", action="store_true", help="with --cv/--seeds: write the experiment folder and its plan, train "
+                                              "nothing; then start one `--resume <folder>` job per GPU")
+    a("--resume", default=None, metavar="RUN", help="continue an interrupted run (exp/<run>) from its last checkpoint, "
+                                                    "or an interrupted experiment (--cv/--seeds folder); only " + " ".join(
+                                                        f"--{k}" for k in RESUME_OVERRIDES) + " may be given with it")
+    a("--test_only", nargs="?", const="", default=None, metavar="RUN",
+      help="evaluate a saved run (a folder under --save_path, or a path) instead of training")
+    a("--allow_corpus_change", action="store_true", help="--test_only on a corpus that differs from the one the run "
+                                                         "was trained on: warn instead of refusing")
+    a("--test_path", default=None, metavar="RUN", help="deprecated: the same as --test_only RUN")
+    a("--sr", type=int, default=None, help=f"deprecated: the audio is always resampled to {SAMPLE_RATE} Hz")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """FlagError naming the first flag whose value cannot work."""
+    checks = [(args.ws >= 1, "--ws must be at least 1"), (0.0 <= args.lam <= 1.0, "--lam must be in [0, 1]"),
+              (0.0 <= args.beta < 1.0, "--beta must be in [0, 1)"), (args.batch_size >= 1, "--batch_size must be >= 1"),
+              (args.epochs >= 1, "--epochs must be >= 1"), (args.lr > 0, "--lr must be > 0"),
+              (args.sr in (None, SAMPLE_RATE), f"--sr: the feature cache is computed at {SAMPLE_RATE} Hz"),
+              (args.audio_dim % 8 == 0 and args.audio_dim >= 8, "--audio_dim must be a multiple of 8"),
+              (args.patience >= 0, "--patience must be >= 0"), (0.0 <= args.ema < 1.0, "--ema must be in [0, 1)"),
+              (args.num_layers >= 1, "--num_layers must be >= 1"), (args.hidden_size >= 2, "--hidden_size must be >= 2"),
+              (args.text_dim >= 1, "--text_dim must be >= 1"), (0.0 <= args.dropout < 1.0, "--dropout must be in [0, 1)"),
+              (args.num_workers >= 0, "--num_workers must be >= 0"), (args.seed >= 0, "--seed must be >= 0"),
+              (args.freq_mask >= 0 and args.time_mask >= 0, "--freq_mask and --time_mask must be >= 0"),
+              (not args.plan_only or args.cv or args.seeds, "--plan_only goes with --cv and/or --seeds")]
+    for ok, message in checks:
+        if not ok:
+            raise FlagError(message)
+
+
+def explicit_flags(argv: list[str]) -> dict:
+    """The flags given on the command line (not defaults), with their values."""
+    parser = get_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # absent flags then stay out of the namespace
+    return vars(parser.parse_args(argv))
+
+
+def model_config(args: argparse.Namespace | dict, speech_shape: tuple[int, int] = (0, 0)) -> ModelConfig:
+    """The ModelConfig of a run's flags; `speech_shape` is the (layers, width) of its --speech_model cache."""
+    a = vars(args) if isinstance(args, argparse.Namespace) else args
+    return ModelConfig(text_dim=a["text_dim"], audio_dim=a["audio_dim"], hidden_size=a["hidden_size"],
+                       num_layers=a["num_layers"], bidirectional=a["bidirectional"], backbone=a["backbone"],
+                       emotion_concat=not a["no_cat"], dropout=a["dropout"], audio_pool=a["audio_pool"],
+                       direct=not a["no_direct"], freq_mask=a.get("freq_mask", 0), time_mask=a.get("time_mask", 0),
+                       speech_layers=speech_shape[0], speech_dim=speech_shape[1])

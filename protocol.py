@@ -1,0 +1,159 @@
+"""The data of a run, resolved once from the flags into a frozen DataSpec: the corpus folders and their kinds,
+their cache folders, the role, the encoders, and the train/validation/test session keys (each corpus's
+published splits unless given). Everything downstream reads the DataSpec; the flags are never rewritten.
+
+Several corpora (--data_dir A,B) are trained as their union: session 3 of KEMDy19 is key 1903, shown as
+"19_03"; fold k of --cv tests fold k of every corpus (KEMDy20 8k+1..8k+8 with KEMDy19 4k+1..4k+4).
+"""
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from constants import CORPUS_CODES, DEFAULT_DATA_DIR, PROTOCOLS
+from errors import FlagError
+from preprocess import is_demo_corpus, preprocess
+from readers import detect_corpus
+from utils import cache_folder, split_data_dir
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    folders: tuple[Path, ...]  # corpus folders, absolute
+    kinds: tuple[str, ...]  # "kemdy19" / "kemdy20", one per folder
+    cache_dir: Path | None  # --cache_dir, absolute (None: each corpus folder holds its derived files)
+    role: str  # whose emotion: "speaker" or "listener"
+    text_encoder: str | None  # None: the corpus's default (preprocess.default_text_encoder)
+    text_dim: int
+    speech_model: str | None  # a hub id, or a local folder made absolute (usable from any directory)
+    groups: tuple[tuple[int, ...], ...]  # the session keys of each corpus
+    train: tuple[int, ...]
+    val: tuple[int, ...]
+    test: tuple[int, ...]
+    cv_folds: tuple[tuple[int, ...], ...]  # the test sessions of each cross-validation fold
+
+    @property
+    def caches(self) -> list[Path]:
+        """Each corpus's cache folder (preprocess.py's outputs)."""
+        return [cache_folder(folder, self.cache_dir) for folder in self.folders]
+
+    def flags(self) -> dict:
+        """The resolved values of the data flags, as a run records them (args.json, checkpoints): running again
+        with them resolves to this same DataSpec from any directory."""
+        return {"data_dir": ",".join(map(str, self.folders)),
+                "cache_dir": str(self.cache_dir) if self.cache_dir else None, "corpus": self.kinds[0] if len(self.kinds) == 1 else "auto", "speech_model": self.speech_model,
+                "test_split": format_split(self.test), "cv_folds": ";".join(map(format_split, self.cv_folds))}
+
+    def record(self) -> dict[str, list]:
+        """The sessions as results.json and the console show them."""
+        return {name: [session_label(k) for k in keys] for name, keys in
+                (("train", self.train), ("val", self.val), ("test", self.test))}
+
+
+def session_label(key: int) -> int | str:
+    """A session as shown: its number in one corpus, `19_03` for session 3 of KEMDy19 among several."""
+    return f"{key // 100}_{key % 100:02d}" if key >= 100 else key
+
+
+def format_split(keys: tuple[int, ...] | list[int]) -> str:
+    return ",".join(str(session_label(k)) for k in keys)
+
+
+def parse_sessions(text: str, flag: str, n_sessions: int) -> list[int]:
+    """'[13,14,15,16]' or '13,14,15,16' -> [13, 14, 15, 16]; anything else raises FlagError naming `flag`."""
+    items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
+    try:
+        sessions = [int(s) for s in items]
+    except ValueError:
+        raise FlagError(f"{flag} '{text}' is not a list of session numbers like 13,14,15,16") from None
+    bad = [s for s in sessions if not 1 <= s <= n_sessions]
+    if not sessions or bad:
+        raise FlagError(f"{flag} '{text}' must name sessions from 1 to {n_sessions}"
+                        + (f" (got {bad})" if bad else " (got none)"))
+    return sorted(set(sessions))
+
+
+def parse_split(text: str, flag: str, groups: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """Session keys from a list like 13,14 (one corpus) or 19_13,20_33 (several); FlagError otherwise."""
+    if len(groups) == 1:
+        return tuple(parse_sessions(text, flag, len(groups[0])))
+    known = {str(session_label(k)): k for group in groups for k in group}
+    items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
+    bad = [s for s in items if s not in known]
+    if not items or bad:
+        raise FlagError(f"{flag} '{text}' must name sessions of the corpora, like 19_13,20_33 (got {bad or 'none'})")
+    return tuple(sorted({known[s] for s in items}))
+
+
+def _corpus_kinds(folders: list[Path], forced: str, data_dir: str) -> tuple[str, ...]:
+    if len(folders) > 1 and forced != "auto":
+        raise FlagError("--corpus names the corpus of one folder; with several in --data_dir each is recognised "
+                        "from its annotation files")
+    kinds = tuple(detect_corpus(folder, forced) for folder in folders)
+    if len(set(kinds)) < len(kinds):
+        raise FlagError(f"--data_dir {data_dir}: two folders of the same corpus; give each corpus once")
+    return kinds
+
+
+def _validation(val_split: str, groups: tuple[tuple[int, ...], ...], test: tuple[int, ...]) -> tuple[int, ...]:
+    """--val_split: none, a list, or auto = in each corpus the two sessions just before its test sessions
+    (wrapping around)."""
+    if val_split == "none":
+        return ()
+    if val_split != "auto":
+        return parse_split(val_split, "--val_split", groups)
+    val = []
+    for group in groups:
+        tested = [k for k in group if k in test]
+        if tested:
+            first = group.index(tested[0])
+            before = [group[(first - 1 - k) % len(group)] for k in range(len(group))]
+            val += [k for k in before if k not in test][:2]
+    return tuple(sorted(val))
+
+
+def resolve_data(args: argparse.Namespace) -> DataSpec:
+    """The DataSpec of the data and split flags (--data_dir, --cache_dir, --corpus, --SorL, --test_split,
+    --val_split, --cv_folds, --text_encoder, --text_dim, --speech_model). Reads only annotation file names;
+    a listener run on a corpus without listener labels stops here, before any work."""
+    folders = split_data_dir(args.data_dir)
+    kinds = _corpus_kinds(folders, args.corpus, args.data_dir)
+    protocols = [PROTOCOLS[kind] for kind in kinds]
+    unlabelled = [p.name for p in protocols if not p.listener]
+    if args.SorL == "listener" and unlabelled:
+        raise FlagError(f"--SorL listener: {unlabelled[0]} ({args.data_dir}) annotates only the speaker's emotion; "
+                        "use --SorL speaker")
+    bases = [100 * CORPUS_CODES[kind] if len(kinds) > 1 else 0 for kind in kinds]
+    groups = tuple(tuple(base + s for s in range(1, p.sessions + 1)) for p, base in zip(protocols, bases))
+    published = [tuple(base + s for p, base in zip(protocols, bases) for s in p.cv_folds[k])
+                 for k in range(len(protocols[0].cv_folds))]
+    test = (parse_split(args.test_split, "--test_split", groups) if args.test_split is not None
+            else tuple(base + s for p, base in zip(protocols, bases) for s in p.test_split))
+    cv_folds = (tuple(parse_split(f, "--cv_folds", groups) for f in args.cv_folds.split(";"))
+                if args.cv_folds is not None else tuple(published))
+    val = _validation(args.val_split, groups, test)
+    if set(val) & set(test):
+        raise FlagError(f"--val_split {args.val_split} overlaps --test_split {args.test_split}")
+    speech_model = args.speech_model
+    if speech_model and Path(speech_model).is_dir():  # a local model folder, usable from anywhere
+        speech_model = str(Path(speech_model).resolve())
+    return DataSpec(folders=tuple(folder.resolve() for folder in folders), kinds=kinds,
+                    cache_dir=Path(args.cache_dir).resolve() if args.cache_dir else None, role=args.SorL,
+                    text_encoder=args.text_encoder, text_dim=args.text_dim, speech_model=speech_model, groups=groups,
+                    train=tuple(k for group in groups for k in group if k not in test and k not in val),
+                    val=val, test=test, cv_folds=cv_folds)
+
+
+def prepare_data(spec: DataSpec) -> None:
+    """Make the demo corpus if the default folder is empty, then preprocess every corpus folder (a no-op when up
+    to date). Jobs that share a corpus (folds spread over GPUs) take turns (preprocess's lock)."""
+    for folder, kind in zip(spec.folders, spec.kinds):
+        if not (folder / "annotation").exists() and folder == Path(DEFAULT_DATA_DIR).resolve():
+            from demo_corpus import make_demo_corpus
+            print(f"No KEMDy19 corpus in {DEFAULT_DATA_DIR}: making the synthetic DEMO corpus there. Results on it "
+                  "say nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
+            make_demo_corpus(folder, seed=0)
+        preprocess(folder, spec.text_encoder, spec.text_dim, speech_model=spec.speech_model, corpus=kind,
+                   cache_dir=spec.cache_dir)
+        if is_demo_corpus(folder):
+            print(f"NOTE: {folder} is the synthetic demo corpus, not {PROTOCOLS[kind].name}.")
