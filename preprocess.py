@@ -16,6 +16,7 @@ import argparse
 import fcntl
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,7 +56,7 @@ def fingerprint(data_dir: Path, paths: list[Path]) -> str:
     digest = hashlib.sha1()
     for name, p in sorted((Path(p).relative_to(data_dir).as_posix(), p) for p in paths):
         st = p.stat()  # follows symlinks: an edit behind a link is seen
-        digest.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        digest.update(os.fsencode(name) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())  # any bytes in a name
     return digest.hexdigest()
 
 
@@ -215,11 +216,13 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     if text_encoder != "tfidf" and embedded != wanted_embedding:
         check_text_encoder(text_encoder)
     seconds = {}
+    given_embedding = data_dir / npy_path.name  # the contest's embedding_768.npy, where it ships: the corpus folder
     with cache_lock(out) as writable:
         def may_write(what: str) -> None:
             if not writable:
                 raise CorpusError(f"{out} cannot be written (read-only storage?) and its {what} are missing or out of "
-                                  "date: pass --cache_dir DIR to write the derived files there instead")
+                                  "date: " + ("pass --cache_dir DIR to write the derived files there instead"
+                                              if cache_dir is None else "choose a --cache_dir that can be written"))
         manifest = _read_json(out / MANIFEST)
         outputs = [out / n for n in ("annotation.csv", "df_speaker.csv", "df_listener.csv", SUMMARY,
                                      "features/logmel.npy", "features/logmel.json")]
@@ -229,10 +232,17 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             print(f"annotation tables and spectrogram cache in {out} are up to date")
         else:
             may_write("annotation tables and spectrograms")
+            if manifest.get("corpus_dir", str(data_dir.resolve())) != str(data_dir.resolve()):
+                print(f"note: {out} held the derived files of {manifest['corpus_dir']}, which differ: they are "
+                      f"rebuilt for {data_dir.resolve()}")
             table, summary, seconds["spectrograms"] = build_tables(data_dir, out, kind, files, wavs)
             write_json(out / SUMMARY, summary)
-            manifest = {"sources": sources, "features": feature_settings(), "corpus": kind}
+            manifest = {"sources": sources, "features": feature_settings(), "corpus": kind,
+                        "corpus_dir": str(data_dir.resolve())}
             write_json(out / MANIFEST, manifest)
+        if out != data_dir and given_embedding.exists() and not npy_path.exists() and not meta_path.exists():
+            may_write("sentence embeddings")
+            npy_path.symlink_to(given_embedding.resolve())
         if npy_path.exists() and not meta_path.exists():
             print(f"using {npy_path} as given (not made by this repo; e.g. the contest's KoBERT embeddings)")
         elif (manifest.get("embedding", {}).get(str(text_dim)) == wanted_embedding and npy_path.exists()
@@ -284,6 +294,7 @@ def summarize(table: pd.DataFrame, report, audio_notes: dict[str, list[str]], ki
                "dropped_rows": {k: len(v) for k, v in report.dropped.items() if v},
                "dropped": {k: sorted(set(v)) for k, v in report.dropped.items() if v},
                "kept": {k: sorted(set(v)) for k, v in report.kept.items() if v},
+               "files": {k: sorted(set(v)) for k, v in report.files.items() if v},
                "audio": {k: sorted(v) for k, v in audio_notes.items()}, "roles": {}}
     for role in ("speaker", "listener"):
         rows = table[table.role == role]
@@ -317,6 +328,8 @@ def print_summary(summary: dict, data_dir: Path) -> None:
         print(f"  dropped rows, {reason}: {count} ({_listed(summary['dropped'][reason])})")
     for reason, names in summary["kept"].items():
         print(f"  kept, {reason}: {len(names)} ({_listed(names)})")
+    for reason, names in summary.get("files", {}).items():
+        print(f"  files, {reason}: {len(names)} ({_listed(names)})")
     for note, names in summary["audio"].items():
         print(f"  audio {note}: {len(names)} ({_listed(names)})")
 

@@ -134,6 +134,10 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
     val = _validation(args.val_split, groups, test)
     if set(val) & set(test):
         raise FlagError(f"--val_split {args.val_split} overlaps --test_split {args.test_split}")
+    caches = [cache_folder(folder, args.cache_dir) for folder in folders]
+    if len(set(caches)) < len(caches):
+        raise FlagError(f"--data_dir {args.data_dir} with --cache_dir {args.cache_dir}: two corpus folders have the "
+                        "same name, so their derived files would share one cache folder; rename one of them")
     speech_model = args.speech_model
     if speech_model and Path(speech_model).is_dir():  # a local model folder, usable from anywhere
         speech_model = str(Path(speech_model).resolve())

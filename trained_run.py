@@ -119,8 +119,9 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[EmotionModel, 
 def find_run(name: str, save_path: str) -> Path:
     """A finished run folder named as given or under --save_path; RunFolderError saying what is missing."""
     run_dir = next((p for p in (Path(name), Path(save_path) / name) if p.exists()), None)
-    if run_dir is None:
-        raise RunFolderError(f"--test_only {name}: no such run folder (nor {Path(save_path) / name})")
+    if run_dir is None:  # a bare name may also be a folder under --save_path; a path is only itself
+        also = f" (nor {Path(save_path) / name})" if Path(name).parent == Path(".") else ""
+        raise RunFolderError(f"--test_only {name}: no such run folder{also}")
     missing = [f for f in ("args.json", "best.pth") if not (run_dir / f).exists()]
     if not run_dir.is_dir() or missing:
         raise RunFolderError(f"{run_dir} is not a finished run folder (missing {', '.join(missing) or 'folder'})")

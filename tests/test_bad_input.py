@@ -252,13 +252,16 @@ def test_predict_input_errors_are_one_line(moved_run, tmp_path):
          "--txt " + str(tmp_path / "missing.txt") + " does not exist"),
         (["--run", str(moved_run), "--wav", str(wav), "--out", str(tmp_path / "no" / "p.csv")],
          "the folder " + str(tmp_path / "no") + " does not exist"),
-        (["--run", str(moved_run), "--wav", str(tmp_path / "missing.wav")],
-         f"--wav {tmp_path / 'missing.wav'}: no such file"),
-        (["--run", str(moved_run), "--wav", str(wav), "--txt", str(tmp_path)], f"--txt {tmp_path} is a folder"),
-        (["--run", str(moved_run), "--wav", str(wav), "--out", str(tmp_path)], f"--out {tmp_path} is a folder"),
     ]
     for argv, message in cases:
         assert_one_line_error(run_cli("predict.py", argv), message)
+    for argv, message in [  # the same path to the one-line error, in this process (each CLI start costs seconds)
+            (["--wav", str(tmp_path / "missing.wav")], f"error: --wav {tmp_path / 'missing.wav'}: no such file"),
+            (["--wav", str(wav), "--txt", str(tmp_path)], f"error: --txt {tmp_path} is a folder, not a transcript file"),
+            (["--wav", str(wav), "--out", str(tmp_path)], f"error: --out {tmp_path} is a folder; name a .csv or .json file")]:
+        with pytest.raises(SystemExit) as stop:
+            predict.main(["--run", str(moved_run)] + argv)
+        assert str(stop.value) == message
     assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*.tmp"))  # no temporary file left behind
 
 
@@ -370,8 +373,8 @@ def test_a_run_saved_before_the_model_config_tests_resumes_and_predicts(moved_ru
     assert main(["--test_only", str(old)]) is None
     assert json.loads((old / "results_test_only.json").read_text())["test"] == \
         json.loads((old / "results.json").read_text())["test"]
-    refused = run_cli("predict.py", ["--run", str(old), "--wav", str(wav)])
-    assert_one_line_error(refused, "text_encoder.joblib is a pickle", "--trust_run")
+    with pytest.raises(SystemExit, match="^error: .*text_encoder.joblib is a pickle .*--trust_run"):
+        predict.main(["--run", str(old), "--wav", str(wav)])
     pd.testing.assert_frame_equal(predict.predict(old, [wav], [None], dialogue=False, trust_pickle=True), expected)
     (old / "results.json").unlink()  # as if interrupted after its last epoch: resuming finishes it the same way
     main(["--resume", str(old)])
@@ -388,9 +391,9 @@ def test_a_planted_pickle_in_a_run_folder_is_never_loaded(moved_run, tmp_path):
     shared = Path(shutil.copytree(moved_run, tmp_path / "shared"))
     (shared / "text_encoder.joblib").write_bytes(pickle.dumps(Payload()))
     wav = next(iter(sorted(moved_run.parent.parent.glob("corpora/*/wav/*/*/*.wav"))))
-    assert run_cli("predict.py", ["--run", str(shared), "--wav", str(wav)]).returncode == 0  # reads its .npz only
+    assert len(predict.main(["--run", str(shared), "--wav", str(wav)])) == 1  # it reads its .npz only
     for suffix in (".npz", ".json"):
         (shared / f"text_encoder{suffix}").unlink()
-    assert_one_line_error(run_cli("predict.py", ["--run", str(shared), "--wav", str(wav)]),
-                          "text_encoder.joblib is a pickle", "--trust_run")
+    with pytest.raises(SystemExit, match="^error: .*text_encoder.joblib is a pickle .*--trust_run"):
+        predict.main(["--run", str(shared), "--wav", str(wav)])
     assert not marker.exists()

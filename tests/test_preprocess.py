@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import unicodedata
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from constants import MAX_FRAMES, N_MELS, NUM_RATERS, SAMPLE_RATE, SUMMARY
-from errors import CorpusError
+from errors import CorpusError, FlagError
 from preprocess import load_audio, log_mel, preprocess, read_audio
 from readers import (FileIndex, ReadReport, clean_transcript, decode_text, read_annotation_file, read_corpus,
                      segment_path)
@@ -266,3 +267,66 @@ def test_cancelling_channels_and_silence_are_named(corpus_copy):
     k = meta["ids"].index(flipped.stem)
     frames = np.load(corpus_copy / "features" / "logmel.npy")[meta["offsets"][k]:][:meta["lengths"][k]]
     np.testing.assert_array_equal(frames, log_mel(voice))
+
+
+def _set_cells(path, line: int, cells: dict[int, bytes]) -> list[str]:
+    """Set cells (index -> raw bytes) of a 1-based line of an annotation file -> the line's cells before."""
+    lines = path.read_bytes().split(b"\n")
+    before = lines[line - 1].rstrip(b"\r").split(b",")
+    after = list(before)
+    for index, value in cells.items():
+        after[index] = value
+    lines[line - 1] = b",".join(after)
+    path.write_bytes(b"\n".join(lines))
+    return [c.decode() for c in before]
+
+
+def test_real_world_dirt_is_named_and_never_stops_the_corpus(corpus_copy):
+    ann, wav = corpus_copy / "annotation", corpus_copy / "wav"
+    os.symlink("Session03", wav / "Sess03")  # a second name for a session folder
+    os.symlink(wav / "nowhere", wav / "Session04" / "gone.wav")  # a link to nothing
+    (wav / "Session05" / os.fsdecode(b"\xff\xfe.wav")).write_bytes(b"")  # a file name that is not UTF-8
+    _set_cells(ann / "Session10_F_res.csv", 4, {0: b'"'})  # a stray quote opens the line
+    bad_byte = _set_cells(ann / "Session11_F_res.csv", 4, {10: b"neutr\xffl"})  # not UTF-8 nor cp949
+    endless = _set_cells(ann / "Session12_M_res.csv", 3, {1: b"inf"})
+    # The demo's session-8 glitch (two F-file rows carry one ID) with the first row's own wav gone: nothing proves
+    # that row's ID, but the sibling file confirms the second row's, which keeps it.
+    repeated = _set_cells(ann / "Session08_F_res.csv", 4, {})[9]
+    segment_path(corpus_copy, _set_cells(ann / "Session08_M_res.csv", 3, {})[9], ".wav").unlink()
+    first, second = (_set_cells(ann / "Session13_F_res.csv", n, {}) for n in (3, 4))
+    _set_cells(ann / "Session13_F_res.csv", 3, {9: second[9].encode()})  # two valid IDs swapped in one file only
+    _set_cells(ann / "Session13_F_res.csv", 4, {9: first[9].encode()})
+    summary = preprocess(corpus_copy, "tfidf", 16)
+    json.dumps(summary)  # the summary can be written whatever the file names
+    table = pd.read_csv(corpus_copy / "annotation.csv", keep_default_na=False)
+    assert (table["Session"] == 3).sum() == 2 * 8  # every session-3 row, found under its real folder name
+    assert summary["kept"]["wav without annotation row (not used)"] == ["\ufffd\ufffd"]
+    assert summary["files"]["link to nothing under wav/"] == ["Session04/gone.wav"]
+    assert summary["dropped"]["unreadable row"] == sorted([  # the lines after the stray quote read as usual
+        "? (Session10_F_res.csv line 4: 1 columns, expected 43)",  # its cells are one quoted field
+        f"{bad_byte[9]} (Session11_F_res.csv line 4: unknown emotion 'neutr\ufffdl' (expected one of neutral, happy, "
+        "surprise, angry, sad, disgust, fear))",
+        f"{endless[9]} (Session12_M_res.csv line 3: wav time 'inf' is not a number of seconds)"])
+    assert summary["dropped"]["repeated Segment ID"] == [f"{repeated} (Session08_F_res.csv line 3)"]
+    assert (table["Segment ID"] == repeated).sum() == 2  # the confirmed carrier kept: both roles
+    assert summary["kept"]["Segment ID differs between the two actors' files"] == sorted([
+        f"{second[9]} (Session13_F_res.csv line 3) / {first[9]} (Session13_M_res.csv line 3)",
+        f"{first[9]} (Session13_F_res.csv line 4) / {second[9]} (Session13_M_res.csv line 4)"])
+
+
+def test_a_corpus_without_a_usable_row_is_one_line(tmp_path):
+    root = small_corpus(tmp_path, {"Session01_F_res.csv": "", "Session01_M_res.csv": ",,\n"}, [])
+    with pytest.raises(CorpusError, match="no usable row in its 2 annotation files"):
+        read_small(root)
+
+
+def test_two_corpora_of_one_name_cannot_share_a_cache_dir(tmp_path):
+    from options import get_parser
+    from protocol import resolve_data
+    for parent, name in (("a", "Session01_F_res.csv"), ("b", "Sess01_eval.csv")):
+        (tmp_path / parent / "corpus" / "annotation").mkdir(parents=True)
+        (tmp_path / parent / "corpus" / "annotation" / name).write_text("")
+    both = f"{tmp_path}/a/corpus,{tmp_path}/b/corpus"
+    assert len(resolve_data(get_parser().parse_args(["--data_dir", both])).caches) == 2  # each its own folder
+    with pytest.raises(FlagError, match="two corpus folders have the same name"):
+        resolve_data(get_parser().parse_args(["--data_dir", both, "--cache_dir", str(tmp_path / "cache")]))

@@ -90,6 +90,10 @@ def test_contest_embedding_file_is_read(demo_dir, tmp_path):
     preprocess(data_dir, "tfidf", 768)
     corpus = Corpus(data_dir, "speaker", 768)
     assert corpus.text[5, 0] == ids.index(corpus.table["Segment ID"][5])
+    # With --cache_dir the contest's file stays where it ships, in the corpus folder, and is used from there.
+    preprocess(data_dir, "tfidf", 768, cache_dir=tmp_path / "cache")
+    cached = Corpus(tmp_path / "cache" / "corpus", "speaker", 768)
+    np.testing.assert_array_equal(cached.text, corpus.text)
 
 
 def test_tfidf_embeddings_are_saved_with_their_ids(demo_dir):

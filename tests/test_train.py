@@ -244,8 +244,10 @@ def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
 
 
 def test_bad_test_path_and_split_messages(demo_dir, tmp_path):
-    with pytest.raises(SystemExit, match=f"--test_only exp/typo: no such run folder \\(nor {tmp_path}/exp/typo\\)"):
-        main(["--test_only", "exp/typo", "--save_path", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--test_only exp/typo: no such run folder$"):
+        main(["--test_only", "exp/typo"])  # with the default --save_path exp: never "exp/exp/typo"
+    with pytest.raises(SystemExit, match=f"--test_only typo: no such run folder \\(nor {tmp_path}/typo\\)"):
+        main(["--test_only", "typo", "--save_path", str(tmp_path)])
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="is not a finished run folder"):
         main(["--test_only", str(tmp_path / "empty"), "--save_path", str(tmp_path)])
