@@ -30,7 +30,8 @@ from dataset import Corpus, make_loader
 from demo_corpus import make_demo_corpus
 from engine import evaluate, setup, train, train_one_epoch
 from errors import KemdyError, one_line_errors
-from options import get_parser, model_config
+from model import ModelConfig
+from options import get_parser
 from predict import predict
 from preprocess import fingerprint, load_audio, log_mel, preprocess
 from protocol import resolve_data
@@ -82,16 +83,17 @@ def _train_child(data_dir: str, model_flags: list[str], argv: list[str], max_win
     dev = torch.device(device)
     spec = resolve_data(args)
     corpus = Corpus(spec.caches, spec.role, spec.text_dim)
-    loader = make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers)
+    pin = dev.type == "cuda"
+    loader = make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers, pin)
     loader.dataset.windows = loader.dataset.windows[:max_windows]
     loader.sampler.n = len(loader.dataset.windows)
     # The training objects exactly as main.py makes them (engine.setup): model, loss, optimizer, EMA, scaler.
-    t = setup(model_config(args), args, corpus, np.flatnonzero(np.isin(corpus.sessions, spec.train)), dev)
+    t = setup(ModelConfig.from_args(vars(args)), args, corpus, np.flatnonzero(np.isin(corpus.sessions, spec.train)), dev)
     train_one_epoch(t.model, loader, t.loss_fn, t.optimizer, dev, 0, t.dtype, t.scaler)  # warm-up: allocator
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     stats = train_one_epoch(t.model, loader, t.loss_fn, t.optimizer, dev, 1, t.dtype, t.scaler)
-    eval_loader = make_loader(corpus, spec.test, args.ws, args.batch_size, False)
+    eval_loader = make_loader(corpus, spec.test, args.ws, args.batch_size, False, args.seed, args.num_workers, pin)
     start = time.perf_counter()
     evaluate(t.model, eval_loader, dev, dtype=t.dtype)
     eval_rate = len(eval_loader.dataset) / (time.perf_counter() - start)
@@ -171,7 +173,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     parsed = get_parser().parse_args(common + ["--data_dir", str(data_dir)])
     spec = resolve_data(parsed)
     corpus = Corpus(spec.caches, spec.role, args.text_dim)
-    loader = make_loader(corpus, spec.train, args.ws, args.batch_size, True, num_workers=args.num_workers)
+    loader = make_loader(corpus, spec.train, args.ws, args.batch_size, True, num_workers=args.num_workers,
+                         pin_memory=args.device == "cuda")
     figures["loader_windows_per_s"] = _windows_per_second(loader, limit_batches=10**9)
     reference = DataLoader(PublishedStyleWindows(corpus, loader.dataset.windows, data_dir),
                            batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers)
@@ -227,6 +230,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     return figures
 
 
+QUICK = {"utterances": 240, "train_windows": 64, "reference_batches": 1, "predict_files": 4, "speech_size": "tiny",
+         "speech_utterances": 20}
 TARGETS = {"loader_speedup": (">=", 100), "published_data_wait_share": ("<=", 0.05),
            "recipe_data_wait_share": ("<=", 0.05), "kemdy19_spectrogram_minutes": ("<", 5),
            "published_peak_rss_gb_kemdy19": ("<", 4), "recipe_peak_rss_gb_kemdy19": ("<", 4)}
@@ -256,9 +261,8 @@ def main_cli(argv: list[str] | None = None) -> dict:
                              "instead of beside it, e.g. to time a disk (default: beside it, in a temporary folder)")
     parser.add_argument("--out", default="benchmark.json", help="(default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.utterances, args.train_windows, args.reference_batches, args.predict_files = 240, 64, 1, 4
-        args.speech_size, args.speech_utterances = "tiny", 20
+    if args.quick:  # a new namespace with the smoke sizes, not the parsed one rewritten
+        args = argparse.Namespace(**{**vars(args), **QUICK})
     with tempfile.TemporaryDirectory(prefix="kemdy_bench_") as work, one_line_errors():
         figures = run(args, Path(work))
     figures["config"] = {k: v for k, v in vars(args).items() if k != "out"}

@@ -22,10 +22,10 @@ from errors import FlagError, TrainingError
 from loss import EmotionLoss, class_balanced_weights
 from metric import av_calibration, emotion_metrics, selection_score
 from model import MODEL_INPUTS, EmotionModel, ModelConfig
-from options import model_config
 from protocol import DataSpec, prepare_data, resolve_data
-from trained_run import (Progress, check_corpus_unchanged, find_run, load_checkpoint, load_trained_model,
-                         restore_training, save_checkpoint, save_corpus_record, write_run_args, write_test_outputs)
+from trained_run import (Progress, check_corpus_unchanged, checkpoint_config, find_run, load_checkpoint,
+                         load_trained_model, restore_training, save_checkpoint, save_corpus_record, write_run_args,
+                         write_test_outputs)
 from utils import (amp_dtype, append_jsonl, atomic_torch_save, autocast, broadcast, check_save_path, init_distributed,
                    make_run_dir, plot_curves, restore_rng_states, set_seed, summary_table, write_text)
 
@@ -308,7 +308,9 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     # Data first: bad data stops the start before a run folder exists, so none is left behind.
     broadcast(prepare_data(spec) if rank == 0 else None, world_size)  # the others wait for rank 0
     corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model)
-    config = model_config(args, corpus.speech_shape())
+    resumed = run_dir / "checkpoint.pth" if run_dir is not None and resume_overrides is not None else None
+    config = (checkpoint_config(load_checkpoint(resumed), resumed) if resumed is not None and resumed.exists()
+              else ModelConfig.from_args(vars(args), corpus.speech_shape()))  # a resumed run: its own model
     pin = device.type == "cuda"
     loaders = {"train": make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers,
                                     pin, num_replicas=world_size, rank=rank),
@@ -347,7 +349,8 @@ def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_c
     prepare_data(spec)
     check_corpus_unchanged(run_dir, spec, allow_corpus_change)
     corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model)
-    test_loader = make_loader(corpus, spec.test, saved.ws, saved.batch_size, False, split="--test_split")
+    test_loader = make_loader(corpus, spec.test, saved.ws, saved.batch_size, False, saved.seed, saved.num_workers,
+                              device.type == "cuda", "--test_split")
     metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=amp_dtype(device, saved.amp))
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics,
                        "results_test_only.json", {"model": "neural", "best_epoch": checkpoint["best_epoch"],

@@ -65,6 +65,48 @@ def claim_run(folder: Path, name: str) -> str | None:
     return None
 
 
+def _plan(args: argparse.Namespace, name: str) -> tuple[Path, argparse.Namespace, list[dict]]:
+    """A new experiment's folder and plan (`runs.json`: the arguments, data flags resolved, and one run per seed
+    and fold); or, with --resume, the saved plan under this version's defaults (a flag added since the plan was
+    written gets its default) and the `overrides` given."""
+    if args.resume:
+        folder = Path(args.resume)
+        if not (folder / "runs.json").exists():
+            raise RunFolderError(f"--resume {folder} is not an experiment folder (no runs.json)")
+        saved = json.loads((folder / "runs.json").read_text(encoding="utf-8"))
+        return folder, argparse.Namespace(**{**vars(args), **saved["args"], "resume": str(folder)}), saved["runs"]
+    seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
+    spec = resolve_data(args)
+    folds = spec.cv_folds if args.cv else [spec.test]
+    runs = [{"name": "_".join(([f"seed{seed}"] if args.seeds else []) + ([f"fold{k}"] if args.cv else [])),
+             "seed": seed, "test_split": format_split(fold)} for seed in seeds for k, fold in enumerate(folds, 1)]
+    prepare_data(spec)  # bad data stops here, before an experiment folder exists
+    folder = make_run_dir(args.save_path, ("cv_" if args.cv else "seeds_") + name)
+    write_json(folder / "runs.json", {"args": {**vars(args), **spec.flags(), "plan_only": False}, "runs": runs})
+    return folder, args, runs
+
+
+def _run_one(folder: Path, run: dict, args: argparse.Namespace, train_run: Callable, continue_run: Callable | None):
+    """Train one planned run into its folder (a run stopped before its first checkpoint is renamed, never deleted,
+    and trained again), or continue it from its checkpoint."""
+    run_dir = folder / run["name"]
+    try:
+        if continue_run is not None and (run_dir / "checkpoint.pth").exists():
+            continue_run(run_dir)
+            return
+        if run_dir.exists():
+            run_dir.rename(folder / f"{run['name']}_interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.mkdir()
+        train_run(argparse.Namespace(**{**vars(args), "seed": run["seed"], "test_split": run["test_split"],
+                                        "cv": False, "seeds": None}), run_dir)
+    except KeyboardInterrupt:
+        print(f"experiment interrupted in {run['name']}; continue the whole experiment (finished runs are kept) "
+              f"with the same script and --resume {folder}")
+        raise
+    finally:
+        (folder / ".claims" / run["name"]).unlink(missing_ok=True)
+
+
 def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[argparse.Namespace, Path], object],
                    continue_run: Callable[[Path], object] | None = None, overrides: dict | None = None) -> Path:
     """Every (seed, fold) of `args` as a run folder in one experiment folder, then the summary.
@@ -76,35 +118,17 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
     deleted) and trained again. Several jobs may continue one plan at once (see `claim_run`); the job
     that finds every run finished writes the summary. `args.plan_only` writes the plan and stops.
     """
-    if args.resume:
-        folder = Path(args.resume)
-        if not (folder / "runs.json").exists():
-            raise RunFolderError(f"--resume {folder} is not an experiment folder (no runs.json)")
-        saved = json.loads((folder / "runs.json").read_text(encoding="utf-8"))
-        # Under the saved plan, this version's defaults: a flag added since the plan was written gets its default.
-        args = argparse.Namespace(**{**vars(args), **saved["args"], **(overrides or {}), "resume": str(folder)})
-        runs = saved["runs"]
-    else:
-        seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
-        spec = resolve_data(args)
-        folds = spec.cv_folds if args.cv else [spec.test]
-        runs = [{"name": "_".join(([f"seed{seed}"] if args.seeds else []) + ([f"fold{k}"] if args.cv else [])),
-                 "seed": seed, "test_split": format_split(fold)}
-                for seed in seeds for k, fold in enumerate(folds, 1)]
-        prefix = ("cv_" if args.cv else "seeds_") + name
-        prepare_data(spec)  # bad data stops here, before an experiment folder exists
-        folder = make_run_dir(args.save_path, prefix)
-        write_json(folder / "runs.json", {"args": {**vars(args), **spec.flags(), "plan_only": False}, "runs": runs})
-        if getattr(args, "plan_only", False):
-            gpus = " ".join(str(g) for g in range(min(len(runs), 4)))
-            print(f"plan of {len(runs)} runs written to {folder}; train them with one job per GPU, e.g. on "
-                  f"{min(len(runs), 4)} GPUs\n  for g in {gpus}; do python main.py --resume {folder} --gpu_id $g & done; "
-                  "wait\n(on CPU, add --device cpu; each job takes the runs no other job has)")
-            return folder
+    folder, args, runs = _plan(args, name)
+    args = argparse.Namespace(**{**vars(args), **(overrides or {})})
+    if getattr(args, "plan_only", False):
+        gpus = " ".join(str(g) for g in range(min(len(runs), 4)))
+        print(f"plan of {len(runs)} runs written to {folder}; train them with one job per GPU, e.g. on "
+              f"{min(len(runs), 4)} GPUs\n  for g in {gpus}; do python main.py --resume {folder} --gpu_id $g & done; "
+              "wait\n(on CPU, add --device cpu; each job takes the runs no other job has)")
+        return folder
     elsewhere = []
     for k, run in enumerate(runs, 1):
-        run_dir = folder / run["name"]
-        if (run_dir / "results.json").exists():
+        if (folder / run["name"] / "results.json").exists():
             print(f"{run['name']} (test {run['test_split']}) already finished: kept")
             continue
         holder = claim_run(folder, run["name"])
@@ -112,25 +136,11 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
             print(f"{run['name']} is being trained by another job (host and pid: {holder}): skipped")
             elsewhere.append(run["name"])
             continue
-        if (run_dir / "results.json").exists():  # finished by another job between the check and the claim
+        if (folder / run["name"] / "results.json").exists():  # finished by another job between check and claim
             (folder / ".claims" / run["name"]).unlink(missing_ok=True)
             continue
         print(f"=== run {k}/{len(runs)}: {run['name']}, seed {run['seed']}, test sessions {run['test_split']} ===")
-        try:
-            if continue_run is not None and (run_dir / "checkpoint.pth").exists():
-                continue_run(run_dir)
-                continue
-            if run_dir.exists():
-                run_dir.rename(folder / f"{run['name']}_interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
-            run_dir.mkdir()
-            train_run(argparse.Namespace(**{**vars(args), "seed": run["seed"], "test_split": run["test_split"],
-                                            "cv": False, "seeds": None}), run_dir)
-        except KeyboardInterrupt:
-            print(f"experiment interrupted in {run['name']}; continue the whole experiment (finished runs are kept) "
-                  f"with the same script and --resume {folder}")
-            raise
-        finally:
-            (folder / ".claims" / run["name"]).unlink(missing_ok=True)
+        _run_one(folder, run, args, train_run, continue_run)
     unfinished = [r["name"] for r in runs if not (folder / r["name"] / "results.json").exists()]
     if unfinished:  # trained by other jobs right now: the last of them writes the summary
         print(f"{len(unfinished)} runs are still being trained by other jobs ({', '.join(elsewhere)}); the job "

@@ -48,7 +48,8 @@ def dispatch(argv: list[str]) -> None:
     check_args(args)
     given = explicit_flags(argv)
     for flag in DEPRECATED.keys() & given.keys():
-        print(f"warning: --{flag} is deprecated: {DEPRECATED[flag]}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for all processes
+            print(f"warning: --{flag} is deprecated: {DEPRECATED[flag]}", file=sys.stderr)
     if args.test_only is not None or args.test_path:
         if not (args.test_only or args.test_path):
             raise FlagError("--test_only needs a run folder: --test_only exp/<run>")

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 
-from constants import EMOTIONS, N_MELS
+from constants import DEFAULT_TEXT_DIM, EMOTIONS, N_MELS
 
 
 MODEL_INPUTS = ("spec", "spec_lengths", "text", "slots")  # the batch entries EmotionModel.forward takes, in order
@@ -141,7 +141,7 @@ class ModelConfig:
     """The model's shape and its training-time augmentation. The defaults are the recipe's (the CLI takes
     them from here); the published model is hidden_size=512, num_layers=4, audio_dim=256, audio_pool="mean",
     direct=False, freq_mask=0, time_mask=0 (`$PUBLISHED` in the README)."""
-    text_dim: int = 768  # sentence embedding size
+    text_dim: int = DEFAULT_TEXT_DIM  # sentence embedding size
     audio_dim: int = 128  # audio encoder output; conv widths are audio_dim/8 .. audio_dim
     hidden_size: int = 128  # fusion and recurrent width
     num_layers: int = 2  # recurrent layers
@@ -155,6 +155,18 @@ class ModelConfig:
     time_mask: int = 20  # SpecAugment: widest time mask in frames, 0 = off
     speech_layers: int = 0  # > 0: a speech model's pooled layers (L rows of width 2 * speech_dim), not log-mel
     speech_dim: int = 0
+
+    @classmethod
+    def from_args(cls, args: dict, speech_shape: tuple[int, int] | None = None) -> "ModelConfig":
+        """The config of a run's arguments (main.py's flags, as a dict). Arguments a run saved by an earlier
+        version lacks take the values of that version: no SpecAugment, no speech model. `speech_shape` is the
+        (layers, width) of the --speech_model cache (default: what `args` recorded)."""
+        layers, width = speech_shape or (args.get("speech_layers", 0), args.get("speech_dim", 0))
+        return cls(text_dim=args["text_dim"], audio_dim=args["audio_dim"], hidden_size=args["hidden_size"],
+                   num_layers=args["num_layers"], bidirectional=args["bidirectional"], backbone=args["backbone"],
+                   emotion_concat=not args["no_cat"], dropout=args["dropout"], audio_pool=args["audio_pool"],
+                   direct=not args["no_direct"], freq_mask=args.get("freq_mask", 0),
+                   time_mask=args.get("time_mask", 0), speech_layers=layers, speech_dim=width)
 
 
 class EmotionModel(nn.Module):

@@ -1,7 +1,7 @@
 """The flags of main.py (and the data flags baseline.py shares): names, help, defaults and checks.
 
-The model's defaults are ModelConfig's (the recipe's), so the CLI and the model have one set; `model_config`
-makes the ModelConfig of a run from its flags, once.
+The model's defaults are ModelConfig's (the recipe's), so the CLI and the model have one set;
+`ModelConfig.from_args` makes the ModelConfig of a run from its flags, once.
 """
 import argparse
 
@@ -148,13 +148,3 @@ def explicit_flags(argv: list[str]) -> dict:
     for action in parser._actions:
         action.default = argparse.SUPPRESS  # absent flags then stay out of the namespace
     return vars(parser.parse_args(argv))
-
-
-def model_config(args: argparse.Namespace | dict, speech_shape: tuple[int, int] = (0, 0)) -> ModelConfig:
-    """The ModelConfig of a run's flags; `speech_shape` is the (layers, width) of its --speech_model cache."""
-    a = vars(args) if isinstance(args, argparse.Namespace) else args
-    return ModelConfig(text_dim=a["text_dim"], audio_dim=a["audio_dim"], hidden_size=a["hidden_size"],
-                       num_layers=a["num_layers"], bidirectional=a["bidirectional"], backbone=a["backbone"],
-                       emotion_concat=not a["no_cat"], dropout=a["dropout"], audio_pool=a["audio_pool"],
-                       direct=not a["no_direct"], freq_mask=a.get("freq_mask", 0), time_mask=a.get("time_mask", 0),
-                       speech_layers=speech_shape[0], speech_dim=speech_shape[1])

@@ -19,7 +19,7 @@ REPORT_METRICS = ["instance_precision", "instance_recall", "instance_f1", "macro
                   "ccc_arousal", "ccc_valence"]
 # Bookkeeping arguments that never explain a difference in results.
 IGNORED_ARGS = {"save_path", "test_only", "test_path", "resume", "num_workers", "device", "gpu_id", "cv", "seeds",
-                "seed", "test_split"}
+                "seed", "test_split", "sr", "speech_layers", "speech_dim", "cache_dir", "allow_corpus_change"}
 
 
 def read_json(path: Path) -> dict:

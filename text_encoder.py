@@ -5,6 +5,7 @@ empty transcript gets the zero vector, as in the published method.
 """
 import json
 import pickle
+import zipfile
 import unicodedata
 from pathlib import Path
 
@@ -179,15 +180,20 @@ def save_tfidf(pipeline: Pipeline, base: Path) -> None:
 
 
 def load_tfidf(base: Path) -> Pipeline:
-    """The pipeline `save_tfidf` wrote (arrays and a vocabulary only: no pickle is read)."""
-    meta = json.loads(base.with_name(base.name + ".json").read_text(encoding="utf-8"))
-    if meta.get("format") != TFIDF_FORMAT:
-        raise CorpusError(f"{base}.json is not a TF-IDF pipeline of this version ({meta.get('format')})")
-    with np.load(base.with_name(base.name + ".npz"), allow_pickle=False) as arrays:
-        vectorizer = _tfidf_vectorizer(meta["vocabulary"])
-        vectorizer.idf_ = arrays["idf"]
-        svd = TruncatedSVD(len(arrays["components"]))
-        svd.components_ = arrays["components"]
+    """The pipeline `save_tfidf` wrote (arrays and a vocabulary only: no pickle is read); CorpusError, one line,
+    for files that are damaged, of another format, or hold pickled objects."""
+    try:
+        meta = json.loads(base.with_name(base.name + ".json").read_text(encoding="utf-8"))
+        if meta.get("format") != TFIDF_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {TFIDF_FORMAT!r}")
+        with np.load(base.with_name(base.name + ".npz"), allow_pickle=False) as arrays:
+            vectorizer = _tfidf_vectorizer(meta["vocabulary"])
+            vectorizer.idf_ = arrays["idf"]
+            svd = TruncatedSVD(len(arrays["components"]))
+            svd.components_ = arrays["components"]
+    except (OSError, ValueError, KeyError, AttributeError, zipfile.BadZipFile) as error:  # JSONDecodeError too
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CorpusError(f"{base}.npz/.json is not a TF-IDF pipeline saved by this repo ({first_line})") from None
     return Pipeline([("tfidf", vectorizer), ("svd", svd)])
 
 

@@ -23,7 +23,7 @@ import torch
 
 from constants import DEFAULT_TEXT_ENCODER_REAL, EMOTIONS
 from dataset import Corpus, audio_cache_paths
-from errors import RunFolderError, StorageError
+from errors import CorpusError, RunFolderError, StorageError
 from model import EmotionModel, ModelConfig
 from preprocess import feature_settings, is_demo_corpus
 from protocol import DataSpec
@@ -33,7 +33,7 @@ from utils import atomic_path, atomic_torch_save, file_sha1, plot_confusion, rng
 
 TFIDF_BASE = "text_encoder"  # text_encoder.npz + text_encoder.json in a run folder
 PICKLED_TFIDF = "text_encoder.joblib"  # what runs saved before the change to data files hold
-# The arguments an older checkpoint (without "model_config") rebuilds its model from, and their values then.
+# The arguments an older checkpoint (without "model_config") must hold to rebuild its model.
 OLD_MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat",
                   "dropout", "audio_pool", "no_direct")
 
@@ -85,28 +85,21 @@ def restore_training(checkpoint: dict, *, model: torch.nn.Module, ema, optimizer
     return Progress(checkpoint["epoch"], checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["best_val"])
 
 
-def model_config(checkpoint: dict, path: Path) -> ModelConfig:
-    """The checkpoint's ModelConfig; for a run saved before it existed, the one its arguments describe (without
-    SpecAugment or a speech model, as those runs were, unless their arguments say otherwise)."""
+def checkpoint_config(checkpoint: dict, path: Path) -> ModelConfig:
+    """The checkpoint's ModelConfig; for a run saved before it existed, the one its arguments describe."""
     if "model_config" in checkpoint:
         return ModelConfig(**checkpoint["model_config"])
-    args = checkpoint["args"]
-    missing = [k for k in OLD_MODEL_ARGS if k not in args]
+    missing = [k for k in OLD_MODEL_ARGS if k not in checkpoint["args"]]
     if missing:
         raise RunFolderError(f"{path} lacks the model arguments {missing}; it was saved by an incompatible version")
-    return ModelConfig(text_dim=args["text_dim"], audio_dim=args["audio_dim"], hidden_size=args["hidden_size"],
-                       num_layers=args["num_layers"], bidirectional=args["bidirectional"], backbone=args["backbone"],
-                       emotion_concat=not args["no_cat"], dropout=args["dropout"], audio_pool=args["audio_pool"],
-                       direct=not args["no_direct"], freq_mask=args.get("freq_mask", 0),
-                       time_mask=args.get("time_mask", 0), speech_layers=args.get("speech_layers", 0),
-                       speech_dim=args.get("speech_dim", 0))
+    return ModelConfig.from_args(checkpoint["args"])
 
 
 def load_trained_model(path: Path, device: torch.device) -> tuple[EmotionModel, argparse.Namespace, dict]:
     """Rebuild exactly the saved model from its checkpoint -> (model in eval mode, the run's arguments,
     checkpoint). Arguments added since the run was saved get the values that reproduce it."""
     checkpoint = load_checkpoint(path, device)
-    config = model_config(checkpoint, path)
+    config = checkpoint_config(checkpoint, path)
     args = argparse.Namespace(**{"speech_model": None, "amp": False, "cache_dir": None, **checkpoint["args"]})
     if not config.speech_layers and checkpoint.get("features", feature_settings()) != feature_settings():
         raise RunFolderError(f"{path} was trained on features {checkpoint['features']}, this code computes "
@@ -196,7 +189,13 @@ def run_text_encoder(run_dir: Path, text_dim: int, trust_pickle: bool = False):
     encoder = json.loads(saved_path.read_text(encoding="utf-8"))["text_encoder"] if saved_path.exists() else None
     if encoder == "tfidf":
         if tfidf_exists(run_dir / TFIDF_BASE):
-            pipeline = load_tfidf(run_dir / TFIDF_BASE)
+            try:
+                pipeline = load_tfidf(run_dir / TFIDF_BASE)
+            except CorpusError as error:
+                raise RunFolderError(str(error)) from None
+        elif not (run_dir / PICKLED_TFIDF).exists():
+            raise RunFolderError(f"{run_dir} lacks its TF-IDF pipeline ({TFIDF_BASE}.npz + .json); copy the whole "
+                                 "run folder")
         elif not trust_pickle:
             raise RunFolderError(f"{run_dir / PICKLED_TFIDF} is a pickle (a run saved by an earlier version), and "
                                  "loading a pickle can run any code: pass --trust_run only if you trust whoever made "

@@ -232,11 +232,6 @@ def cache_folder(data_dir: str | Path, cache_dir: str | Path | None = None) -> P
     return Path(data_dir) if cache_dir is None else Path(cache_dir) / Path(data_dir).resolve().name
 
 
-def cache_folders(data_dir: str | Path, cache_dir: str | Path | None = None) -> list[Path]:
-    """The cache folder of each corpus of --data_dir (see `cache_folder`)."""
-    return [cache_folder(folder, cache_dir) for folder in split_data_dir(data_dir)]
-
-
 def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     """Mixed precision on CUDA: bf16 where the card supports it (no gradient scaler needed), else fp16 (with
     one). None (float32) without `amp` or on CPU, where runs stay deterministic."""

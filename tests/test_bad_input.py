@@ -392,6 +392,9 @@ def test_a_planted_pickle_in_a_run_folder_is_never_loaded(moved_run, tmp_path):
     (shared / "text_encoder.joblib").write_bytes(pickle.dumps(Payload()))
     wav = next(iter(sorted(moved_run.parent.parent.glob("corpora/*/wav/*/*/*.wav"))))
     assert len(predict.main(["--run", str(shared), "--wav", str(wav)])) == 1  # it reads its .npz only
+    (shared / "text_encoder.npz").write_bytes(pickle.dumps(Payload()))  # planted where new runs keep the pipeline
+    with pytest.raises(SystemExit, match="^error: .*text_encoder.npz/.json is not a TF-IDF pipeline saved by this"):
+        predict.main(["--run", str(shared), "--wav", str(wav)])
     for suffix in (".npz", ".json"):
         (shared / f"text_encoder{suffix}").unlink()
     with pytest.raises(SystemExit, match="^error: .*text_encoder.joblib is a pickle .*--trust_run"):
