@@ -25,15 +25,14 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from tqdm import tqdm
 
-from constants import EMOTIONS, MAX_FRAMES, RATING_RANGE, SAMPLE_RATE
+from constants import MAX_FRAMES, RATING_RANGE, SAMPLE_RATE
 from dataset import Corpus
 from errors import CorpusError, FlagError, one_line_errors
 from experiment import is_experiment, run_experiment
 from metric import ccc, emotion_metrics
-from options import add_data_args
-from preprocess import load_audio, save_npy
+from options import add_data_args, parse_modalities
+from preprocess import corpus_wavs, load_audio, save_npy
 from protocol import DataSpec, prepare_data, resolve_data
-from readers import segment_path
 from trained_run import write_run_args, write_test_outputs
 from utils import make_run_dir, summary_table, write_text
 
@@ -96,11 +95,12 @@ def opensmile_functionals(data_dir: Path, cache: Path, seg_ids: list[str], featu
             cached = dict(zip(meta["ids"], np.load(npy_path)))
     todo = [s for s in dict.fromkeys(seg_ids) if s not in cached]
     if todo:
+        wav_paths = corpus_wavs(cache, data_dir)
         smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
                                 feature_level=opensmile.FeatureLevel.Functionals)
         width = len(smile.feature_names)
         for seg_id in tqdm(todo, desc=f"openSMILE {feature_set}", unit="utt"):
-            path = segment_path(data_dir, seg_id, ".wav")
+            path = wav_paths[seg_id]
             try:
                 cached[seg_id] = smile.process_signal(load_audio(path), SAMPLE_RATE).to_numpy(np.float32)[0]
             except (CorpusError, RuntimeError) as error:
@@ -155,18 +155,35 @@ def fit_classifier(kind: str, c: float, x: np.ndarray, y: np.ndarray, seed: int)
     return LogisticRegression(C=c, class_weight="balanced", max_iter=3000, random_state=seed).fit(x, y)
 
 
-def class_probabilities(model, x: np.ndarray) -> np.ndarray:
-    """(rows, 7): classes absent from training get probability 0."""
-    probs = np.zeros((len(x), len(EMOTIONS)))
+def class_probabilities(model, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """(rows, classes): classes absent from training get probability 0."""
+    probs = np.zeros((len(x), n_classes))
     probs[:, model.classes_] = model.predict_proba(x)
     return probs
 
 
+def fit_ratings(x: np.ndarray, av: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray) -> tuple[list, list]:
+    """Arousal and valence ridge regressions on the rated training rows, alpha chosen on the rated validation rows
+    (the middle of the grid without them) -> (regressors, alphas); none for a corpus without ratings."""
+    regressors, alphas = [], []
+    for k in range(2):
+        train_k, val_k = (rows[np.isfinite(av[rows, k])] for rows in (train_rows, val_rows))
+        if not len(train_k):
+            return [], []
+        scores = {a: ccc(av[val_k, k], Ridge(alpha=a).fit(x[train_k], av[train_k, k]).predict(x[val_k]))
+                  for a in ALPHA_GRID} if len(val_k) else {100.0: 0.0}
+        alphas.append(max(scores, key=scores.get))
+        regressors.append(Ridge(alpha=alphas[-1]).fit(x[train_k], av[train_k, k]))
+    return regressors, alphas
+
+
 def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
-    audio_features = args.audio_features or ("speech" if args.speech_model else "egemaps,logmel")
     spec = resolve_data(args)
     prepare_data(spec)
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim)
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim, label_map=spec.label_map)
+    modalities = parse_modalities(args.modalities, corpus.has_text)
+    audio_features = ("none" if "audio" not in modalities else
+                      args.audio_features or ("speech" if args.speech_model else "egemaps,logmel"))
     run_dir = run_dir or make_run_dir(args.save_path, f"baseline_{args.SorL}")
     write_run_args(run_dir, {**vars(args), **spec.flags(), "audio_features": audio_features})
     shown = spec.record()
@@ -175,32 +192,30 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
             (("train", spec.train), ("val", spec.val), ("test", spec.test))}
     if len(rows["test"]) == 0:
         raise FlagError(f"--test_split sessions {shown['test']} have no utterances in the corpus")
-    blocks = feature_blocks(audio_features, args.no_text, spec, corpus)
+    blocks = feature_blocks(audio_features, args.no_text or "text" not in modalities, spec, corpus)
     x = standardize(blocks, rows["train"])
-    y, av = corpus.first_label, corpus.arousal_valence
+    y, av, n_classes = corpus.first_label, corpus.arousal_valence, len(corpus.classes)
 
     def val_emotion(model) -> float:
-        return emotion_metrics(class_probabilities(model, x[rows["val"]]), av[rows["val"]], corpus.labels[rows["val"]],
-                               y[rows["val"]], av[rows["val"]])["macro_f1"]
+        return emotion_metrics(class_probabilities(model, x[rows["val"]], n_classes), av[rows["val"]],
+                               corpus.labels[rows["val"]], y[rows["val"]], av[rows["val"]], corpus.classes)["macro_f1"]
 
     # Hyper-parameters from the validation sessions; without them (--val_split none), the middle of the grid.
     if len(rows["val"]):
         scores = {c: val_emotion(fit_classifier(args.classifier, c, x[rows["train"]], y[rows["train"]], args.seed))
                   for c in C_GRID}
         best_c = max(scores, key=scores.get)
-        alphas = {a: [ccc(av[rows["val"], k], Ridge(alpha=a).fit(x[rows["train"]], av[rows["train"], k])
-                          .predict(x[rows["val"]])) for k in range(2)] for a in ALPHA_GRID}
-        best_alpha = [max(ALPHA_GRID, key=lambda a: alphas[a][k]) for k in range(2)]
     else:
-        best_c, best_alpha = 1.0, [100.0, 100.0]
+        best_c = 1.0
     classifier = fit_classifier(args.classifier, best_c, x[rows["train"]], y[rows["train"]], args.seed)
-    regressors = [Ridge(alpha=best_alpha[k]).fit(x[rows["train"]], av[rows["train"], k]) for k in range(2)]
+    regressors, best_alpha = fit_ratings(x, av, rows["train"], rows["val"])
 
     def predict(split_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-        probs = class_probabilities(classifier, x[split_rows])
-        av_pred = np.clip(np.stack([r.predict(x[split_rows]) for r in regressors], axis=1), *RATING_RANGE)
+        probs = class_probabilities(classifier, x[split_rows], n_classes)
+        av_pred = (np.clip(np.stack([r.predict(x[split_rows]) for r in regressors], axis=1), *RATING_RANGE)
+                   if regressors else np.full((len(split_rows), 2), np.nan))
         return probs, av_pred, emotion_metrics(probs, av_pred, corpus.labels[split_rows], y[split_rows],
-                                               av[split_rows])
+                                               av[split_rows], corpus.classes)
 
     val = {}
     if len(rows["val"]):
@@ -208,7 +223,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     probs, av_pred, metrics = predict(rows["test"])
     write_test_outputs(run_dir, corpus, rows["test"], probs, av_pred, metrics, "results.json", {
         "model": "baseline", "features": {k: int(v.shape[1]) for k, v in blocks.items()},
-        "chosen": {"C": best_c, "alpha_arousal": best_alpha[0], "alpha_valence": best_alpha[1]}, "val": val,
+        "chosen": {"C": best_c, **dict(zip(("alpha_arousal", "alpha_valence"), best_alpha))}, "val": val,
         "sessions": shown})
     print(f"baseline: {args.classifier} C={best_c}, ridge alpha {best_alpha} (chosen on validation)")
     print(summary_table(metrics, f"test {shown['test']}"))

@@ -14,19 +14,37 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from constants import CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, EMOTION_INDEX, EMOTIONS, MANIFEST, MAX_FRAMES, NUM_RATERS
+from constants import CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, KEMDY_FACTS, MANIFEST, MAX_FRAMES, NUM_RATERS
 from errors import CorpusError, FlagError
 from speech_features import speech_cache_paths
 from text_encoder import embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings
 from utils import split_data_dir
 
 
-def _labels_to_multi_hot(cells: pd.Series) -> np.ndarray:
-    out = np.zeros((len(cells), len(EMOTIONS)), dtype=np.float32)
+def _labels_to_multi_hot(cells: pd.Series, classes: list[str]) -> np.ndarray:
+    index = {name: i for i, name in enumerate(classes)}
+    out = np.zeros((len(cells), len(classes)), dtype=np.float32)
     for i, cell in enumerate(cells):
         for name in filter(None, str(cell).split(";")):
-            out[i, EMOTION_INDEX[name]] = 1.0
+            out[i, index[name]] = 1.0
     return out
+
+
+def apply_label_map(table: pd.DataFrame, classes: list[str],
+                    label_map: tuple[tuple[str, str], ...]) -> tuple[pd.DataFrame, list[str]]:
+    """--label_map on a table's labels (totals and raters): each label renamed or merged into another, or dropped
+    (empty target); rows left without a label are dropped -> (table, the classes after the map, in their order)."""
+    mapping = dict(label_map)
+    unknown = sorted(set(mapping) - set(classes))
+    if unknown:
+        raise FlagError(f"--label_map: {', '.join(unknown)} is not a class of the corpus ({', '.join(classes)})")
+
+    def remap(cell: str) -> str:
+        return ";".join(dict.fromkeys(filter(None, (mapping.get(x, x) for x in str(cell).split(";") if x))))
+    columns = [c for c in table.columns if c == "Emotion" or c.startswith("Emotion.")]
+    table = table.assign(**{c: table[c].map(remap) for c in columns})
+    return table[table["Emotion"] != ""].reset_index(drop=True), list(dict.fromkeys(
+        filter(None, (mapping.get(c, c) for c in classes))))
 
 
 def context_windows(dialogues: np.ndarray, ws: int) -> np.ndarray:
@@ -83,15 +101,20 @@ class Corpus:
     (speech_features.py); `audio_settings` says which.
     """
 
-    def __init__(self, folders: list[Path] | str | Path, role: str, text_dim: int, speech_model: str | None = None):
+    def __init__(self, folders: list[Path] | str | Path, role: str, text_dim: int, speech_model: str | None = None,
+                 label_map: tuple[tuple[str, str], ...] = ()):
         folders = split_data_dir(folders) if isinstance(folders, (str, Path)) else list(folders)
         if len(folders) > 1:
-            self._union([Corpus([folder], role, text_dim, speech_model) for folder in folders], text_dim)
+            self._union([Corpus([folder], role, text_dim, speech_model, label_map) for folder in folders], text_dim)
             return
         folder = folders[0]
         self.folders, self.text_pipeline = [folder], None
-        self.kind = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["corpus"]
-        self.table = pd.read_csv(folder / f"df_{role}.csv", keep_default_na=False)
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        self.kind, facts = manifest["corpus"], manifest.get("facts", KEMDY_FACTS)
+        self.has_text, self.has_av = facts["text"], facts["arousal_valence"]
+        self.table, self.classes = pd.read_csv(folder / f"df_{role}.csv", keep_default_na=False), facts["classes"]
+        if label_map:
+            self.table, self.classes = apply_label_map(self.table, self.classes, label_map)
         self.source = np.zeros(len(self.table), dtype=int)  # which of `folders` each row comes from
         npy_path, meta_path = audio_cache_paths(folder, speech_model)
         if not meta_path.exists():
@@ -113,17 +136,20 @@ class Corpus:
         self.text_encoder = json.loads(meta_path.read_text(encoding="utf-8"))["encoder"] if meta_path.exists() else "given"
         if self.text.shape[1] != text_dim:
             raise CorpusError(f"{npy_path} holds {self.text.shape[1]}-d embeddings, not --text_dim {text_dim}")
-        self.labels = _labels_to_multi_hot(self.table["Emotion"])
-        self.first_label = np.array([EMOTION_INDEX[c.split(";")[0]] for c in self.table["Emotion"]])
-        # Soft target: share of the raters choosing each emotion (a rater's tie splits evenly).
+        self.labels = _labels_to_multi_hot(self.table["Emotion"], self.classes)
+        self.first_label = np.array([self.classes.index(c.split(";")[0]) for c in self.table["Emotion"]], dtype=int)
+        # Soft target: share of the raters choosing each emotion (a rater's tie splits evenly); a corpus without
+        # raters (one label per utterance) gets its label, ties split evenly.
         soft = np.zeros_like(self.labels)
         for k in range(1, NUM_RATERS + 1):
-            votes = _labels_to_multi_hot(self.table[f"Emotion.{k}"])
+            votes = _labels_to_multi_hot(self.table[f"Emotion.{k}"], self.classes)
             soft += votes / np.maximum(votes.sum(1, keepdims=True), 1)
         no_votes = soft.sum(1) == 0
         soft[no_votes] = self.labels[no_votes]
         self.soft = soft / soft.sum(1, keepdims=True)
-        self.arousal_valence = self.table[["Arousal", "Valence"]].to_numpy(dtype=np.float32)
+        # NaN where a corpus has no arousal/valence rating: the loss and CCC leave those rows out.
+        self.arousal_valence = self.table[["Arousal", "Valence"]].apply(pd.to_numeric, errors="coerce").to_numpy(
+            dtype=np.float32)
         self.sessions = self.table["Session"].to_numpy()
         self.dialogues = self.table["dialogue"].to_numpy()
 
@@ -146,6 +172,7 @@ class Corpus:
             tables.append(table)
         self.table = pd.concat(tables, ignore_index=True)
         self.folders, self.kind = [p.folders[0] for p in parts], "+".join(p.kind for p in parts)
+        self.classes, self.has_text, self.has_av = parts[0].classes, parts[0].has_text, parts[0].has_av  # KEMDy's
         self.source = np.concatenate([np.full(len(p.table), k) for k, p in enumerate(parts)])
         self.audio_settings, self.text_encoder = settings[0], encoders.pop()
         self.frames = ConcatFrames([p.frames for p in parts])
@@ -239,14 +266,17 @@ class ChunkBatchSampler(Sampler):
     """
 
     def __init__(self, n_windows: int, batch_size: int, chunk: int, shuffle: bool, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, weights: np.ndarray | None = None):
         self.n, self.batch_size, self.chunk, self.shuffle, self.seed, self.epoch = \
             n_windows, batch_size, max(1, chunk), shuffle, seed, 0
-        self.num_replicas, self.rank = num_replicas, rank
+        self.num_replicas, self.rank, self.weights = num_replicas, rank, weights
 
     def __iter__(self):
         order = np.arange(self.n)
-        if self.shuffle:
+        if self.shuffle and self.weights is not None:  # class-balanced: n windows drawn with replacement
+            order = np.random.default_rng((self.seed, self.epoch)).choice(
+                self.n, size=self.n, p=self.weights / self.weights.sum())
+        elif self.shuffle:
             chunks = np.array_split(order, int(np.ceil(self.n / self.chunk)))
             perm = np.random.default_rng((self.seed, self.epoch)).permutation(len(chunks))
             order = np.concatenate([chunks[i] for i in perm])
@@ -262,10 +292,15 @@ class ChunkBatchSampler(Sampler):
 
 def make_loader(corpus: Corpus, sessions: list[int] | tuple[int, ...], ws: int, batch_size: int, train: bool,
                 seed: int = 0, num_workers: int = 0, pin_memory: bool = False, split: str = "training",
-                num_replicas: int = 1, rank: int = 0) -> DataLoader:
-    """Batches of the windows ending in `sessions` (shuffled chunks when `train`; with `num_replicas` > 1 this
-    process's share). `split` names the flag behind `sessions` in the error for an empty split."""
+                num_replicas: int = 1, rank: int = 0, class_balanced: bool = False) -> DataLoader:
+    """Batches of the windows ending in `sessions` (shuffled chunks when `train`, or with `class_balanced` windows
+    drawn with probability 1 / (count of their target's class); with `num_replicas` > 1 this process's share).
+    `split` names the flag behind `sessions` in the error for an empty split."""
     dataset = WindowDataset(corpus, list(sessions), ws, train=train, seed=seed, split=split)
+    weights = None
+    if class_balanced:
+        targets = corpus.first_label[dataset.windows[:, -1]]
+        weights = 1.0 / np.bincount(targets, minlength=len(corpus.classes))[targets]
     sampler = ChunkBatchSampler(len(dataset), batch_size, chunk=ws, shuffle=train, seed=seed,
-                                num_replicas=num_replicas, rank=rank)
+                                num_replicas=num_replicas, rank=rank, weights=weights)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)

@@ -89,6 +89,12 @@ GLITCH_SESSION, GLITCH_PREFIX = 17, "Sess07"  # KEMDy20: some IDs in Sess17_eval
 ID_GLITCH_SESSION = 8
 
 
+def _drawn_states(rng: np.random.Generator, n_turns: int, shares: dict[str, float]) -> dict[str, list[str]]:
+    """Each actor's emotion at every turn drawn independently with the given class shares (a skewed corpus)."""
+    p = np.array([shares[e] for e in EMOTIONS]) / sum(shares.values())
+    return {actor: [str(e) for e in rng.choice(EMOTIONS, size=n_turns, p=p)] for actor in ("F", "M")}
+
+
 def _dialogue_states(rng: np.random.Generator, n_turns: int) -> dict[str, list[str]]:
     """Each actor's emotion at every turn: sticky, drawn towards the scene's theme and each other."""
     theme = rng.choice(EMOTIONS[1:])
@@ -199,10 +205,12 @@ def check_demo_target(root: Path) -> None:
 
 
 def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int | None = None, n_scripts: int = 1,
-                     n_impros: int = 1, n_turns: int = 20, layout: str = "kemdy19") -> Path:
+                     n_impros: int = 1, n_turns: int = 20, layout: str = "kemdy19",
+                     class_shares: dict[str, float] | None = None) -> Path:
     """Write a demo corpus under `root` (raw KEMDy19 layout, or KEMDy20's) and return its path. `root` must be
     missing, empty, or an earlier demo corpus (its marker file), so that no file of the user's is overwritten.
-    KEMDy20 has scripted dialogues only: `n_impros` is ignored there."""
+    KEMDy20 has scripted dialogues only: `n_impros` is ignored there. `class_shares` (class -> share) draws every
+    utterance's emotion with those shares instead of the sticky dialogue dynamics (a skewed corpus)."""
     root = Path(root)
     kemdy20 = layout == "kemdy20"
     n_sessions = n_sessions or PROTOCOLS[layout].sessions
@@ -232,7 +240,7 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int | None = N
             dialogue = f"Sess{s:02d}_{script}"
             wav_dir = root / "wav" / f"Session{s:02d}" / ("" if kemdy20 else dialogue)
             wav_dir.mkdir(parents=True, exist_ok=True)
-            states = _dialogue_states(srng, n_turns)
+            states = _drawn_states(srng, n_turns, class_shares) if class_shares else _dialogue_states(srng, n_turns)
             clock = srng.uniform(1, 5)
             sequence = {"F": 0, "M": 0}
             speaker = str(srng.choice(["F", "M"]))

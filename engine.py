@@ -16,12 +16,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from constants import EMOTIONS
+from constants import KEMDY
 from dataset import Corpus, make_loader
 from errors import FlagError, TrainingError
-from loss import EmotionLoss, class_balanced_weights
-from metric import av_calibration, emotion_metrics, selection_score
+from loss import EmotionLoss, class_balanced_weights, inverse_frequency_weights
+from metric import av_calibration, decision_bias, emotion_metrics, selection_score
 from model import MODEL_INPUTS, EmotionModel, ModelConfig
+from options import parse_modalities
 from protocol import DataSpec, prepare_data, resolve_data
 from trained_run import (Progress, check_corpus_unchanged, checkpoint_config, find_run, load_checkpoint,
                          load_trained_model, restore_training, save_checkpoint, save_corpus_record, write_run_args,
@@ -81,7 +82,7 @@ def setup(config: ModelConfig, args: argparse.Namespace, corpus: Corpus, train_r
     """Model (log-mel bands standardised with the training rows' statistics), its DDP wrapper under torchrun,
     loss (class-balanced with --loss cbloss), optimizer, exponential learning-rate decay, EMA and fp16 scaler."""
     model = EmotionModel(config)
-    if not config.speech_layers:
+    if "audio" in config.modalities and not config.speech_layers:
         mean, std = corpus.mel_statistics(train_rows)
         model.audio.mel_mean.copy_(torch.from_numpy(mean))
         model.audio.mel_std.copy_(torch.from_numpy(std))
@@ -92,11 +93,15 @@ def setup(config: ModelConfig, args: argparse.Namespace, corpus: Corpus, train_r
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     dtype = amp_dtype(device, args.amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    class_weights = None
-    if args.loss == "cbloss":
-        class_weights = class_balanced_weights(corpus.labels[train_rows].sum(0), args.beta)
-        print("class-balanced weights:", dict(zip(EMOTIONS, class_weights.round(decimals=3).tolist())))
-    loss_fn = EmotionLoss(args.lam, class_weights, args.av_loss).to(device)
+    counts = corpus.labels[train_rows].sum(0)
+    class_weights, adjustment = None, None
+    if args.loss == "cbloss" or getattr(args, "imbalance", "none") == "weight":
+        class_weights = (class_balanced_weights(counts, args.beta) if args.loss == "cbloss"
+                         else inverse_frequency_weights(counts))
+        print("class weights:", {c: round(w, 3) for c, w in zip(corpus.classes, class_weights.tolist())})
+    if getattr(args, "imbalance", "none") == "logit_adjust":
+        adjustment = torch.log(torch.from_numpy(np.maximum(counts, 1) / np.maximum(counts, 1).sum()).float())
+    loss_fn = EmotionLoss(args.lam, class_weights, args.av_loss, adjustment).to(device)
     optimizer = make_optimizer(model, args.optim, args.lr, args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
     # Weights averaged over epochs (buffers included) smooth the epoch-to-epoch swings of a model trained on a
@@ -161,7 +166,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, d
         outputs["first_label"].append(batch["first_label"])
         outputs["av_true"].append(batch["arousal_valence"])
     out = {k: torch.cat(v).cpu().numpy() for k, v in outputs.items()}
-    metrics = emotion_metrics(out["probs"], out["av"], out["labels"], out["first_label"], out["av_true"])
+    metrics = emotion_metrics(out["probs"], out["av"], out["labels"], out["first_label"], out["av_true"],
+                              loader.dataset.corpus.classes)
     return metrics, out
 
 
@@ -171,7 +177,10 @@ def calibrate_av(model: EmotionModel, val_loader: DataLoader, device: torch.devi
     identity map, so that fitting again, e.g. on a resumed run, gives the same map); -> its record."""
     model.reset_av_calibration()
     _, outputs = evaluate(model, val_loader, device, desc="calibrate", dtype=dtype)
-    scale, shift = av_calibration(outputs["av_true"], outputs["av"])
+    rated = np.isfinite(outputs["av_true"]).all(1)
+    if not rated.any():  # a corpus without arousal/valence: nothing to fit
+        return {}
+    scale, shift = av_calibration(outputs["av_true"][rated], outputs["av"][rated])
     model.set_av_calibration(torch.from_numpy(scale).float(), torch.from_numpy(shift).float())
     return {"av_calibration": {name: {"scale": round(float(scale[k]), 4), "shift": round(float(shift[k]), 4)}
                                for k, name in enumerate(("arousal", "valence"))}}
@@ -179,7 +188,7 @@ def calibrate_av(model: EmotionModel, val_loader: DataLoader, device: torch.devi
 
 def speech_record(model: EmotionModel, corpus: Corpus) -> dict:
     """For a --speech_model run: the encoder (id, revision) and the learned weight of each of its layers."""
-    if not corpus.speech_shape()[0]:
+    if not corpus.speech_shape()[0] or "audio" not in model.config.modalities:
         return {}
     return {"speech_model": corpus.audio_settings,
             "speech_layer_weights": [round(w, 4) for w in model.audio.layer_weights().tolist()]}
@@ -272,15 +281,30 @@ def _resume(t: Training, run_dir: Path, args: argparse.Namespace, overrides: dic
     return progress, log
 
 
+def fit_decision_bias(model: EmotionModel, val_loader: DataLoader, device: torch.device,
+                      dtype: torch.dtype | None) -> dict:
+    """--imbalance val_bias: the per-class logit bias that maximises the validation sessions' macro-F1, fitted from
+    zero (so fitting again gives the same) and kept in the model; -> its record."""
+    model.logit_bias.zero_()
+    _, outputs = evaluate(model, val_loader, device, desc="decision bias", dtype=dtype)
+    bias = decision_bias(np.log(np.maximum(outputs["probs"], 1e-12)), outputs["labels"], outputs["first_label"])
+    model.logit_bias.copy_(torch.from_numpy(bias).float())
+    return {"decision_bias": {name: float(b) for name, b in zip(model.config.classes, bias)}}
+
+
 def _finish(t: Training, loaders: dict, run_dir: Path, corpus: Corpus, spec: DataSpec, progress: Progress,
-            log: list[dict], av_calibration: str) -> None:
-    """Rank 0 after the last epoch: curves, the selected model calibrated on validation and tested; results."""
+            log: list[dict], args: argparse.Namespace) -> None:
+    """Rank 0 after the last epoch: curves, the selected model calibrated on validation (arousal/valence, and the
+    decision bias with --imbalance val_bias) and tested; results."""
     plot_curves(log, run_dir / "curves.png", progress.best_epoch)
     best = load_checkpoint(run_dir / "best.pth", t.device)
     t.model.load_state_dict(best["model"])
     calibration = {}
-    if av_calibration == "val" and loaders["val"] is not None:
+    if args.av_calibration == "val" and loaders["val"] is not None:
         calibration = calibrate_av(t.model, loaders["val"], t.device, t.dtype)
+    if getattr(args, "imbalance", "none") == "val_bias" and loaders["val"] is not None:
+        calibration.update(fit_decision_bias(t.model, loaders["val"], t.device, t.dtype))
+    if calibration:
         atomic_torch_save({**best, "model": t.model.state_dict()}, run_dir / "best.pth")
     metrics, outputs = evaluate(t.model, loaders["test"], t.device, desc="test", dtype=t.dtype)
     shown = spec.record()
@@ -307,13 +331,16 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
         check_save_path(args.save_path)  # before any data is prepared
     # Data first: bad data stops the start before a run folder exists, so none is left behind.
     broadcast(prepare_data(spec) if rank == 0 else None, world_size)  # the others wait for rank 0
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model)
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model, spec.label_map)
     resumed = run_dir / "checkpoint.pth" if run_dir is not None and resume_overrides is not None else None
     config = (checkpoint_config(load_checkpoint(resumed), resumed) if resumed is not None and resumed.exists()
-              else ModelConfig.from_args(vars(args), corpus.speech_shape()))  # a resumed run: its own model
+              else ModelConfig.from_args(vars(args), corpus.speech_shape(), classes=tuple(corpus.classes),
+                                         modalities=parse_modalities(args.modalities, corpus.has_text),
+                                         arousal_valence=corpus.has_av))  # a resumed run: its own model
     pin = device.type == "cuda"
     loaders = {"train": make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers,
-                                    pin, num_replicas=world_size, rank=rank),
+                                    pin, num_replicas=world_size, rank=rank,
+                                    class_balanced=getattr(args, "imbalance", "none") == "sampler"),
                "val": make_loader(corpus, spec.val, args.ws, args.batch_size, False, args.seed, args.num_workers, pin,
                                   "--val_split") if spec.val else None,
                "test": make_loader(corpus, spec.test, args.ws, args.batch_size, False, args.seed, args.num_workers,
@@ -332,7 +359,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     save = {"config": config, "run_args": run_args, "features": corpus.audio_settings}
     fit(t, loaders, run_dir, progress, log, args.epochs, args.patience, save)
     if rank == 0:
-        _finish(t, loaders, run_dir, corpus, spec, progress, log, args.av_calibration)
+        _finish(t, loaders, run_dir, corpus, spec, progress, log, args)
     return run_dir
 
 
@@ -342,13 +369,14 @@ def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_c
     run_dir = find_run(name, save_path)
     model, saved, checkpoint = load_trained_model(run_dir / "best.pth", device)
     spec = resolve_data(saved)
-    missing = [folder for folder in spec.folders if not (folder / "annotation").is_dir()]
+    missing = [folder for folder, kind in zip(spec.folders, spec.kinds)
+               if not (folder / "annotation" if kind in KEMDY else folder).is_dir()]
     if missing:
         raise FlagError(f"the corpus of {run_dir.name} is not at {missing[0]} any more; --test_only needs it "
                         "(predict.py needs only the run folder)")
     prepare_data(spec)
     check_corpus_unchanged(run_dir, spec, allow_corpus_change)
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model)
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model, spec.label_map)
     test_loader = make_loader(corpus, spec.test, saved.ws, saved.batch_size, False, saved.seed, saved.num_workers,
                               device.type == "cuda", "--test_split")
     metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=amp_dtype(device, saved.amp))

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from constants import EMOTIONS
 from errors import FlagError, RunFolderError
 from protocol import format_split, prepare_data, resolve_data
-from utils import SUMMARY_METRICS, make_run_dir, write_json, write_text
+from utils import SUMMARY_METRICS, figure, make_run_dir, write_json, write_text
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -155,18 +154,25 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
     return folder
 
 
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample std over the runs that have the figure (None where none has: e.g. CCC without ratings)."""
+    present = np.array([v for v in values if v is not None], dtype=float)
+    if not len(present):
+        return None, None
+    return float(present.mean()), float(present.std(ddof=1)) if len(present) > 1 else 0.0
+
+
 def summarize_runs(folder: Path, runs: list[dict]) -> dict:
     """Mean and sample standard deviation over runs of every scalar test metric, and each run's values."""
     tests = [json.loads((folder / r["name"] / "results.json").read_text(encoding="utf-8"))["test"] for r in runs]
-    per_run = [{**r, **{m: t[m] for m in SUMMARY_METRICS}} for r, t in zip(runs, tests)]
-    values = {m: np.array([t[m] for t in tests]) for m in SUMMARY_METRICS}
+    per_run = [{**r, **{m: t.get(m) for m in SUMMARY_METRICS}} for r, t in zip(runs, tests)]
+    stats = {m: _mean_std([t.get(m) for t in tests]) for m in SUMMARY_METRICS}
     # Mean over the runs where the class has an F1 (None where no run's test split had or predicted it).
-    scored = {e: [t["per_class"][e]["f1"] for t in tests if t["per_class"][e]["f1"] is not None] for e in EMOTIONS}
-    per_class = {e: float(np.mean(f1s)) if f1s else None for e, f1s in scored.items()}
+    classes = list(dict.fromkeys(c for t in tests for c in t["per_class"]))
+    per_class = {c: _mean_std([t["per_class"].get(c, {}).get("f1") for t in tests])[0] for c in classes}
     return {"runs": per_run, "n_runs": len(runs), "n_seeds": len({r["seed"] for r in runs}),
             "n_folds": len({r["test_split"] for r in runs}),
-            "mean": {m: float(v.mean()) for m, v in values.items()},
-            "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
+            "mean": {m: mean for m, (mean, _) in stats.items()}, "std": {m: std for m, (_, std) in stats.items()},
             "mean_per_class_f1": per_class}
 
 
@@ -175,6 +181,6 @@ def summary_markdown(summary: dict) -> str:
     lines = ["| metric | mean ± std | " + " | ".join(r["name"] for r in runs) + " |",
              "| --- | --- | " + " | ".join("---" for _ in runs) + " |"]
     for m in SUMMARY_METRICS:
-        lines.append(f"| {m} | {summary['mean'][m]:.3f} ± {summary['std'][m]:.3f} | "
-                     + " | ".join(f"{r[m]:.3f}" for r in runs) + " |")
+        spread = "–" if summary["mean"][m] is None else f"{summary['mean'][m]:.3f} ± {summary['std'][m]:.3f}"
+        lines.append(f"| {m} | {spread} | " + " | ".join(figure(r[m]) for r in runs) + " |")
     return "\n".join(lines)

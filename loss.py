@@ -1,5 +1,6 @@
 """lam * L_emotion + (1 - lam) * (L_arousal + L_valence); L_emotion is KLDiv to the raters' soft target,
-L_arousal/L_valence are MSE (published) or 1 - CCC over the batch."""
+L_arousal/L_valence are MSE (published) or 1 - CCC over the batch's rated rows (a corpus or row without
+arousal/valence ratings has NaN targets, left out)."""
 import numpy as np
 import torch
 import torch.nn as nn
@@ -24,10 +25,21 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - 2 * covariance / (denominator + 1e-8)
 
 
+def inverse_frequency_weights(counts: np.ndarray) -> torch.Tensor:
+    """n / (classes * n_y) ("balanced" class weights, as scikit-learn's): 1 for every class of a balanced corpus.
+    A class with no training sample is counted as one, so its weight stays finite."""
+    counts = np.maximum(counts, 1)
+    return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+
 class EmotionLoss(nn.Module):
-    def __init__(self, lam: float, class_weights: torch.Tensor | None = None, av_loss: str = "mse"):
+    def __init__(self, lam: float, class_weights: torch.Tensor | None = None, av_loss: str = "mse",
+                 logit_adjustment: torch.Tensor | None = None):
         super().__init__()
         self.lam = lam
+        # Logit adjustment (Menon et al., ICLR 2021): training on logits + log(prior) makes the raw logits, used at
+        # inference, fit a balanced prior: rare classes are predicted more often.
+        self.register_buffer("logit_adjustment", logit_adjustment if logit_adjustment is not None else torch.zeros(0))
         # MSE pulls predictions towards the mean (it rewards shrinkage); 1 - CCC scores what the benchmark
         # scores: correlation, and matching mean and spread (the usual dimensional-emotion loss since AVEC).
         self.av_loss = {"mse": F.mse_loss, "ccc": ccc_loss}[av_loss]
@@ -35,13 +47,20 @@ class EmotionLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, av_pred: torch.Tensor, soft_target: torch.Tensor,
                 av_target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        log_p = F.log_softmax(logits.float(), dim=1)
+        log_p = F.log_softmax(logits.float() + self.logit_adjustment if self.logit_adjustment.numel()
+                              else logits.float(), dim=1)
         # KL(target || p) per class; with one-hot targets and class weights this is Cui's CB cross-entropy.
         kl = torch.xlogy(soft_target, soft_target) - soft_target * log_p
         if self.class_weights.numel():
             kl = kl * self.class_weights
         emotion = kl.sum(1).mean()
-        arousal = self.av_loss(av_pred[:, 0].float(), av_target[:, 0])
-        valence = self.av_loss(av_pred[:, 1].float(), av_target[:, 1])
+        arousal, valence = (self._rated(av_pred[:, k].float(), av_target[:, k]) for k in (0, 1))
         total = self.lam * emotion + (1 - self.lam) * (arousal + valence)
         return total, {"emotion": emotion.item(), "arousal": arousal.item(), "valence": valence.item()}
+
+    def _rated(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The arousal/valence loss over the rows that are rated (targets not NaN); 0 where none is."""
+        rated = torch.isfinite(target)
+        if bool(rated.all()):  # every KEMDy row: the loss as it always was
+            return self.av_loss(pred, target)
+        return self.av_loss(pred[rated], target[rated]) if bool(rated.any()) else pred.sum() * 0.0

@@ -1,6 +1,6 @@
 """Emotion scores (the contest's instance-level P/R/F1 and standard per-utterance scores) and CCC."""
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
 
 from constants import EMOTIONS
 
@@ -40,33 +40,68 @@ def av_calibration(target: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np
     return scale, target.mean(0) - scale * pred.mean(0)
 
 
+def masked_ccc(target: np.ndarray, pred: np.ndarray) -> float | None:
+    """CCC over the rows whose target is rated (not NaN); None where none is (a corpus without the scale)."""
+    rated = np.isfinite(target)
+    return ccc(target[rated], pred[rated]) if rated.any() else None
+
+
 def emotion_metrics(probs: np.ndarray, av_pred: np.ndarray, labels: np.ndarray, first_label: np.ndarray,
-                    av_true: np.ndarray) -> dict:
-    """Every test metric of results.json; arrays hold one row per utterance, av columns (arousal, valence)."""
+                    av_true: np.ndarray, classes: list[str] | tuple[str, ...] = tuple(EMOTIONS)) -> dict:
+    """Every test metric of results.json; arrays hold one row per utterance, probabilities and labels one column
+    per class of `classes`, av columns (arousal, valence), NaN where not rated. UA (unweighted accuracy) is the
+    mean of the per-class recalls over the classes in the truth; accuracy is WA (weighted accuracy)."""
     pred = probs.argmax(1)
     true = resolve_ties(pred, labels, first_label)
-    classes = list(range(len(EMOTIONS)))
-    precision, recall, f1, support = precision_recall_fscore_support(true, pred, labels=classes, zero_division=0)
-    present = (support > 0) | np.isin(classes, pred)  # in the truth or the predictions
+    index = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(true, pred, labels=index, zero_division=0)
+    present = (support > 0) | np.isin(index, pred)  # in the truth or the predictions
     instance_p, instance_r, instance_f = instance_prf(probs, labels)
     return {
         "instance_precision": instance_p, "instance_recall": instance_r, "instance_f1": instance_f,
         "accuracy": float(accuracy_score(true, pred)),
+        "ua": float(recall_score(true, pred, labels=np.unique(true), average="macro", zero_division=0)),
         # Over the classes in the truth or the predictions (scikit-learn's default): a class absent from both
         # has no F1 to average (a fold without a single fear utterance is not a fear F1 of 0).
         "macro_f1": float(f1_score(true, pred, labels=np.union1d(true, pred), average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(true, pred, labels=classes, average="weighted", zero_division=0)),
-        "ccc_arousal": ccc(av_true[:, 0], av_pred[:, 0]), "ccc_valence": ccc(av_true[:, 1], av_pred[:, 1]),
+        "weighted_f1": float(f1_score(true, pred, labels=index, average="weighted", zero_division=0)),
+        "ccc_arousal": masked_ccc(av_true[:, 0], av_pred[:, 0]), "ccc_valence": masked_ccc(av_true[:, 1], av_pred[:, 1]),
         # A class absent from the truth and never predicted has no precision, recall or F1 (None; macro-F1
         # leaves it out too); predicted but absent, it has precision and F1 0 and no recall.
         "per_class": {name: {"precision": float(precision[i]) if present[i] else None,
                              "recall": float(recall[i]) if support[i] else None,
                              "f1": float(f1[i]) if present[i] else None,
-                             "support": int(support[i])} for i, name in enumerate(EMOTIONS)},
-        "confusion": confusion_matrix(true, pred, labels=classes).tolist(),
+                             "support": int(support[i])} for i, name in enumerate(classes)},
+        "confusion": confusion_matrix(true, pred, labels=index).tolist(),
     }
 
 
+def decision_bias(logits: np.ndarray, labels: np.ndarray, first_label: np.ndarray,
+                  grid: np.ndarray = np.arange(-3.0, 3.01, 0.25), passes: int = 2) -> np.ndarray:
+    """A per-class bias to add to the logits that maximises macro-F1 on the given (validation) rows: coordinate
+    ascent over `grid`, class by class, `passes` times, starting from zero and keeping a change only if it
+    improves (ties keep the smaller move), so the result is deterministic. The decision-threshold adjustment of
+    imbalanced classification, fitted on held-out data rather than the training prior."""
+    bias = np.zeros(logits.shape[1])
+
+    def score(b: np.ndarray) -> float:
+        pred = (logits + b).argmax(1)
+        true = resolve_ties(pred, labels, first_label)
+        return f1_score(true, pred, labels=np.union1d(true, pred), average="macro", zero_division=0)
+
+    best = score(bias)
+    for _ in range(passes):
+        for c in range(logits.shape[1]):
+            for value in sorted(grid, key=abs):
+                trial = bias.copy()
+                trial[c] = value
+                if (s := score(trial)) > best:
+                    best, bias = s, trial
+    return bias
+
+
 def selection_score(metrics: dict) -> float:
-    """Validation score that picks the best epoch: mean of macro-F1 and the two CCCs."""
-    return (metrics["macro_f1"] + metrics["ccc_arousal"] + metrics["ccc_valence"]) / 3
+    """Validation score that picks the best epoch: mean of macro-F1 and the two CCCs (macro-F1 alone for a corpus
+    without arousal/valence)."""
+    scores = [metrics[k] for k in ("macro_f1", "ccc_arousal", "ccc_valence") if metrics[k] is not None]
+    return sum(scores) / len(scores)

@@ -155,18 +155,22 @@ class ModelConfig:
     time_mask: int = 20  # SpecAugment: widest time mask in frames, 0 = off
     speech_layers: int = 0  # > 0: a speech model's pooled layers (L rows of width 2 * speech_dim), not log-mel
     speech_dim: int = 0
+    classes: tuple[str, ...] = tuple(EMOTIONS)  # the corpus's emotion classes (KEMDy's seven by default)
+    modalities: tuple[str, ...] = ("audio", "text")  # what the fusion sees; ("audio",) or ("text",) as ablations
+    arousal_valence: bool = True  # whether the corpus rates arousal/valence (else those heads are not trained)
 
     @classmethod
-    def from_args(cls, args: dict, speech_shape: tuple[int, int] | None = None) -> "ModelConfig":
+    def from_args(cls, args: dict, speech_shape: tuple[int, int] | None = None, **corpus) -> "ModelConfig":
         """The config of a run's arguments (main.py's flags, as a dict). Arguments a run saved by an earlier
-        version lacks take the values of that version: no SpecAugment, no speech model. `speech_shape` is the
-        (layers, width) of the --speech_model cache (default: what `args` recorded)."""
+        version lacks take the values of that version: no SpecAugment, no speech model, KEMDy's classes.
+        `speech_shape` is the (layers, width) of the --speech_model cache (default: what `args` recorded);
+        `corpus` gives what the corpus decides: classes, modalities, arousal_valence."""
         layers, width = speech_shape or (args.get("speech_layers", 0), args.get("speech_dim", 0))
         return cls(text_dim=args["text_dim"], audio_dim=args["audio_dim"], hidden_size=args["hidden_size"],
                    num_layers=args["num_layers"], bidirectional=args["bidirectional"], backbone=args["backbone"],
                    emotion_concat=not args["no_cat"], dropout=args["dropout"], audio_pool=args["audio_pool"],
                    direct=not args["no_direct"], freq_mask=args.get("freq_mask", 0),
-                   time_mask=args.get("time_mask", 0), speech_layers=layers, speech_dim=width)
+                   time_mask=args.get("time_mask", 0), speech_layers=layers, speech_dim=width, **corpus)
 
 
 class EmotionModel(nn.Module):
@@ -174,12 +178,14 @@ class EmotionModel(nn.Module):
         super().__init__()
         c = self.config = config
         # Log-mel spectrograms through the CNN, or with speech_layers > 0 a speech model's pooled layers.
-        self.audio = (SpeechEncoder(c.speech_layers, c.speech_dim, c.audio_dim, c.dropout) if c.speech_layers else
-                      AudioEncoder(c.audio_dim, pool=c.audio_pool, freq_mask=c.freq_mask, time_mask=c.time_mask,
-                                   dropout=c.dropout))
-        self.text_norm = nn.LayerNorm(c.text_dim)
-        self.fuse = nn.Sequential(nn.Linear(c.audio_dim + c.text_dim, c.hidden_size), nn.ReLU(inplace=True),
-                                  nn.Dropout(c.dropout))
+        if "audio" in c.modalities:
+            self.audio = (SpeechEncoder(c.speech_layers, c.speech_dim, c.audio_dim, c.dropout) if c.speech_layers
+                          else AudioEncoder(c.audio_dim, pool=c.audio_pool, freq_mask=c.freq_mask,
+                                            time_mask=c.time_mask, dropout=c.dropout))
+        if "text" in c.modalities:
+            self.text_norm = nn.LayerNorm(c.text_dim)
+        width = (c.audio_dim if "audio" in c.modalities else 0) + (c.text_dim if "text" in c.modalities else 0)
+        self.fuse = nn.Sequential(nn.Linear(width, c.hidden_size), nn.ReLU(inplace=True), nn.Dropout(c.dropout))
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[c.backbone]
         self.rnn = rnn(c.hidden_size + 1, c.hidden_size, num_layers=c.num_layers, batch_first=True,
                        bidirectional=c.bidirectional, dropout=c.dropout if c.num_layers > 1 else 0.0)
@@ -187,9 +193,9 @@ class EmotionModel(nn.Module):
         # of it survives the recurrent steps (the context says how to read the target; it does not replace it).
         self.direct = c.direct
         out_dim = c.hidden_size * (2 if c.bidirectional else 1) + (c.hidden_size if c.direct else 0)
-        self.emotion_head = nn.Linear(out_dim, len(EMOTIONS))
+        self.emotion_head = nn.Linear(out_dim, len(c.classes))
         self.emotion_concat = c.emotion_concat
-        trunk_in = out_dim + (len(EMOTIONS) if c.emotion_concat else 0)
+        trunk_in = out_dim + (len(c.classes) if c.emotion_concat else 0)
         self.av_trunk = nn.Sequential(nn.Linear(trunk_in, c.hidden_size // 2), nn.ReLU(inplace=True),
                                       nn.Dropout(c.dropout))
         self.arousal_head = nn.Linear(c.hidden_size // 2, 1)
@@ -198,6 +204,9 @@ class EmotionModel(nn.Module):
         # until then): MSE training shrinks predictions towards the mean, which CCC penalises.
         for name, value in _identity_av_map().items():
             self.register_buffer(name, value)
+        # A per-class bias added to the emotion logits, fitted on the validation sessions (--imbalance val_bias);
+        # zero until then.
+        self.register_buffer("logit_bias", torch.zeros(len(c.classes)))
 
     def set_av_calibration(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
         self.av_scale.copy_(scale)
@@ -209,7 +218,7 @@ class EmotionModel(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         # Runs saved before the calibration existed load with the identity map (their raw outputs).
-        for name, value in _identity_av_map().items():
+        for name, value in {**_identity_av_map(), "logit_bias": torch.zeros(len(self.config.classes))}.items():
             state_dict.setdefault(prefix + name, value)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -218,9 +227,11 @@ class EmotionModel(nn.Module):
         """spec: packed frames of the batch's distinct utterances (see AudioEncoder), text: their
         embeddings; slots (B, ws): index into them, -1 = padding. The last slot is the target.
 
-        Returns emotion logits (B, 7) and arousal/valence (B, 2) in [1, 5].
+        Returns emotion logits (B, classes) and arousal/valence (B, 2) in [1, 5].
         """
-        steps = self.fuse(torch.cat([self.audio(spec, spec_lengths), self.text_norm(text)], dim=1))
+        parts = ([self.audio(spec, spec_lengths)] if "audio" in self.config.modalities else []) + (
+            [self.text_norm(text)] if "text" in self.config.modalities else [])
+        steps = self.fuse(torch.cat(parts, dim=1))
         valid = (slots >= 0).unsqueeze(-1).to(steps.dtype)
         # Gather each utterance's step features into its windows (B, ws, hidden) as a product with a
         # one-hot selector: its backward is a matmul, deterministic on CPU, where the backward of
@@ -233,4 +244,4 @@ class EmotionModel(nn.Module):
         trunk_in = torch.cat([features, F.softmax(logits, dim=1)], dim=1) if self.emotion_concat else features
         trunk = self.av_trunk(trunk_in)
         av = torch.cat([self.arousal_head(trunk), self.valence_head(trunk)], dim=1)
-        return logits, ((1 + 4 * torch.sigmoid(av)) * self.av_scale + self.av_shift).clamp(1, 5)
+        return logits + self.logit_bias, ((1 + 4 * torch.sigmoid(av)) * self.av_scale + self.av_shift).clamp(1, 5)

@@ -5,7 +5,7 @@ The model's defaults are ModelConfig's (the recipe's), so the CLI and the model 
 """
 import argparse
 
-from constants import DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, PROTOCOLS, SAMPLE_RATE
+from constants import CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, SAMPLE_RATE
 from errors import FlagError
 from model import ModelConfig
 
@@ -22,8 +22,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
       help="KEMDy19 or KEMDy20 folder, or both separated by a comma to train on their union (sessions then read "
            "19_03, 20_03); if it is the default and empty, the synthetic demo corpus is made there "
            "(default: %(default)s)")
-    a("--corpus", choices=["auto", *PROTOCOLS], default="auto",
-      help="which corpus --data_dir holds; auto = from its annotation file names (default: %(default)s)")
+    a("--corpus", choices=["auto", *CORPUS_NAMES], default="auto",
+      help="which corpus --data_dir holds (csv = a folder with a manifest.csv); auto = from its annotation file names "
+           "or file layout (default: %(default)s)")
     a("--cache_dir", default=None, metavar="DIR",
       help="where preprocessing's derived files (tables, embeddings, feature caches) are: DIR/<corpus folder name> "
            "instead of the corpus folder, e.g. for a corpus on read-only storage (default: the corpus folder)")
@@ -34,6 +35,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
            "wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) instead of log-mel spectrograms (default: log-mel)")
     a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
     a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
+    a("--modalities", default=None, help="what the model (or baseline) sees: audio,text, audio or text (default: "
+                                         "audio,text where the corpus has transcripts, else audio)")
+    a("--label_map", default=None, metavar="LABEL:NEW,...",
+      help="merge, rename or drop classes before training, e.g. calm:neutral (RAVDESS's 7-class protocol) or "
+           "surprised: (drop); recorded in the run (default: the corpus's own classes)")
     a("--test_split", default=None, help="test sessions, e.g. [13,14,15,16] or 13,14,15,16 (default: the corpus's "
                                          "published test split: KEMDy19 13-16, KEMDy20 33-40)")
     a("--val_split", default="auto", help="validation sessions held out of training: a list, 'auto' (the two sessions "
@@ -81,6 +87,11 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
       help="optimizer; adamw decouples --weight_decay from the gradient (default: %(default)s)")
     a("--loss", choices=["normal", "cbloss"], default="normal", help="normal = KLDiv + MSE; cbloss = class-balanced "
                                                                      "emotion term (default: %(default)s)")
+    a("--imbalance", choices=["none", "weight", "sampler", "logit_adjust", "val_bias"], default="none",
+      help="for skewed classes: weight = the emotion loss weighted by inverse class frequency; sampler = training "
+           "windows drawn class-balanced; logit_adjust = the loss on logits + log prior (Menon et al. 2021); "
+           "val_bias = after training, a per-class logit bias fitted on the validation sessions' macro-F1 "
+           "(--loss cbloss is the class-balanced loss) (default: %(default)s)")
     a("--av_loss", choices=["mse", "ccc"], default="mse",
       help="arousal/valence loss: mse (published) or 1 - CCC over the batch (default: %(default)s)")
     a("--av_calibration", choices=["val", "none"], default="val",
@@ -140,6 +151,19 @@ def check_args(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise FlagError(message)
+
+
+def parse_modalities(text: str | None, has_text: bool) -> tuple[str, ...]:
+    """--modalities -> ("audio", "text"), ("audio",) or ("text",); FlagError for anything else, or for text on a
+    corpus without transcripts. Unset: audio and text where the corpus has transcripts, else audio."""
+    if text is None:
+        return ("audio", "text") if has_text else ("audio",)
+    chosen = tuple(m for m in ("audio", "text") if m in {p.strip() for p in text.split(",")})
+    if not chosen or len(chosen) != len([p for p in text.split(",") if p.strip()]):
+        raise FlagError(f"--modalities '{text}' must be audio,text, audio or text")
+    if "text" in chosen and not has_text:
+        raise FlagError(f"--modalities {text}: the corpus has no transcripts; use --modalities audio")
+    return chosen
 
 
 def explicit_flags(argv: list[str]) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from constants import EMOTIONS, N_FFT
+from constants import N_FFT
 from dataset import assemble_batch, context_windows
 from errors import CorpusError, FlagError, RunFolderError, one_line_errors
 from model import MODEL_INPUTS
@@ -128,15 +128,18 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
     else:  # each utterance alone: a window of padding and itself
         windows = np.full((len(kept), run_args.ws), -1)
         windows[:, -1] = np.arange(len(kept))
-    embeddings = run_text_encoder(run_dir, model.config.text_dim, trust_pickle)(kept_texts)
+    embeddings = (run_text_encoder(run_dir, model.config.text_dim, trust_pickle)(kept_texts)
+                  if "text" in model.config.modalities else np.zeros((len(kept), model.config.text_dim), np.float32))
     batch = assemble_batch(frames, offsets, lengths, embeddings, windows)
     logits, av = model(*(batch[k].to(device) for k in MODEL_INPUTS))
     probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
     table = pd.DataFrame({"file": [str(p) for p in kept]})
-    for i, name in enumerate(EMOTIONS):
+    classes = model.config.classes  # the corpus's own classes, as the run was trained
+    for i, name in enumerate(classes):
         table[name] = probs[:, i]
-    table["emotion"] = [EMOTIONS[i] for i in probs.argmax(1)]
-    table["arousal"], table["valence"] = av[:, 0].cpu().numpy(), av[:, 1].cpu().numpy()
+    table["emotion"] = [classes[i] for i in probs.argmax(1)]
+    if model.config.arousal_valence:
+        table["arousal"], table["valence"] = av[:, 0].cpu().numpy(), av[:, 1].cpu().numpy()
     table["note"] = notes
     return table
 

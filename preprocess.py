@@ -19,6 +19,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -30,11 +31,12 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
-from constants import (DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO, DEFAULT_TEXT_ENCODER_REAL,
-                       DEMO_MARKER_FILE, EMOTIONS, F_MAX, F_MIN, HOP_LENGTH, LOG_OFFSET, MANIFEST, N_FFT, N_MELS,
-                       PROTOCOLS, SAMPLE_RATE, SUMMARY)
+from constants import (CORPUS_NAMES, DEFAULT_DATA_DIR, KEMDY20_CLASS_COUNTS, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
+                       DEFAULT_TEXT_ENCODER_REAL, DEMO_MARKER_FILE, F_MAX, F_MIN, HOP_LENGTH, KEMDY, LOG_OFFSET,
+                       MANIFEST, N_FFT, N_MELS, SAMPLE_RATE, SUMMARY, WAVS)
 from errors import CorpusError, one_line_errors
-from readers import FileIndex, annotation_files, detect_corpus, read_corpus, segment_relpath
+from corpora import detect_corpus, read_any, source_files
+from readers import FileIndex
 from speech_features import build_speech_cache, load_speech_config
 from text_encoder import (check_text_encoder, embedding_paths, fit_tfidf, save_tfidf, tfidf_embeddings, tfidf_exists,
                           transformer_embeddings)
@@ -82,7 +84,12 @@ def read_audio(path: Path) -> tuple[np.ndarray, list[str]]:
     if np.abs(mono).max() < SILENCE_PEAK:
         notes.append("silent (no sample above -60 dBFS)")
     if rate != SAMPLE_RATE:
-        mono = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, SAMPLE_RATE).numpy()
+        # Polyphase resampling costs (reduced target rate) x (reduced source rate) weights: nothing for 48, 44.1,
+        # 22.05 or 8 kHz, but 8000 x 12227 for TESS's 24,414 Hz (400 MB, seconds per clip). Such a rate goes
+        # through the nearest fraction with a denominator up to 1000 (a time stretch under 0.01 %).
+        ratio = Fraction(SAMPLE_RATE, rate).limit_denominator(1000)
+        mono = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), ratio.denominator,
+                                              ratio.numerator).numpy()
     return mono, notes
 
 
@@ -149,16 +156,20 @@ def build_spectrogram_cache(out: Path, wav_paths: dict[str, Path]) -> tuple[dict
     return failed, notes
 
 
-def default_text_encoder(data_dir: str | Path) -> str:
-    return DEFAULT_TEXT_ENCODER_DEMO if is_demo_corpus(data_dir) else DEFAULT_TEXT_ENCODER_REAL
+def default_text_encoder(data_dir: str | Path, kind: str) -> str:
+    """KoBERT (published) for real KEMDy; the offline TF-IDF for the demo and for the other corpora (their text, if
+    any, is a carrier sentence in another language)."""
+    return DEFAULT_TEXT_ENCODER_REAL if kind in KEMDY and not is_demo_corpus(data_dir) else DEFAULT_TEXT_ENCODER_DEMO
 
 
 def build_embeddings(out: Path, table: pd.DataFrame, text_encoder: str, text_dim: int, seed: int) -> None:
     """embedding_<dim>.npy (+ .json): one sentence embedding per Segment ID."""
     npy_path, meta_path, tfidf_path = embedding_paths(out, text_dim)
     texts_by_id = table.drop_duplicates("Segment ID").set_index("Segment ID")["text"]
-    ids, texts = texts_by_id.index.tolist(), texts_by_id.fillna("").tolist()
-    if text_encoder == "tfidf":
+    ids, texts = texts_by_id.index.tolist(), texts_by_id.fillna("").astype(str).tolist()
+    if not any(t.strip() for t in texts):  # a corpus without transcripts (EmoDB): zero vectors, no encoder
+        text_encoder, vectors = "none", np.zeros((len(texts), text_dim), np.float32)
+    elif text_encoder == "tfidf":
         pipeline = fit_tfidf(texts, text_dim, seed)
         vectors = tfidf_embeddings(texts, pipeline, text_dim)
         save_tfidf(pipeline, tfidf_path)
@@ -201,11 +212,9 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     data_dir = Path(data_dir)
     out = cache_folder(data_dir, cache_dir)
     kind = detect_corpus(data_dir, corpus)  # --corpus can only confirm what the files say
-    files = annotation_files(data_dir, kind)
-    print(f"{data_dir}: {PROTOCOLS[kind].name} layout (from its annotation file names)"
-          + (f"; derived files in {out}" if out != data_dir else ""))
-    text_encoder = text_encoder or default_text_encoder(data_dir)
-    wavs = FileIndex(data_dir / "wav")
+    files, wavs = source_files(data_dir, kind)
+    print(f"{data_dir}: {CORPUS_NAMES[kind]} layout" + (f"; derived files in {out}" if out != data_dir else ""))
+    text_encoder = text_encoder or default_text_encoder(data_dir, kind)
     sources = fingerprint(data_dir, files + wavs.with_suffixes(".wav", ".txt"))
     npy_path, meta_path, tfidf_base = embedding_paths(out, text_dim)
     wanted_embedding = {"encoder": text_encoder, "sources": sources}
@@ -224,7 +233,7 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
                                   "date: " + ("pass --cache_dir DIR to write the derived files there instead"
                                               if cache_dir is None else "choose a --cache_dir that can be written"))
         manifest = _read_json(out / MANIFEST)
-        outputs = [out / n for n in ("annotation.csv", "df_speaker.csv", "df_listener.csv", SUMMARY,
+        outputs = [out / n for n in ("annotation.csv", "df_speaker.csv", "df_listener.csv", SUMMARY, WAVS,
                                      "features/logmel.npy", "features/logmel.json")]
         table = None
         if (manifest.get("sources") == sources and manifest.get("features") == feature_settings()
@@ -235,10 +244,10 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             if manifest.get("corpus_dir", str(data_dir.resolve())) != str(data_dir.resolve()):
                 print(f"note: {out} held the derived files of {manifest['corpus_dir']}, which differ: they are "
                       f"rebuilt for {data_dir.resolve()}")
-            table, summary, seconds["spectrograms"] = build_tables(data_dir, out, kind, files, wavs)
+            table, summary, facts, seconds["spectrograms"] = build_tables(data_dir, out, kind, files, wavs)
             write_json(out / SUMMARY, summary)
             manifest = {"sources": sources, "features": feature_settings(), "corpus": kind,
-                        "corpus_dir": str(data_dir.resolve())}
+                        "corpus_dir": str(data_dir.resolve()), "facts": facts}
             write_json(out / MANIFEST, manifest)
         if out != data_dir and given_embedding.exists() and not npy_path.exists() and not meta_path.exists():
             may_write("sentence embeddings")
@@ -246,7 +255,7 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         if npy_path.exists() and not meta_path.exists():
             print(f"using {npy_path} as given (not made by this repo; e.g. the contest's KoBERT embeddings)")
         elif (manifest.get("embedding", {}).get(str(text_dim)) == wanted_embedding and npy_path.exists()
-              and (text_encoder != "tfidf" or tfidf_exists(tfidf_base))):
+              and (text_encoder != "tfidf" or tfidf_exists(tfidf_base) or _read_json(meta_path)["encoder"] == "none")):
             print(f"{npy_path.name} ({text_encoder}) is up to date")
         else:
             may_write("sentence embeddings")
@@ -257,21 +266,26 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             manifest.setdefault("embedding", {})[str(text_dim)] = wanted_embedding
             write_json(out / MANIFEST, manifest)
         if speech_model:
-            table = pd.read_csv(out / "annotation.csv", keep_default_na=False) if table is None else table
-            seg_ids = sorted(table["Segment ID"].unique())
-            paths = [wavs.get(segment_relpath(s, ".wav")) for s in seg_ids]
-            seconds["speech"] = build_speech_cache(out, seg_ids, paths, speech_model, sources, load_audio,
-                                                   may_write=may_write)
+            paths = corpus_wavs(out, data_dir)
+            seg_ids = sorted(paths)
+            seconds["speech"] = build_speech_cache(out, seg_ids, [paths[s] for s in seg_ids], speech_model, sources,
+                                                   load_audio, may_write=may_write)
     summary = _read_json(out / SUMMARY)
     print_summary(summary, data_dir)
     return {**summary, "seconds": seconds}
 
 
+def corpus_wavs(out: Path, data_dir: Path) -> dict[str, Path]:
+    """Segment ID -> its wav, from the cache folder's record of the corpus at `data_dir` (wavs.json)."""
+    return {seg_id: data_dir / rel for seg_id, rel in _read_json(out / WAVS).items()}
+
+
 def build_tables(data_dir: Path, out: Path, kind: str, files: list[Path],
-                 wavs: FileIndex) -> tuple[pd.DataFrame, dict, float]:
-    """Read the corpus, cache the spectrograms of its wavs and write the tables -> (table, summary, seconds spent
-    on the spectrograms)."""
-    table, wav_paths, report = read_corpus(data_dir, kind, files, wavs)
+                 wavs: FileIndex) -> tuple[pd.DataFrame, dict, dict, float]:
+    """Read the corpus, cache the spectrograms of its wavs and write the tables and wavs.json -> (table, summary,
+    the corpus's facts: classes, session names, transcripts and arousal/valence or not, seconds spent on the
+    spectrograms)."""
+    table, wav_paths, report, facts = read_any(data_dir, kind, files, wavs)
     started = time.perf_counter()
     failed, notes = build_spectrogram_cache(out, wav_paths)
     spent = time.perf_counter() - started
@@ -283,10 +297,11 @@ def build_tables(data_dir: Path, out: Path, kind: str, files: list[Path],
     for name, rows in (("annotation.csv", table), ("df_speaker.csv", table[table.role == "speaker"]),
                        ("df_listener.csv", table[table.role == "listener"])):
         write_text(out / name, rows.to_csv(index=False))
-    return table, summarize(table, report, notes, kind), spent
+    write_json(out / WAVS, {s: os.path.relpath(wav_paths[s], data_dir) for s in sorted(table["Segment ID"].unique())})
+    return table, summarize(table, report, notes, kind, facts["classes"]), facts, spent
 
 
-def summarize(table: pd.DataFrame, report, audio_notes: dict[str, list[str]], kind: str) -> dict:
+def summarize(table: pd.DataFrame, report, audio_notes: dict[str, list[str]], kind: str, classes: list[str]) -> dict:
     """Rows per role and class; every repaired row (file, line, old -> new ID, evidence); every dropped row by
     reason; rows kept with a remark (no transcript, a rater cell left blank, an unannotated wav); noted audio."""
     summary = {"corpus": kind, "rows": len(table), "utterances": int(table["Segment ID"].nunique()),
@@ -301,7 +316,7 @@ def summarize(table: pd.DataFrame, report, audio_notes: dict[str, list[str]], ki
         tied = rows["Emotion"].str.contains(";")
         counts = rows.loc[~tied, "Emotion"].value_counts()
         summary["roles"][role] = {"rows": len(rows), "tied": int(tied.sum()),
-                                  "classes": {e: int(counts.get(e, 0)) for e in EMOTIONS}}
+                                  "classes": {e: int(counts.get(e, 0)) for e in classes}}
     return summary
 
 
@@ -311,7 +326,7 @@ def _listed(names: list[str], limit: int = 20) -> str:
 
 
 def print_summary(summary: dict, data_dir: Path) -> None:
-    name = PROTOCOLS[summary.get("corpus", "kemdy19")].name
+    name = CORPUS_NAMES[summary.get("corpus", "kemdy19")]
     demo = f" (synthetic demo corpus in the {name} layout, not {name})" if is_demo_corpus(data_dir) else f" ({name})"
     print(f"{data_dir}{demo}: {summary['rows']} rows, {summary['utterances']} utterances")
     for role, info in summary["roles"].items():
@@ -337,10 +352,10 @@ def print_summary(summary: dict, data_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="raw KEMDy19 or KEMDy20 folder (default: %(default)s)")
-    parser.add_argument("--corpus", choices=["auto", *PROTOCOLS], default="auto",
-                        help="which corpus layout --data_dir holds; auto = from the annotation file names "
-                             "(default: %(default)s)")
-    parser.add_argument("--layout", choices=list(PROTOCOLS), default="kemdy19",
+    parser.add_argument("--corpus", choices=["auto", *CORPUS_NAMES], default="auto",
+                        help="which corpus --data_dir holds (csv = a folder with a manifest.csv); auto = from its "
+                             "annotation file names or file layout (default: %(default)s)")
+    parser.add_argument("--layout", choices=list(KEMDY), default="kemdy19",
                         help="--make_demo: the corpus layout to write (default: %(default)s)")
     parser.add_argument("--make_demo", metavar="DIR", help="write a synthetic demo corpus to DIR and exit")
     parser.add_argument("--text_encoder", default=None,
@@ -360,12 +375,16 @@ def main() -> None:
     parser.add_argument("--scripts", type=int, default=1, help="demo: scripted dialogues per session (default: %(default)s)")
     parser.add_argument("--impros", type=int, default=1, help="demo: improvised dialogues per session (default: %(default)s)")
     parser.add_argument("--turns", type=int, default=20, help="demo: utterances per dialogue (default: %(default)s)")
+    parser.add_argument("--class_shares", choices=["dialogue", "kemdy20"], default="dialogue",
+                        help="demo: emotions from sticky dialogue dynamics, or drawn with KEMDy20's real class shares "
+                             "(82%% neutral; a skewed corpus) (default: %(default)s)")
     args = parser.parse_args()
     with one_line_errors():
         if args.make_demo:
             from demo_corpus import make_demo_corpus
             make_demo_corpus(args.make_demo, args.seed, args.sessions, args.scripts, args.impros, args.turns,
-                             layout=args.layout)
+                             layout=args.layout,
+                             class_shares=KEMDY20_CLASS_COUNTS if args.class_shares == "kemdy20" else None)
             print(f"demo corpus written to {args.make_demo}; next: python preprocess.py --data_dir {args.make_demo}")
         else:
             preprocess(args.data_dir, args.text_encoder, args.text_dim, args.seed, args.speech_model, args.corpus,

@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from constants import CORPUS_CODES, DEFAULT_DATA_DIR, PROTOCOLS
+from constants import CORPUS_CODES, CORPUS_NAMES, DEFAULT_DATA_DIR, KEMDY, PROTOCOLS, Protocol, manifest_protocol
+from corpora import detect_corpus, manifest_sessions, session_names
 from errors import FlagError
 from preprocess import is_demo_corpus, preprocess
-from readers import detect_corpus
 from utils import cache_folder, split_data_dir
 
 
@@ -31,6 +31,8 @@ class DataSpec:
     val: tuple[int, ...]
     test: tuple[int, ...]
     cv_folds: tuple[tuple[int, ...], ...]  # the test sessions of each cross-validation fold
+    names: tuple[str, ...] = ()  # one corpus with named sessions (speakers): the name of session k is names[k - 1]
+    label_map: tuple[tuple[str, str], ...] = ()  # --label_map: (label, what it becomes; "" = dropped)
 
     @property
     def caches(self) -> list[Path]:
@@ -41,12 +43,17 @@ class DataSpec:
         """The resolved values of the data flags, as a run records them (args.json, checkpoints): running again
         with them resolves to this same DataSpec from any directory."""
         return {"data_dir": ",".join(map(str, self.folders)),
-                "cache_dir": str(self.cache_dir) if self.cache_dir else None, "corpus": self.kinds[0] if len(self.kinds) == 1 else "auto", "speech_model": self.speech_model,
+                "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+                "corpus": self.kinds[0] if len(self.kinds) == 1 else "auto", "speech_model": self.speech_model,
                 "test_split": format_split(self.test), "cv_folds": ";".join(map(format_split, self.cv_folds))}
+
+    def label(self, key: int) -> int | str:
+        """A session as shown: its name (a speaker) where the corpus names them, else its number."""
+        return self.names[key - 1] if self.names else session_label(key)
 
     def record(self) -> dict[str, list]:
         """The sessions as results.json and the console show them."""
-        return {name: [session_label(k) for k in keys] for name, keys in
+        return {name: [self.label(k) for k in keys] for name, keys in
                 (("train", self.train), ("val", self.val), ("test", self.test))}
 
 
@@ -59,13 +66,15 @@ def format_split(keys: tuple[int, ...] | list[int]) -> str:
     return ",".join(str(session_label(k)) for k in keys)
 
 
-def parse_sessions(text: str, flag: str, n_sessions: int) -> list[int]:
-    """'[13,14,15,16]' or '13,14,15,16' -> [13, 14, 15, 16]; anything else raises FlagError naming `flag`."""
+def parse_sessions(text: str, flag: str, n_sessions: int, names: tuple[str, ...] = ()) -> list[int]:
+    """'[13,14,15,16]' or '13,14,15,16' -> [13, 14, 15, 16] (or session names, where the corpus names them);
+    anything else raises FlagError naming `flag`."""
     items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
     try:
-        sessions = [int(s) for s in items]
+        sessions = [names.index(s) + 1 if s in names else int(s) for s in items]
     except ValueError:
-        raise FlagError(f"{flag} '{text}' is not a list of session numbers like 13,14,15,16") from None
+        raise FlagError(f"{flag} '{text}' is not a list of session numbers like 13,14,15,16"
+                        + (f" or names like {names[0]}" if names else "")) from None
     bad = [s for s in sessions if not 1 <= s <= n_sessions]
     if not sessions or bad:
         raise FlagError(f"{flag} '{text}' must name sessions from 1 to {n_sessions}"
@@ -73,10 +82,11 @@ def parse_sessions(text: str, flag: str, n_sessions: int) -> list[int]:
     return sorted(set(sessions))
 
 
-def parse_split(text: str, flag: str, groups: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
-    """Session keys from a list like 13,14 (one corpus) or 19_13,20_33 (several); FlagError otherwise."""
+def parse_split(text: str, flag: str, groups: tuple[tuple[int, ...], ...], names: tuple[str, ...] = ()) -> tuple[int, ...]:
+    """Session keys from a list like 13,14 (one corpus; or its session names) or 19_13,20_33 (several); FlagError
+    otherwise."""
     if len(groups) == 1:
-        return tuple(parse_sessions(text, flag, len(groups[0])))
+        return tuple(parse_sessions(text, flag, len(groups[0]), names))
     known = {str(session_label(k)): k for group in groups for k in group}
     items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
     bad = [s for s in items if s not in known]
@@ -92,24 +102,48 @@ def _corpus_kinds(folders: list[Path], forced: str, data_dir: str) -> tuple[str,
     kinds = tuple(detect_corpus(folder, forced) for folder in folders)
     if len(set(kinds)) < len(kinds):
         raise FlagError(f"--data_dir {data_dir}: two folders of the same corpus; give each corpus once")
+    if len(kinds) > 1 and set(kinds) - set(KEMDY):
+        raise FlagError(f"--data_dir {data_dir}: only KEMDy19 and KEMDy20 train as a union (one label set); give "
+                        f"{CORPUS_NAMES[next(k for k in kinds if k not in KEMDY)]} alone")
     return kinds
 
 
-def _validation(val_split: str, groups: tuple[tuple[int, ...], ...], test: tuple[int, ...]) -> tuple[int, ...]:
-    """--val_split: none, a list, or auto = in each corpus the two sessions just before its test sessions
+def corpus_protocol(kind: str, folder: Path) -> tuple[Protocol, tuple[str, ...]]:
+    """The corpus's sessions and splits, and its session names (none for KEMDy: sessions are numbered)."""
+    if kind == "csv":
+        names = tuple(manifest_sessions(folder))
+        return manifest_protocol(len(names)), names
+    return PROTOCOLS[kind], tuple(session_names(kind))
+
+
+def _validation(val_split: str, groups: tuple[tuple[int, ...], ...], test: tuple[int, ...], count: int,
+                names: tuple[str, ...]) -> tuple[int, ...]:
+    """--val_split: none, a list, or auto = in each corpus the `count` sessions just before its test sessions
     (wrapping around)."""
     if val_split == "none":
         return ()
     if val_split != "auto":
-        return parse_split(val_split, "--val_split", groups)
+        return parse_split(val_split, "--val_split", groups, names)
     val = []
     for group in groups:
         tested = [k for k in group if k in test]
         if tested:
             first = group.index(tested[0])
             before = [group[(first - 1 - k) % len(group)] for k in range(len(group))]
-            val += [k for k in before if k not in test][:2]
+            val += [k for k in before if k not in test][:count]
     return tuple(sorted(val))
+
+
+def parse_label_map(text: str | None) -> tuple[tuple[str, str], ...]:
+    """--label_map 'calm:neutral,surprised:' -> (("calm", "neutral"), ("surprised", "")): merge or rename a class,
+    or (empty target) drop its utterances."""
+    if not text:
+        return ()
+    pairs = [item.split(":") for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise FlagError(f"--label_map '{text}' is not a list like calm:neutral,surprised: (label:new label, or "
+                        "label: to drop it)")
+    return tuple((old.strip().lower(), new.strip().lower()) for old, new in pairs)
 
 
 def resolve_data(args: argparse.Namespace) -> DataSpec:
@@ -118,7 +152,8 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
     a listener run on a corpus without listener labels stops here, before any work."""
     folders = split_data_dir(args.data_dir)
     kinds = _corpus_kinds(folders, args.corpus, args.data_dir)
-    protocols = [PROTOCOLS[kind] for kind in kinds]
+    protocols, names = zip(*(corpus_protocol(kind, folder) for kind, folder in zip(kinds, folders)))
+    names = names[0] if len(kinds) == 1 else ()
     unlabelled = [p.name for p in protocols if not p.listener]
     if args.SorL == "listener" and unlabelled:
         raise FlagError(f"--SorL listener: {unlabelled[0]} ({args.data_dir}) annotates only the speaker's emotion; "
@@ -127,11 +162,11 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
     groups = tuple(tuple(base + s for s in range(1, p.sessions + 1)) for p, base in zip(protocols, bases))
     published = [tuple(base + s for p, base in zip(protocols, bases) for s in p.cv_folds[k])
                  for k in range(len(protocols[0].cv_folds))]
-    test = (parse_split(args.test_split, "--test_split", groups) if args.test_split is not None
+    test = (parse_split(args.test_split, "--test_split", groups, names) if args.test_split is not None
             else tuple(base + s for p, base in zip(protocols, bases) for s in p.test_split))
-    cv_folds = (tuple(parse_split(f, "--cv_folds", groups) for f in args.cv_folds.split(";"))
+    cv_folds = (tuple(parse_split(f, "--cv_folds", groups, names) for f in args.cv_folds.split(";"))
                 if args.cv_folds is not None else tuple(published))
-    val = _validation(args.val_split, groups, test)
+    val = _validation(args.val_split, groups, test, protocols[0].val_sessions, names)
     if set(val) & set(test):
         raise FlagError(f"--val_split {args.val_split} overlaps --test_split {args.test_split}")
     caches = [cache_folder(folder, args.cache_dir) for folder in folders]
@@ -145,7 +180,8 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
                     cache_dir=Path(args.cache_dir).resolve() if args.cache_dir else None, role=args.SorL,
                     text_encoder=args.text_encoder, text_dim=args.text_dim, speech_model=speech_model, groups=groups,
                     train=tuple(k for group in groups for k in group if k not in test and k not in val),
-                    val=val, test=test, cv_folds=cv_folds)
+                    val=val, test=test, cv_folds=cv_folds, names=names,
+                    label_map=parse_label_map(getattr(args, "label_map", None)))
 
 
 def prepare_data(spec: DataSpec) -> None:
@@ -160,4 +196,4 @@ def prepare_data(spec: DataSpec) -> None:
         preprocess(folder, spec.text_encoder, spec.text_dim, speech_model=spec.speech_model, corpus=kind,
                    cache_dir=spec.cache_dir)
         if is_demo_corpus(folder):
-            print(f"NOTE: {folder} is the synthetic demo corpus, not {PROTOCOLS[kind].name}.")
+            print(f"NOTE: {folder} is the synthetic demo corpus, not {CORPUS_NAMES[kind]}.")

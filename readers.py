@@ -440,20 +440,6 @@ def read_corpus(data_dir: Path, kind: str, files: list[Path],
     return table[TABLE_COLUMNS], wav_paths, report
 
 
-def detect_corpus(data_dir: str | Path, corpus: str = "auto") -> str:
-    """'kemdy19' or 'kemdy20' from the annotation file names; `corpus` (--corpus) overrides. A folder without
-    annotation files is taken as KEMDy19 (where the demo corpus is made)."""
-    found = sorted({annotation_kind(p) for p in (Path(data_dir) / "annotation").glob("*.csv")} - {None})
-    if corpus != "auto":
-        if found and corpus not in found:
-            raise CorpusError(f"--corpus {corpus}, but {data_dir}/annotation holds {found[0].upper()} annotation files")
-        return corpus
-    if len(found) > 1:
-        raise CorpusError(f"{data_dir}/annotation holds both KEMDy19 (SessionNN_F_res.csv) and KEMDy20 "
-                          "(SessNN_eval.csv) annotation files; keep one corpus per folder")
-    return found[0] if found else "kemdy19"
-
-
 def annotation_files(data_dir: Path, kind: str) -> list[Path]:
     """The corpus's annotation files, or one line saying where the corpus goes and how to make the demo."""
     files = sorted(p for p in (data_dir / "annotation").glob("*.csv") if annotation_kind(p) == kind)

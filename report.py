@@ -3,8 +3,8 @@
     python report.py exp/lstm_speaker_adam_8_* exp/cv_* exp/seeds_* [--csv]
 
 Columns: the model (neural or baseline), the arguments that differ between the runs (e.g. lam,
-loss, beta, bidirectional), then instance P/R/F1, macro-F1, weighted-F1, accuracy, CCC arousal
-and CCC valence; an experiment (--cv and/or --seeds) shows mean ± std over its runs. Runs
+loss, beta, bidirectional), then instance P/R/F1, macro-F1, weighted-F1, accuracy (WA), UA (the mean of
+the per-class recalls), CCC arousal and CCC valence ("–" where a corpus has no ratings); an experiment (--cv and/or --seeds) shows mean ± std over its runs. Runs
 without results are listed as incomplete.
 """
 import argparse
@@ -16,10 +16,17 @@ from pathlib import Path
 import pandas as pd
 
 REPORT_METRICS = ["instance_precision", "instance_recall", "instance_f1", "macro_f1", "weighted_f1", "accuracy",
-                  "ccc_arousal", "ccc_valence"]
+                  "ua", "ccc_arousal", "ccc_valence"]
 # Bookkeeping arguments that never explain a difference in results.
 IGNORED_ARGS = {"save_path", "test_only", "test_path", "resume", "num_workers", "device", "gpu_id", "cv", "seeds",
                 "seed", "test_split", "sr", "speech_layers", "speech_dim", "cache_dir", "allow_corpus_change"}
+
+
+def _spread(mean: float | None, std: float | None = None) -> str:
+    """"0.812" or "0.812 ± 0.020"; "–" where a run has no such figure (CCC without ratings, UA of older runs)."""
+    if mean is None:
+        return "–"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def read_json(path: Path) -> dict:
@@ -40,7 +47,7 @@ def read_run(folder: Path) -> dict:
         if (folder / "summary.json").exists():
             summary = read_json(folder / "summary.json")
             row["status"] = f"{summary['n_seeds']} seeds x {summary['n_folds']} folds"
-            row.update({m: f"{summary['mean'][m]:.3f} ± {summary['std'][m]:.3f}" for m in REPORT_METRICS})
+            row.update({m: _spread(summary["mean"].get(m), summary["std"].get(m)) for m in REPORT_METRICS})
         else:
             row["status"] = "incomplete"
     elif (folder / "args.json").exists():
@@ -49,7 +56,7 @@ def read_run(folder: Path) -> dict:
             results = read_json(folder / "results.json")
             row["model"] = results.get("model", "neural")
             row["status"] = f"seed {row['args'].get('seed', '')}, test {row['args'].get('test_split', '')}"
-            row.update({m: f"{results['test'][m]:.3f}" for m in REPORT_METRICS})
+            row.update({m: _spread(results["test"].get(m)) for m in REPORT_METRICS})
         else:
             row["status"] = "incomplete"
     else:

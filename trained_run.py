@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from constants import DEFAULT_TEXT_ENCODER_REAL, EMOTIONS
+from constants import DEFAULT_TEXT_ENCODER_REAL
 from dataset import Corpus, audio_cache_paths
 from errors import CorpusError, RunFolderError, StorageError
 from model import EmotionModel, ModelConfig
@@ -207,6 +207,8 @@ def run_text_encoder(run_dir: Path, text_dim: int, trust_pickle: bool = False):
     if encoder is None:
         raise RunFolderError(f"{run_dir} has no corpus.json (an older run): its text encoder is unknown; train it "
                              "again with this version to predict from text")
+    if encoder == "none":  # a corpus without transcripts: every embedding is zero
+        return lambda texts: np.zeros((len(texts), text_dim), np.float32)
     if encoder == "given":  # the contest's own embedding_768.npy: KoBERT, as published
         encoder = DEFAULT_TEXT_ENCODER_REAL
     return lambda texts: np.asarray(transformer_embeddings(texts, encoder))
@@ -215,19 +217,21 @@ def run_text_encoder(run_dir: Path, text_dim: int, trust_pickle: bool = False):
 def write_test_outputs(run_dir: Path, corpus: Corpus, rows: np.ndarray, probs: np.ndarray, av_pred: np.ndarray,
                        metrics: dict, results_name: str, extra: dict) -> None:
     """results*.json ({"test": metrics, **extra}), predictions*.csv (one row per test utterance: Segment ID,
-    label(s) as written, 7 probabilities, arousal/valence true and predicted) and confusion*.png."""
+    label(s) as written, one probability per class, arousal/valence true and predicted where the corpus rates
+    them) and confusion*.png."""
     table = pd.DataFrame({"Segment ID": corpus.table["Segment ID"].to_numpy()[rows],
                           "emotion": corpus.table["Emotion"].to_numpy()[rows]})
-    for i, name in enumerate(EMOTIONS):
+    for i, name in enumerate(corpus.classes):
         table[name] = probs[:, i]
-    av_true = corpus.arousal_valence[rows]
-    table["arousal_true"], table["arousal_pred"] = av_true[:, 0], av_pred[:, 0]
-    table["valence_true"], table["valence_pred"] = av_true[:, 1], av_pred[:, 1]
+    if corpus.has_av:
+        av_true = corpus.arousal_valence[rows]
+        table["arousal_true"], table["arousal_pred"] = av_true[:, 0], av_pred[:, 0]
+        table["valence_true"], table["valence_pred"] = av_true[:, 1], av_pred[:, 1]
     with atomic_path(run_dir / results_name.replace("results", "predictions").replace(".json", ".csv")) as tmp:
         table.to_csv(tmp, index=False)
     write_json(run_dir / results_name, {"test": metrics, **extra})
     plot_confusion(metrics["confusion"], run_dir / results_name.replace("results", "confusion").replace(".json", ".png"),
-                   f"test confusion ({run_dir.name})")
+                   f"test confusion ({run_dir.name})", corpus.classes)
 
 
 def write_run_args(run_dir: Path, run_args: dict) -> None:

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure  # pyplot-free: writes files on a server, leaves a notebook's backend alone
 
-from constants import EMOTIONS
 from errors import FlagError, PretrainedError, StorageError
 
-SUMMARY_METRICS = ["instance_precision", "instance_recall", "instance_f1", "accuracy", "macro_f1",
+SUMMARY_METRICS = ["instance_precision", "instance_recall", "instance_f1", "accuracy", "ua", "macro_f1",
                    "weighted_f1", "ccc_arousal", "ccc_valence"]
 
 
@@ -112,16 +111,16 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def plot_confusion(confusion: list[list[int]], path: Path, title: str) -> None:
+def plot_confusion(confusion: list[list[int]], path: Path, title: str, classes: list[str]) -> None:
     counts = np.asarray(confusion)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     fig = Figure(figsize=(6.5, 5.5))
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(EMOTIONS)):
-        for j in range(len(EMOTIONS)):
+    for i in range(len(classes)):
+        for j in range(len(classes)):
             ax.text(j, i, counts[i, j], ha="center", va="center", color="white" if shares[i, j] > 0.5 else "black")
-    ax.set(xticks=range(len(EMOTIONS)), yticks=range(len(EMOTIONS)), xticklabels=EMOTIONS, yticklabels=EMOTIONS,
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="true (ties resolved)", title=title)
     ax.tick_params(axis="x", labelrotation=45)
     fig.colorbar(image, ax=ax, label="share of the true class")
@@ -150,10 +149,15 @@ def plot_curves(log: list[dict], path: Path, best_epoch: int) -> None:
     fig.savefig(path, dpi=120)
 
 
+def figure(value: float | None) -> str:
+    """A score as printed: 3 decimals, or "–" where there is none (e.g. CCC on a corpus without arousal)."""
+    return "–" if value is None else f"{value:.3f}"
+
+
 def summary_table(metrics: dict, title: str) -> str:
     lines = [f"| {title} | value |", "| --- | --- |"]
-    lines += [f"| {name} | {metrics[name]:.3f} |" for name in SUMMARY_METRICS]
-    lines += [f"| F1 {name} | {'–' if scores['f1'] is None else format(scores['f1'], '.3f')} (n={scores['support']}) |"
+    lines += [f"| {name} | {figure(metrics.get(name))} |" for name in SUMMARY_METRICS]
+    lines += [f"| F1 {name} | {figure(scores['f1'])} (n={scores['support']}) |"
               for name, scores in metrics["per_class"].items()]
     return "\n".join(lines)
 

@@ -15,7 +15,8 @@ from dataset import Corpus
 from demo_corpus import make_demo_corpus
 from errors import CorpusError
 from preprocess import preprocess
-from readers import FileIndex, ReadReport, detect_corpus, read_annotation_file, read_corpus, segment_path
+from corpora import detect_corpus
+from readers import FileIndex, ReadReport, read_annotation_file, read_corpus, segment_path
 from test_bad_input import assert_one_line_error, run_cli
 from test_train import TINY
 

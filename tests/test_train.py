@@ -259,3 +259,36 @@ def test_bad_test_path_and_split_messages(demo_dir, tmp_path):
         main(["--data_dir", str(demo_dir), "--test_split", "30"] + TINY)
     with pytest.raises(SystemExit, match="--lam must be in"):
         main(["--lam", "1.5"])
+
+
+def test_imbalance_tools_by_hand():
+    from dataset import ChunkBatchSampler
+    from loss import inverse_frequency_weights
+    from metric import decision_bias
+    assert inverse_frequency_weights(np.array([90, 10, 0])).tolist() == pytest.approx([101 / 270, 101 / 30, 101 / 3])
+    # A bias on the logits of the rare class turns predictions it barely loses into hits: macro-F1 rises.
+    logits = np.log(np.array([[0.6, 0.4]] * 3 + [[0.9, 0.1]] * 7 + [[0.55, 0.45]] * 2))
+    labels = np.eye(2)[[1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]]
+    bias = decision_bias(logits, labels, labels.argmax(1))
+    assert np.log(1.5) < bias[1] - bias[0] <= 0.5  # only the difference matters: the grid's smallest that helps
+    assert ((logits + bias).argmax(1) == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1]).all()
+    # Class-balanced sampling draws the rare class's windows about as often as the common one's.
+    weights = 1.0 / np.bincount([0] * 90 + [1] * 10)[[0] * 90 + [1] * 10]
+    drawn = np.concatenate(list(ChunkBatchSampler(100, 50, 1, True, weights=weights)))
+    assert 0.35 < (drawn >= 90).mean() < 0.65 and len(drawn) == 100
+    # Logit adjustment: the same logits cost a rare-class target more, so training pushes that class up.
+    prior = torch.log(torch.tensor([0.9, 0.1]))
+    plain, adjusted = EmotionLoss(1.0), EmotionLoss(1.0, logit_adjustment=prior)
+    logits_t, target = torch.zeros(1, 2), torch.tensor([[0.0, 1.0]])
+    av = torch.full((1, 2), 3.0)
+    assert adjusted(logits_t, av, target, av)[0] > plain(logits_t, av, target, av)[0]
+
+
+def test_text_only_and_audio_only_models(demo_dir, tmp_path):
+    for modalities, absent in (("text", "audio."), ("audio", "text_norm.")):
+        run = train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(tmp_path),
+                                             "--modalities", modalities] + TINY[:-4] + ["--epochs", "1", "--ws", "2"]))
+        state = torch.load(run / "best.pth", weights_only=True)
+        assert state["model_config"]["modalities"] == (modalities,)
+        assert not any(k.startswith(absent) for k in state["model"])  # the other encoder does not exist
+        assert json.loads((run / "results.json").read_text())["test"]["ccc_arousal"] is not None

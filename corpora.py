@@ -1,0 +1,280 @@
+"""Labelled speech besides KEMDy: a manifest of any recordings, and RAVDESS, TESS and EmoDB in the layouts
+their publishers distribute -> the table every corpus shares (readers.TABLE_COLUMNS), each with its own labels.
+
+- `manifest.csv` at the corpus root (`--corpus csv`): one row per utterance with the columns `path` (wav,
+  relative to the root) and `emotion`, and optionally `arousal`, `valence` (1-5), `speaker`, `session` (the unit
+  of the splits; default: the speaker), `dialogue` and `start` (dialogue order for context windows; without them
+  each utterance is its own dialogue) and `text` (else a same-stem .txt, if any).
+- RAVDESS speech (Livingstone & Russo 2018): `Actor_NN/03-01-EE-II-SS-RR-AA.wav` (modality, vocal channel,
+  emotion, intensity, statement, repetition, actor); 24 actors, 8 emotions; the two statements are the text.
+- TESS (Dupuis & Pichora-Fuller 2010): speaker folders `OAF_<emotion>`/`YAF_<emotion>` holding
+  `<speaker>_<word>_<emotion>.wav`; 2 speakers x 200 words x 7 emotions; the text is "Say the word <word>".
+- EmoDB (Burkhardt et al. 2005): `wav/SSTTTEV.wav` (speaker, text code, emotion letter, version); 10 speakers,
+  7 emotions; no transcripts here (the text modality is off).
+
+Sessions (the unit of the splits) are speakers, except TESS: with two speakers, each speaker's 200 words are cut
+into 5 groups (sessions 1-5: OAF, 6-10: YAF), so that validation can hold out words of the training speaker.
+Every row is kept or dropped and named, as for KEMDy (readers.py's policy).
+"""
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from constants import KEMDY, KEMDY_FACTS
+from errors import CorpusError
+from readers import (TABLE_COLUMNS, FileIndex, ReadReport, annotation_files, annotation_kind, clean_transcript,
+                     decode_text, nfc, printable, read_corpus)
+
+MANIFEST_FILE = "manifest.csv"
+RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
+                    "07": "disgust", "08": "surprised"}
+RAVDESS_STATEMENTS = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
+TESS_EMOTIONS = {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry", "fear": "fear",
+                 "disgust": "disgust", "ps": "pleasant_surprise"}
+TESS_SPEAKERS = ("OAF", "YAF")  # older and younger talker; the real corpus names one file OA_bite_neutral.wav
+TESS_WORD_GROUPS = 5
+EMODB_EMOTIONS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness",
+                  "N": "neutral"}
+EMODB_SPEAKERS = ("03", "08", "09", "10", "11", "12", "13", "14", "15", "16")
+EMODB_NAME = re.compile(r"^(\d\d)([ab]\d\d)([WLEAFTN])([a-z])$")
+# The classes of each corpus, in the order its publisher lists them.
+CLASSES = {"ravdess": list(RAVDESS_EMOTIONS.values()), "tess": list(TESS_EMOTIONS.values()),
+           "emodb": [EMODB_EMOTIONS[k] for k in "NWLEAFT"]}
+
+
+def detect_layout(data_dir: Path) -> str | None:
+    """'csv', 'ravdess', 'tess' or 'emodb' from what the folder holds, or None."""
+    if (data_dir / MANIFEST_FILE).is_file():
+        return "csv"
+    stems = [p.stem for p in data_dir.glob("**/*.wav")][:200] if data_dir.is_dir() else []
+    if stems and sum(bool(RAVDESS_NAME.match(s)) for s in stems) > len(stems) / 2:
+        return "ravdess"
+    if stems and sum(s.split("_")[-1].lower() in TESS_EMOTIONS and s[:2] in ("OA", "YA") for s in stems) > len(stems) / 2:
+        return "tess"
+    if stems and sum(bool(EMODB_NAME.match(s)) for s in stems) > len(stems) / 2:
+        return "emodb"
+    return None
+
+
+def _table(records: list[dict]) -> pd.DataFrame:
+    """Records with some of TABLE_COLUMNS -> all of them (raters blank, ratings NaN where absent)."""
+    table = pd.DataFrame.from_records(records)
+    for column in TABLE_COLUMNS:
+        if column not in table:
+            table[column] = np.nan if column.startswith(("Valence", "Arousal")) else ""
+    return table[TABLE_COLUMNS]
+
+
+def _utterance(seg_id: str, emotion: str, speaker: str, session: int, text: str, script: str = "",
+               sequence: int = 0, dialogue: str | None = None, start: float = 0.0,
+               valence: float = np.nan, arousal: float = np.nan) -> dict:
+    return {"start": start, "end": np.nan, "Segment ID": seg_id, "Emotion": emotion, "Valence": valence,
+            "Arousal": arousal, "speaker": speaker, "text": text, "role": "speaker", "Session": session,
+            "script": script, "sequence": sequence, "dialogue": dialogue or seg_id}
+
+
+def read_ravdess(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list[dict], dict[str, Path]]:
+    records, paths = [], {}
+    for rel, path in sorted(wavs.files.items()):
+        if not rel.lower().endswith(".wav"):
+            continue
+        parts = RAVDESS_NAME.match(path.stem)
+        if not parts:
+            report.dropped["not a RAVDESS file name"].append(printable(rel))
+            continue
+        modality, channel, emotion, intensity, statement, repetition, actor = parts.groups()
+        if channel != "01" or modality == "02":
+            report.dropped["song or video-only (not speech audio)"].append(rel)
+            continue
+        if emotion not in RAVDESS_EMOTIONS or statement not in RAVDESS_STATEMENTS or not 1 <= int(actor) <= 24:
+            report.dropped["unknown emotion, statement or actor code"].append(rel)
+            continue
+        folder = re.search(r"Actor_(\d\d)", rel)
+        if folder and folder.group(1) != actor:
+            report.kept["actor in the name differs from its folder's (the name is used)"].append(rel)
+        if path.stem in paths:
+            report.dropped["a second copy of one file name"].append(rel)
+            continue
+        paths[path.stem] = path
+        records.append(_utterance(path.stem, RAVDESS_EMOTIONS[emotion], f"Actor_{actor}", int(actor),
+                                  RAVDESS_STATEMENTS[statement], f"statement{statement}_intensity{intensity}",
+                                  int(repetition)))
+    return records, paths
+
+
+def read_tess(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list[dict], dict[str, Path]]:
+    found = []
+    for rel, path in sorted(wavs.files.items()):
+        if not rel.lower().endswith(".wav"):
+            continue
+        name = path.stem.split("_")
+        speaker = next((s for s in TESS_SPEAKERS if Path(rel).parent.name.upper().startswith(s)), None)
+        emotion = TESS_EMOTIONS.get(name[-1].lower()) if len(name) >= 3 else None
+        if speaker is None or emotion is None:
+            report.dropped["not a TESS file (speaker folder, <speaker>_<word>_<emotion>.wav)"].append(printable(rel))
+            continue
+        if name[0].upper() != speaker:  # e.g. the real OA_bite_neutral.wav in OAF_neutral/
+            report.kept["speaker in the name differs from its folder's (the folder is used)"].append(rel)
+        found.append((speaker, "_".join(name[1:-1]).lower(), emotion, path))
+    words = sorted({word for _, word, _, _ in found})
+    group = {word: k * TESS_WORD_GROUPS // max(len(words), 1) for k, word in enumerate(words)}
+    records, paths = [], {}
+    for speaker, word, emotion, path in found:
+        seg_id = f"{speaker}_{word}_{emotion}"
+        if seg_id in paths:
+            report.dropped["a second copy of one utterance"].append(str(path.relative_to(data_dir)))
+            continue
+        paths[seg_id] = path
+        session = TESS_SPEAKERS.index(speaker) * TESS_WORD_GROUPS + group[word] + 1
+        records.append(_utterance(seg_id, emotion, speaker, session, f"Say the word {word}", word))
+    return records, paths
+
+
+def read_emodb(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list[dict], dict[str, Path]]:
+    records, paths = [], {}
+    for rel, path in sorted(wavs.files.items()):
+        if not rel.lower().endswith(".wav"):
+            continue
+        parts = EMODB_NAME.match(path.stem)
+        if not parts or parts.group(1) not in EMODB_SPEAKERS:
+            report.dropped["not an EmoDB file name (SSTTTEV.wav)"].append(printable(rel))
+            continue
+        speaker, text_code, emotion, version = parts.groups()
+        if path.stem in paths:
+            report.dropped["a second copy of one file name"].append(rel)
+            continue
+        paths[path.stem] = path
+        records.append(_utterance(path.stem, EMODB_EMOTIONS[emotion], speaker, EMODB_SPEAKERS.index(speaker) + 1,
+                                  "", text_code, ord(version) - ord("a")))
+    return records, paths
+
+
+def _rating(cell: str) -> float:
+    value = float(cell)  # ValueError: not a number
+    if not 1 <= value <= 5:
+        raise ValueError
+    return value
+
+
+def manifest_rows(data_dir: Path) -> list[dict]:
+    """manifest.csv's rows as dicts of its (lower-cased) columns; CorpusError if it lacks `path` or `emotion`."""
+    path = data_dir / MANIFEST_FILE
+    rows = list(csv.DictReader(decode_text(path.read_bytes(), path, lenient=True).splitlines()))
+    columns = {c.strip().lower() for c in (rows[0].keys() if rows else [])}
+    if not {"path", "emotion"} <= columns or not {"speaker", "session"} & columns:
+        raise CorpusError(f"{path}: needs the columns path, emotion and speaker or session (has "
+                          f"{', '.join(sorted(columns)) or 'none'})")
+    return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in rows]
+
+
+def manifest_sessions(data_dir: Path) -> list[str]:
+    """The manifest's session names (its `session` column, else its `speaker`), sorted: session k is the k-th."""
+    return sorted({row.get("session") or row.get("speaker", "") for row in manifest_rows(data_dir)} - {""})
+
+
+def read_manifest(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list[dict], dict[str, Path]]:
+    rows, sessions = manifest_rows(data_dir), manifest_sessions(data_dir)
+    records, paths = [], {}
+    for line, row in enumerate(rows, 2):
+        where = f"{MANIFEST_FILE} line {line}"
+        seg_id = nfc(str(Path(row["path"]).with_suffix("")))
+        wav = data_dir / row["path"] if row["path"] else None
+        session = row.get("session") or row.get("speaker", "")
+        if wav is None or not wav.is_file():
+            report.dropped["no wav"].append(f"{row['path'] or '?'} ({where})")
+            continue
+        if not row["emotion"]:
+            report.dropped["no emotion label"].append(f"{seg_id} ({where})")
+            continue
+        if not session:
+            report.dropped["no speaker or session"].append(f"{seg_id} ({where})")
+            continue
+        try:
+            ratings = {k: _rating(row[k]) if row.get(k) else np.nan for k in ("valence", "arousal")}
+            start = float(row["start"]) if row.get("start") else float(line)
+        except ValueError:
+            report.dropped["rating not a number from 1 to 5, or start not a number"].append(f"{seg_id} ({where})")
+            continue
+        if seg_id in paths:
+            report.dropped["a second row for one wav"].append(f"{seg_id} ({where})")
+            continue
+        text = row.get("text", "")
+        txt = wav.with_suffix(".txt")
+        if "text" not in row and txt.is_file():
+            try:
+                text = decode_text(txt.read_bytes(), txt)
+            except CorpusError:
+                report.kept["unreadable txt (empty transcript)"].append(seg_id)
+        paths[seg_id] = wav
+        emotion = ";".join(nfc(part.strip().lower()) for part in row["emotion"].split(";"))
+        records.append(_utterance(seg_id, emotion, row.get("speaker") or session, sessions.index(session) + 1,
+                                  clean_transcript(text), dialogue=row.get("dialogue") or None, start=start,
+                                  sequence=line, valence=ratings["valence"], arousal=ratings["arousal"]))
+    return records, paths
+
+
+def session_names(kind: str) -> list[str]:
+    """The names of RAVDESS's, TESS's and EmoDB's sessions (session k is the k-th); none for KEMDy (numbered)."""
+    return {"ravdess": [f"Actor_{a:02d}" for a in range(1, 25)],
+            "tess": [f"{s}_words{g + 1}" for s in TESS_SPEAKERS for g in range(TESS_WORD_GROUPS)],
+            "emodb": list(EMODB_SPEAKERS)}.get(kind, [])
+
+
+READERS = {"csv": read_manifest, "ravdess": read_ravdess, "tess": read_tess, "emodb": read_emodb}
+
+
+def read_labelled(data_dir: Path, kind: str, wavs: FileIndex) -> tuple[pd.DataFrame, dict[str, Path], ReadReport, dict]:
+    """A RAVDESS, TESS, EmoDB or manifest corpus -> (table, Segment ID -> wav, report, corpus facts: its classes,
+    session names, whether it has transcripts and arousal/valence)."""
+    report = ReadReport()
+    records, paths = READERS[kind](data_dir, wavs, report)
+    if not records:
+        raise CorpusError(f"{data_dir}: no usable {kind} recording (see the layout in corpora.py)")
+    table = _table(records)
+    found = sorted({label for cell in table["Emotion"] for label in cell.split(";")})
+    classes = [c for c in CLASSES[kind] if c in found] if kind in CLASSES else found
+    sessions = manifest_sessions(data_dir) if kind == "csv" else session_names(kind)
+    facts = {"classes": classes, "sessions": sessions, "text": bool((table["text"] != "").any()),
+             "arousal_valence": bool(table[["Arousal", "Valence"]].notna().to_numpy().any())}
+    return table, paths, report, facts
+
+
+def detect_corpus(data_dir: str | Path, corpus: str = "auto") -> str:
+    """The corpus kind of a folder: KEMDy19/KEMDy20 by their annotation file names, else a manifest, RAVDESS, TESS
+    or EmoDB by what the folder holds; `corpus` (--corpus) overrides what the files leave open. A folder with
+    none of them is taken as KEMDy19 (where the demo corpus is made)."""
+    data_dir = Path(data_dir)
+    found = sorted({annotation_kind(p) for p in (data_dir / "annotation").glob("*.csv")} - {None})
+    layout = None if found else detect_layout(data_dir)
+    if corpus != "auto":
+        if found and corpus not in found:
+            raise CorpusError(f"--corpus {corpus}, but {data_dir}/annotation holds {found[0].upper()} annotation files")
+        if layout and corpus in KEMDY:
+            raise CorpusError(f"--corpus {corpus}, but {data_dir} holds no KEMDy annotation/ folder (it looks like "
+                              f"{layout})")
+        return corpus
+    if len(found) > 1:
+        raise CorpusError(f"{data_dir}/annotation holds both KEMDy19 (SessionNN_F_res.csv) and KEMDy20 "
+                          "(SessNN_eval.csv) annotation files; keep one corpus per folder")
+    return found[0] if found else layout or "kemdy19"
+
+
+def source_files(data_dir: Path, kind: str) -> tuple[list[Path], FileIndex]:
+    """(the files that define the table: annotation files or manifest.csv, the index of the audio and transcripts)."""
+    if kind in KEMDY:
+        return annotation_files(data_dir, kind), FileIndex(data_dir / "wav")
+    return ([data_dir / MANIFEST_FILE] if kind == "csv" else []), FileIndex(data_dir)
+
+
+def read_any(data_dir: Path, kind: str, files: list[Path],
+             wavs: FileIndex) -> tuple[pd.DataFrame, dict[str, Path], ReadReport, dict]:
+    """Any corpus -> (table in the shared schema, Segment ID -> wav, report, facts: classes, session names, whether
+    it has transcripts and arousal/valence)."""
+    if kind in KEMDY:
+        table, paths, report = read_corpus(data_dir, kind, files, wavs)
+        return table, paths, report, dict(KEMDY_FACTS)
+    return read_labelled(data_dir, kind, wavs)
