@@ -127,7 +127,8 @@ def feature_blocks(audio_features: str, no_text: bool, spec: DataSpec, corpus: C
         if name == "logmel":
             blocks[name] = logmel_band_statistics(corpus)
         elif name == "speech":
-            blocks[name] = speech_layer_average(Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model))
+            blocks[name] = speech_layer_average(Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model,
+                                                       spec.label_map))
         else:
             blocks[name] = np.concatenate([  # rows of the corpora in order; each caches its own functionals
                 opensmile_functionals(folder, cache, corpus.table["Segment ID"][corpus.source == k].tolist(),
@@ -181,7 +182,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     spec = resolve_data(args)
     prepare_data(spec)
     corpus = Corpus(spec.caches, spec.role, spec.text_dim, label_map=spec.label_map)
-    modalities = parse_modalities(args.modalities, corpus.has_text)
+    modalities = parse_modalities(args.modalities, corpus.has_text, corpus.modalities)
     audio_features = ("none" if "audio" not in modalities else
                       args.audio_features or ("speech" if args.speech_model else "egemaps,logmel"))
     run_dir = run_dir or make_run_dir(args.save_path, f"baseline_{args.SorL}")

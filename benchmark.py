@@ -28,9 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from constants import HOP_LENGTH, MAX_FRAMES, N_MELS, SAMPLE_RATE
 from dataset import Corpus, make_loader
 from demo_corpus import make_demo_corpus
-from engine import evaluate, setup, train, train_one_epoch
+from engine import evaluate, run_config, setup, train, train_one_epoch
 from errors import KemdyError, one_line_errors
-from model import ModelConfig
 from options import get_parser
 from predict import predict
 from preprocess import fingerprint, load_audio, log_mel, preprocess
@@ -88,7 +87,7 @@ def _train_child(data_dir: str, model_flags: list[str], argv: list[str], max_win
     loader.dataset.windows = loader.dataset.windows[:max_windows]
     loader.sampler.n = len(loader.dataset.windows)
     # The training objects exactly as main.py makes them (engine.setup): model, loss, optimizer, EMA, scaler.
-    t = setup(ModelConfig.from_args(vars(args)), args, corpus, np.flatnonzero(np.isin(corpus.sessions, spec.train)), dev)
+    t = setup(run_config(args, corpus), args, corpus, np.flatnonzero(np.isin(corpus.sessions, spec.train)), dev)
     train_one_epoch(t.model, loader, t.loss_fn, t.optimizer, dev, 0, t.dtype, t.scaler)  # warm-up: allocator
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

@@ -3,9 +3,9 @@ from dataclasses import dataclass
 
 EMOTIONS = ["neutral", "happy", "surprise", "angry", "sad", "disgust", "fear"]
 EMOTION_INDEX = {name: i for i, name in enumerate(EMOTIONS)}
-# What preprocessing records of a KEMDy corpus (other corpora: corpora.read_labelled): its classes, session names
-# (none: numbered), whether it has transcripts and arousal/valence ratings.
-KEMDY_FACTS = {"classes": EMOTIONS, "sessions": None, "text": True, "arousal_valence": True}
+# What preprocessing records of a KEMDy corpus (other corpora: corpora.read_labelled): its classes, whether it has
+# transcripts, the modalities a run uses by default, and whether it has arousal/valence ratings.
+KEMDY_FACTS = {"classes": EMOTIONS, "text": True, "modalities": ["audio", "text"], "arousal_valence": True}
 # The corpus spells disgust as "disqust" in places; both mean the same class.
 EMOTION_ALIASES = {"disqust": "disgust"}
 NUM_RATERS = 10
@@ -75,7 +75,8 @@ CORPUS_NAMES = {**{kind: p.name for kind, p in PROTOCOLS.items()}, "csv": "manif
 
 def manifest_protocol(sessions: int) -> Protocol:
     """A manifest corpus's splits: leave one session out for up to 12 sessions, else 5 contiguous folds; validation
-    a tenth of the sessions (at least 1) before the test ones."""
+    a tenth of the sessions (at least 1) before the test ones, none with 2 sessions (one trains, one tests)."""
     folds = ([(k,) for k in range(1, sessions + 1)] if sessions <= 12 else
              [tuple(range(sessions * k // 5 + 1, sessions * (k + 1) // 5 + 1)) for k in range(5)])
-    return Protocol("manifest corpus", sessions, folds[-1], tuple(folds), False, max(1, sessions // 10))
+    return Protocol("manifest corpus", sessions, folds[-1], tuple(folds), False,
+                    0 if sessions < 3 else max(1, sessions // 10))

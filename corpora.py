@@ -17,6 +17,8 @@ into 5 groups (sessions 1-5: OAF, 6-10: YAF), so that validation can hold out wo
 Every row is kept or dropped and named, as for KEMDy (readers.py's policy).
 """
 import csv
+import io
+import os
 import re
 from pathlib import Path
 
@@ -161,47 +163,65 @@ def _rating(cell: str) -> float:
 
 
 def manifest_rows(data_dir: Path) -> list[dict]:
-    """manifest.csv's rows as dicts of its (lower-cased) columns; CorpusError if it lacks `path` or `emotion`."""
+    """manifest.csv's rows as dicts of its (lower-cased) columns (a quoted cell may span lines); CorpusError if it
+    lacks `path`, `emotion`, or both `speaker` and `session`."""
     path = data_dir / MANIFEST_FILE
-    rows = list(csv.DictReader(decode_text(path.read_bytes(), path, lenient=True).splitlines()))
-    columns = {c.strip().lower() for c in (rows[0].keys() if rows else [])}
+    rows = list(csv.DictReader(io.StringIO(decode_text(path.read_bytes(), path, lenient=True), newline="")))
+    columns = {c.strip().lower() for c in (rows[0].keys() if rows else []) if c}
     if not {"path", "emotion"} <= columns or not {"speaker", "session"} & columns:
         raise CorpusError(f"{path}: needs the columns path, emotion and speaker or session (has "
                           f"{', '.join(sorted(columns)) or 'none'})")
     return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in rows]
 
 
+def natural_key(name: str) -> list:
+    """Names in natural order: spk2 before spk10, "1" before "10"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _sessions_of(rows: list[dict]) -> list[str]:
+    return sorted({row.get("session") or row.get("speaker", "") for row in rows} - {""}, key=natural_key)
+
+
 def manifest_sessions(data_dir: Path) -> list[str]:
-    """The manifest's session names (its `session` column, else its `speaker`), sorted: session k is the k-th."""
-    return sorted({row.get("session") or row.get("speaker", "") for row in manifest_rows(data_dir)} - {""})
+    """The manifest's session names (its `session` column, else its `speaker`) in natural order: session k is the
+    k-th."""
+    return _sessions_of(manifest_rows(data_dir))
+
+
+def _manifest_wav(data_dir: Path, cell: str) -> Path | None:
+    """A row's wav: its path relative to the corpus folder (either slash), or None when it leaves the folder."""
+    folder = Path(os.path.normpath(data_dir))  # lexically: a symlinked audio folder inside it is fine
+    wav = Path(os.path.normpath(folder / cell.replace("\\", "/")))
+    return wav if wav.is_relative_to(folder) else None
 
 
 def read_manifest(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list[dict], dict[str, Path]]:
-    rows, sessions = manifest_rows(data_dir), manifest_sessions(data_dir)
-    records, paths = [], {}
+    rows = manifest_rows(data_dir)
+    sessions = _sessions_of(rows)
+    records, paths, seen, speakers = [], {}, {}, {}
     for line, row in enumerate(rows, 2):
         where = f"{MANIFEST_FILE} line {line}"
-        seg_id = nfc(str(Path(row["path"]).with_suffix("")))
-        wav = data_dir / row["path"] if row["path"] else None
+        wav = _manifest_wav(data_dir, row["path"]) if row["path"] else None
+        seg_id = (nfc(wav.relative_to(os.path.normpath(data_dir)).with_suffix("").as_posix()) if wav
+                  else row["path"] or "?")
         session = row.get("session") or row.get("speaker", "")
-        if wav is None or not wav.is_file():
-            report.dropped["no wav"].append(f"{row['path'] or '?'} ({where})")
-            continue
-        if not row["emotion"]:
-            report.dropped["no emotion label"].append(f"{seg_id} ({where})")
-            continue
-        if not session:
-            report.dropped["no speaker or session"].append(f"{seg_id} ({where})")
-            continue
+        problem = ("path outside the corpus folder" if row["path"] and wav is None else
+                   "no wav" if wav is None or not wav.is_file() else "no emotion label" if not row["emotion"] else
+                   "no speaker or session" if not session else
+                   f"a second row for one wav (line {seen[wav]})" if wav in seen else None)
         try:
             ratings = {k: _rating(row[k]) if row.get(k) else np.nan for k in ("valence", "arousal")}
             start = float(row["start"]) if row.get("start") else float(line)
         except ValueError:
-            report.dropped["rating not a number from 1 to 5, or start not a number"].append(f"{seg_id} ({where})")
+            problem = problem or "rating not a number from 1 to 5, or start not a number"
+        if problem:
+            report.dropped[problem.split(" (line")[0]].append(f"{seg_id} ({where})")
             continue
-        if seg_id in paths:
-            report.dropped["a second row for one wav"].append(f"{seg_id} ({where})")
-            continue
+        seen[wav] = line
+        speaker = row.get("speaker") or session
+        if speakers.setdefault(speaker, session) != session:  # a speaker in two sessions could be trained and tested
+            report.kept["speaker in several sessions (the splits may put them on both sides)"].append(speaker)
         text = row.get("text", "")
         txt = wav.with_suffix(".txt")
         if "text" not in row and txt.is_file():
@@ -211,9 +231,11 @@ def read_manifest(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[
                 report.kept["unreadable txt (empty transcript)"].append(seg_id)
         paths[seg_id] = wav
         emotion = ";".join(nfc(part.strip().lower()) for part in row["emotion"].split(";"))
-        records.append(_utterance(seg_id, emotion, row.get("speaker") or session, sessions.index(session) + 1,
-                                  clean_transcript(text), dialogue=row.get("dialogue") or None, start=start,
-                                  sequence=line, valence=ratings["valence"], arousal=ratings["arousal"]))
+        # A dialogue is named within its session: context windows never join two sessions' utterances.
+        dialogue = f"{session}/{row['dialogue']}" if row.get("dialogue") else None
+        records.append(_utterance(seg_id, emotion, speaker, sessions.index(session) + 1, clean_transcript(text),
+                                  dialogue=dialogue, start=start, sequence=line, valence=ratings["valence"],
+                                  arousal=ratings["arousal"]))
     return records, paths
 
 
@@ -237,8 +259,9 @@ def read_labelled(data_dir: Path, kind: str, wavs: FileIndex) -> tuple[pd.DataFr
     table = _table(records)
     found = sorted({label for cell in table["Emotion"] for label in cell.split(";")})
     classes = [c for c in CLASSES[kind] if c in found] if kind in CLASSES else found
-    sessions = manifest_sessions(data_dir) if kind == "csv" else session_names(kind)
-    facts = {"classes": classes, "sessions": sessions, "text": bool((table["text"] != "").any()),
+    # RAVDESS's and TESS's transcripts are carrier sentences, the same for every emotion: audio alone by default.
+    facts = {"classes": classes, "text": bool((table["text"] != "").any()),
+             "modalities": ["audio"] if kind in ("ravdess", "tess", "emodb") else ["audio", "text"],
              "arousal_valence": bool(table[["Arousal", "Valence"]].notna().to_numpy().any())}
     return table, paths, report, facts
 

@@ -32,12 +32,15 @@ def _labels_to_multi_hot(cells: pd.Series, classes: list[str]) -> np.ndarray:
 
 def apply_label_map(table: pd.DataFrame, classes: list[str],
                     label_map: tuple[tuple[str, str], ...]) -> tuple[pd.DataFrame, list[str]]:
-    """--label_map on a table's labels (totals and raters): each label renamed or merged into another, or dropped
-    (empty target); rows left without a label are dropped -> (table, the classes after the map, in their order)."""
+    """--label_map on a table's labels (totals and raters), applied once to the original labels: each renamed or
+    merged into another, or dropped (empty target); rows left without a label are dropped -> (table, the classes
+    after the map, in their order)."""
     mapping = dict(label_map)
     unknown = sorted(set(mapping) - set(classes))
     if unknown:
         raise FlagError(f"--label_map: {', '.join(unknown)} is not a class of the corpus ({', '.join(classes)})")
+    if all(not mapping.get(c, c) for c in classes):
+        raise FlagError("--label_map drops every class of the corpus")
 
     def remap(cell: str) -> str:
         return ";".join(dict.fromkeys(filter(None, (mapping.get(x, x) for x in str(cell).split(";") if x))))
@@ -112,6 +115,7 @@ class Corpus:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         self.kind, facts = manifest["corpus"], manifest.get("facts", KEMDY_FACTS)
         self.has_text, self.has_av = facts["text"], facts["arousal_valence"]
+        self.modalities = tuple(facts.get("modalities", KEMDY_FACTS["modalities"]))  # the corpus's default
         self.table, self.classes = pd.read_csv(folder / f"df_{role}.csv", keep_default_na=False), facts["classes"]
         if label_map:
             self.table, self.classes = apply_label_map(self.table, self.classes, label_map)
@@ -173,6 +177,7 @@ class Corpus:
         self.table = pd.concat(tables, ignore_index=True)
         self.folders, self.kind = [p.folders[0] for p in parts], "+".join(p.kind for p in parts)
         self.classes, self.has_text, self.has_av = parts[0].classes, parts[0].has_text, parts[0].has_av  # KEMDy's
+        self.modalities = parts[0].modalities
         self.source = np.concatenate([np.full(len(p.table), k) for k, p in enumerate(parts)])
         self.audio_settings, self.text_encoder = settings[0], encoders.pop()
         self.frames = ConcatFrames([p.frames for p in parts])

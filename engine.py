@@ -22,7 +22,7 @@ from errors import FlagError, TrainingError
 from loss import EmotionLoss, class_balanced_weights, inverse_frequency_weights
 from metric import av_calibration, decision_bias, emotion_metrics, selection_score
 from model import MODEL_INPUTS, EmotionModel, ModelConfig
-from options import parse_modalities
+from options import parse_imbalance, parse_modalities
 from protocol import DataSpec, prepare_data, resolve_data
 from trained_run import (Progress, check_corpus_unchanged, checkpoint_config, find_run, load_checkpoint,
                          load_trained_model, restore_training, save_checkpoint, save_corpus_record, write_run_args,
@@ -66,6 +66,14 @@ def resolve_device(device: str, gpu_id: int) -> torch.device:
     return torch.device("cpu")
 
 
+def run_config(args: argparse.Namespace, corpus: Corpus) -> ModelConfig:
+    """The ModelConfig of a new run: its flags, and what its corpus decides (classes after --label_map, the speech
+    cache's shape, the modalities, whether arousal/valence are rated)."""
+    return ModelConfig.from_args(vars(args), corpus.speech_shape(), classes=tuple(corpus.classes),
+                                 modalities=parse_modalities(args.modalities, corpus.has_text, corpus.modalities),
+                                 arousal_valence=corpus.has_av)
+
+
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     params = model.parameters()
     if name == "sgd":
@@ -95,11 +103,12 @@ def setup(config: ModelConfig, args: argparse.Namespace, corpus: Corpus, train_r
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     counts = corpus.labels[train_rows].sum(0)
     class_weights, adjustment = None, None
-    if args.loss == "cbloss" or getattr(args, "imbalance", "none") == "weight":
+    imbalance = parse_imbalance(getattr(args, "imbalance", "none"))
+    if args.loss == "cbloss" or "weight" in imbalance:
         class_weights = (class_balanced_weights(counts, args.beta) if args.loss == "cbloss"
                          else inverse_frequency_weights(counts))
         print("class weights:", {c: round(w, 3) for c, w in zip(corpus.classes, class_weights.tolist())})
-    if getattr(args, "imbalance", "none") == "logit_adjust":
+    if "logit_adjust" in imbalance:
         adjustment = torch.log(torch.from_numpy(np.maximum(counts, 1) / np.maximum(counts, 1).sum()).float())
     loss_fn = EmotionLoss(args.lam, class_weights, args.av_loss, adjustment).to(device)
     optimizer = make_optimizer(model, args.optim, args.lr, args.weight_decay)
@@ -302,7 +311,7 @@ def _finish(t: Training, loaders: dict, run_dir: Path, corpus: Corpus, spec: Dat
     calibration = {}
     if args.av_calibration == "val" and loaders["val"] is not None:
         calibration = calibrate_av(t.model, loaders["val"], t.device, t.dtype)
-    if getattr(args, "imbalance", "none") == "val_bias" and loaders["val"] is not None:
+    if "val_bias" in parse_imbalance(getattr(args, "imbalance", "none")) and loaders["val"] is not None:
         calibration.update(fit_decision_bias(t.model, loaders["val"], t.device, t.dtype))
     if calibration:
         atomic_torch_save({**best, "model": t.model.state_dict()}, run_dir / "best.pth")
@@ -334,13 +343,11 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model, spec.label_map)
     resumed = run_dir / "checkpoint.pth" if run_dir is not None and resume_overrides is not None else None
     config = (checkpoint_config(load_checkpoint(resumed), resumed) if resumed is not None and resumed.exists()
-              else ModelConfig.from_args(vars(args), corpus.speech_shape(), classes=tuple(corpus.classes),
-                                         modalities=parse_modalities(args.modalities, corpus.has_text),
-                                         arousal_valence=corpus.has_av))  # a resumed run: its own model
+              else run_config(args, corpus))  # a resumed run: its own model
     pin = device.type == "cuda"
     loaders = {"train": make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers,
                                     pin, num_replicas=world_size, rank=rank,
-                                    class_balanced=getattr(args, "imbalance", "none") == "sampler"),
+                                    class_balanced="sampler" in parse_imbalance(getattr(args, "imbalance", "none"))),
                "val": make_loader(corpus, spec.val, args.ws, args.batch_size, False, args.seed, args.num_workers, pin,
                                   "--val_split") if spec.val else None,
                "test": make_loader(corpus, spec.test, args.ws, args.batch_size, False, args.seed, args.num_workers,

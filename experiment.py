@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from errors import FlagError, RunFolderError
-from protocol import format_split, prepare_data, resolve_data
+from protocol import prepare_data, resolve_data
 from utils import SUMMARY_METRICS, figure, make_run_dir, write_json, write_text
 
 
@@ -78,7 +78,7 @@ def _plan(args: argparse.Namespace, name: str) -> tuple[Path, argparse.Namespace
     spec = resolve_data(args)
     folds = spec.cv_folds if args.cv else [spec.test]
     runs = [{"name": "_".join(([f"seed{seed}"] if args.seeds else []) + ([f"fold{k}"] if args.cv else [])),
-             "seed": seed, "test_split": format_split(fold)} for seed in seeds for k, fold in enumerate(folds, 1)]
+             "seed": seed, "test_split": spec.format(fold)} for seed in seeds for k, fold in enumerate(folds, 1)]
     prepare_data(spec)  # bad data stops here, before an experiment folder exists
     folder = make_run_dir(args.save_path, ("cv_" if args.cv else "seeds_") + name)
     write_json(folder / "runs.json", {"args": {**vars(args), **spec.flags(), "plan_only": False}, "runs": runs})

@@ -36,7 +36,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
     a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
     a("--modalities", default=None, help="what the model (or baseline) sees: audio,text, audio or text (default: "
-                                         "audio,text where the corpus has transcripts, else audio)")
+                                         "audio,text; audio for RAVDESS, TESS and EmoDB, whose text is a carrier "
+                                         "sentence or absent)")
     a("--label_map", default=None, metavar="LABEL:NEW,...",
       help="merge, rename or drop classes before training, e.g. calm:neutral (RAVDESS's 7-class protocol) or "
            "surprised: (drop); recorded in the run (default: the corpus's own classes)")
@@ -87,11 +88,11 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
       help="optimizer; adamw decouples --weight_decay from the gradient (default: %(default)s)")
     a("--loss", choices=["normal", "cbloss"], default="normal", help="normal = KLDiv + MSE; cbloss = class-balanced "
                                                                      "emotion term (default: %(default)s)")
-    a("--imbalance", choices=["none", "weight", "sampler", "logit_adjust", "val_bias"], default="none",
-      help="for skewed classes: weight = the emotion loss weighted by inverse class frequency; sampler = training "
-           "windows drawn class-balanced; logit_adjust = the loss on logits + log prior (Menon et al. 2021); "
-           "val_bias = after training, a per-class logit bias fitted on the validation sessions' macro-F1 "
-           "(--loss cbloss is the class-balanced loss) (default: %(default)s)")
+    a("--imbalance", default="none", metavar="{none,weight,sampler,logit_adjust,val_bias}",
+      help="for skewed classes, one or several (comma list): weight = the emotion loss weighted by inverse class "
+           "frequency; sampler = training windows drawn class-balanced; logit_adjust = the loss on logits + log prior "
+           "(Menon et al. 2021); val_bias = after training, a per-class logit bias fitted on the validation "
+           "sessions' macro-F1 (--loss cbloss is the class-balanced loss) (default: %(default)s)")
     a("--av_loss", choices=["mse", "ccc"], default="mse",
       help="arousal/valence loss: mse (published) or 1 - CCC over the batch (default: %(default)s)")
     a("--av_calibration", choices=["val", "none"], default="val",
@@ -151,13 +152,26 @@ def check_args(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise FlagError(message)
+    parse_imbalance(args.imbalance)
 
 
-def parse_modalities(text: str | None, has_text: bool) -> tuple[str, ...]:
+IMBALANCE = ("weight", "sampler", "logit_adjust", "val_bias")
+
+
+def parse_imbalance(text: str) -> set[str]:
+    """--imbalance 'sampler,val_bias' -> {"sampler", "val_bias"}; "none" -> set(); FlagError for anything else."""
+    chosen = {p.strip() for p in text.split(",") if p.strip()} - {"none"}
+    if chosen - set(IMBALANCE):
+        raise FlagError(f"--imbalance {text}: choose from none, {', '.join(IMBALANCE)} (a comma list)")
+    return chosen
+
+
+def parse_modalities(text: str | None, has_text: bool, default: tuple[str, ...] = ("audio", "text")) -> tuple[str, ...]:
     """--modalities -> ("audio", "text"), ("audio",) or ("text",); FlagError for anything else, or for text on a
-    corpus without transcripts. Unset: audio and text where the corpus has transcripts, else audio."""
+    corpus without transcripts. Unset: the corpus's default (audio alone where its text is a carrier sentence or
+    absent)."""
     if text is None:
-        return ("audio", "text") if has_text else ("audio",)
+        return tuple(m for m in default if m != "text" or has_text)
     chosen = tuple(m for m in ("audio", "text") if m in {p.strip() for p in text.split(",")})
     if not chosen or len(chosen) != len([p for p in text.split(",") if p.strip()]):
         raise FlagError(f"--modalities '{text}' must be audio,text, audio or text")

@@ -45,11 +45,16 @@ class DataSpec:
         return {"data_dir": ",".join(map(str, self.folders)),
                 "cache_dir": str(self.cache_dir) if self.cache_dir else None,
                 "corpus": self.kinds[0] if len(self.kinds) == 1 else "auto", "speech_model": self.speech_model,
-                "test_split": format_split(self.test), "cv_folds": ";".join(map(format_split, self.cv_folds))}
+                "test_split": self.format(self.test), "cv_folds": ";".join(map(self.format, self.cv_folds))}
 
     def label(self, key: int) -> int | str:
         """A session as shown: its name (a speaker) where the corpus names them, else its number."""
         return self.names[key - 1] if self.names else session_label(key)
+
+    def format(self, keys: tuple[int, ...]) -> str:
+        """Sessions as a flag value that reads back to the same sessions: names where the corpus has them (EmoDB's
+        speaker "10" is session 4; session 10 is speaker "16")."""
+        return ",".join(str(self.label(k)) for k in keys)
 
     def record(self) -> dict[str, list]:
         """The sessions as results.json and the console show them."""
@@ -62,16 +67,20 @@ def session_label(key: int) -> int | str:
     return f"{key // 100}_{key % 100:02d}" if key >= 100 else key
 
 
-def format_split(keys: tuple[int, ...] | list[int]) -> str:
-    return ",".join(str(session_label(k)) for k in keys)
+def _named(item: str, names: tuple[str, ...]) -> list[int]:
+    """The sessions an item names: a session name, or a prefix of names before "_" (TESS's `OAF` = `OAF_words1..5`)."""
+    if item in names:
+        return [names.index(item) + 1]
+    return [k + 1 for k, name in enumerate(names) if name.startswith(item + "_")]
 
 
 def parse_sessions(text: str, flag: str, n_sessions: int, names: tuple[str, ...] = ()) -> list[int]:
-    """'[13,14,15,16]' or '13,14,15,16' -> [13, 14, 15, 16] (or session names, where the corpus names them);
-    anything else raises FlagError naming `flag`."""
+    """'[13,14,15,16]' or '13,14,15,16' -> [13, 14, 15, 16]. Where the corpus names its sessions (speakers), an item
+    is a name first (EmoDB's `16`, RAVDESS's `Actor_19`, TESS's `OAF`), else a session number. Anything else raises
+    FlagError naming `flag`."""
     items = [s for s in re.split(r"[\s,]+", text.strip().strip("[]")) if s]
     try:
-        sessions = [names.index(s) + 1 if s in names else int(s) for s in items]
+        sessions = [k for s in items for k in (_named(s, names) or [int(s)])]
     except ValueError:
         raise FlagError(f"{flag} '{text}' is not a list of session numbers like 13,14,15,16"
                         + (f" or names like {names[0]}" if names else "")) from None
@@ -112,6 +121,9 @@ def corpus_protocol(kind: str, folder: Path) -> tuple[Protocol, tuple[str, ...]]
     """The corpus's sessions and splits, and its session names (none for KEMDy: sessions are numbered)."""
     if kind == "csv":
         names = tuple(manifest_sessions(folder))
+        if len(names) < 2:
+            raise FlagError(f"{folder}/manifest.csv names {len(names)} session (speaker): a speaker-independent split "
+                            "needs at least two")
         return manifest_protocol(len(names)), names
     return PROTOCOLS[kind], tuple(session_names(kind))
 
@@ -140,10 +152,13 @@ def parse_label_map(text: str | None) -> tuple[tuple[str, str], ...]:
     if not text:
         return ()
     pairs = [item.split(":") for item in text.split(",") if item.strip()]
-    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+    if any(len(pair) != 2 or not pair[0].strip() or ";" in pair[1] for pair in pairs):
         raise FlagError(f"--label_map '{text}' is not a list like calm:neutral,surprised: (label:new label, or "
                         "label: to drop it)")
-    return tuple((old.strip().lower(), new.strip().lower()) for old, new in pairs)
+    pairs = [(old.strip().lower(), new.strip().lower()) for old, new in pairs]
+    if len({old for old, _ in pairs}) < len(pairs):
+        raise FlagError(f"--label_map '{text}' maps one label twice")
+    return tuple(pairs)
 
 
 def resolve_data(args: argparse.Namespace) -> DataSpec:

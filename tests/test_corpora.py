@@ -1,6 +1,7 @@
 """Corpora besides KEMDy, generated tiny in the layouts their publishers distribute (RAVDESS, TESS, EmoDB) and as a
 manifest: detection, speakers, labels, sessions and splits, the corpus's own classes through training, testing and
 prediction, corpora without ratings or transcripts, --modalities, --label_map and UA."""
+import argparse
 import json
 
 import numpy as np
@@ -75,8 +76,10 @@ def make_manifest(root):
             voice(root / f"spk{s}" / f"utt{k}.wav", 120 + 50 * (k % 3), seed=s * 8 + k)
             rating = f"{2 + k % 3},{4 - k % 3}" if k % 2 == 0 else ","
             rows.append(f"spk{s}/utt{k}.wav,{label},{rating},spk{s},d{s}_{k // 4},{k % 4},utterance {k}")
-    rows += ["spk0/missing.wav,calm,3,3,spk0,d0_0,9,gone", "spk1/utt0.wav,,3,3,spk1,d1_0,0,no label",
-             "spk2/utt1.wav,calm,high,3,spk2,d2_0,1,bad rating"]
+    voice(root / "spk1" / "extra.wav", 150)
+    voice(root / "spk2" / "extra.wav", 150)
+    rows += ["spk0/missing.wav,calm,3,3,spk0,d0_0,9,gone", "spk1/extra.wav,,3,3,spk1,d1_0,8,no label",
+             "spk2/extra.wav,calm,high,3,spk2,d2_0,8,bad rating"]
     (root / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return root
 
@@ -135,6 +138,7 @@ def test_tess_speakers_words_and_leave_one_speaker_out(tmp_path):
     spec = resolve_data(get_parser().parse_args(["--data_dir", str(tess), "--cv"]))
     assert spec.cv_folds == (tuple(range(1, 6)), tuple(range(6, 11)))  # one speaker each
     assert spec.test == tuple(range(6, 11)) and spec.val == (5,) and spec.train == (1, 2, 3, 4)
+    assert resolve_data(get_parser().parse_args(["--data_dir", str(tess), "--test_split", "OAF"])).test == (1, 2, 3, 4, 5)
 
 
 def test_emodb_speakers_labels_and_no_text(tmp_path):
@@ -150,6 +154,12 @@ def test_emodb_speakers_labels_and_no_text(tmp_path):
     run = train(get_parser().parse_args(["--data_dir", str(emodb), "--save_path", str(tmp_path / "exp")] + TINY))
     config = json.loads((run / "results.json").read_text())
     assert config["sessions"]["test"] == ["16"] and torch_load_config(run)["modalities"] == ("audio",)
+    # The run records its split by speaker name, which reads back to the same speaker (session 10 is speaker 16,
+    # while speaker "10" is session 4).
+    saved = json.loads((run / "args.json").read_text())
+    assert saved["test_split"] == "16" and resolve_data(argparse.Namespace(**saved)).test == (10,)
+    folds = resolve_data(get_parser().parse_args(["--data_dir", str(emodb), "--cv"]))
+    assert [folds.format(f) for f in folds.cv_folds] == ["03", "08", "09", "10", "11", "12", "13", "14", "15", "16"]
     assert_one_line_error(run_cli("main.py", ["--data_dir", str(emodb), "--modalities", "text"]),
                           "--modalities text: the corpus has no transcripts")
 
@@ -163,12 +173,12 @@ def test_a_manifest_corpus_trains_tests_and_predicts_with_its_own_classes(tmp_pa
     corpus = make_manifest(tmp_path / "mine")
     assert detect_corpus(corpus) == "csv"
     summary = preprocess(corpus, "tfidf", 8)
-    assert summary["dropped"] == {"no wav": ["spk0/missing.wav (manifest.csv line 50)"],
-                                  "no emotion label": ["spk1/utt0 (manifest.csv line 51)"],
+    assert summary["dropped"] == {"no wav": ["spk0/missing (manifest.csv line 50)"],
+                                  "no emotion label": ["spk1/extra (manifest.csv line 51)"],
                                   "rating not a number from 1 to 5, or start not a number": [
-                                      "spk2/utt1 (manifest.csv line 52)"]}
+                                      "spk2/extra (manifest.csv line 52)"]}
     table = pd.read_csv(corpus / "df_speaker.csv", keep_default_na=False)
-    assert list(table.loc[table["dialogue"] == "d3_1", "Segment ID"]) == [f"spk3/utt{k}" for k in range(4, 8)]
+    assert list(table.loc[table["dialogue"] == "spk3/d3_1", "Segment ID"]) == [f"spk3/utt{k}" for k in range(4, 8)]
     exp = tmp_path / "exp"
     main(["--data_dir", str(corpus), "--save_path", str(exp), "--test_split", "spk5"] + TINY[:-2] + ["--ws", "2"])
     run = next(exp.iterdir())
@@ -187,3 +197,39 @@ def test_a_malformed_manifest_is_one_line(tmp_path):
     (tmp_path / "manifest.csv").write_text("file,label\na.wav,calm\n", encoding="utf-8")
     assert_one_line_error(run_cli("preprocess.py", ["--data_dir", str(tmp_path)]),
                           "manifest.csv: needs the columns path, emotion and speaker or session")
+
+
+def test_manifest_splits_never_join_speakers(tmp_path):
+    rows = ["path,emotion,speaker,dialogue,start"]
+    for speaker in ("1", "2", "10"):  # numbers as names: natural order, and session 2 is speaker "2"
+        for k in range(3):
+            voice(tmp_path / f"s{speaker}" / f"{k}.wav", 150 + 30 * k, seed=k)
+            rows.append(f"s{speaker}/{k}.wav,{'ab'[k % 2]},{speaker},d1,{k}")  # one dialogue name for everyone
+    rows += ["s1/../s1/0.wav,a,1,d1,9", "../outside.wav,a,1,d1,9", "s2\\1.wav,b,2,d1,9"]
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    summary = preprocess(tmp_path, "tfidf", 8)
+    assert summary["dropped"] == {"a second row for one wav": ["s1/0 (manifest.csv line 11)", "s2/1 (manifest.csv line 13)"],
+                                  "path outside the corpus folder": ["../outside.wav (manifest.csv line 12)"]}
+    spec = resolve_data(get_parser().parse_args(["--data_dir", str(tmp_path)]))
+    assert spec.names == ("1", "2", "10") and spec.test == (3,) and spec.val == (2,) and spec.train == (1,)
+    table = pd.read_csv(tmp_path / "df_speaker.csv", keep_default_na=False, dtype=str)
+    from dataset import context_windows
+    windows = context_windows(table["dialogue"].to_numpy(), 3)
+    for row, window in enumerate(windows):  # every window holds one speaker's utterances only
+        assert set(table["speaker"].to_numpy()[window[window >= 0]]) == {table["speaker"][row]}
+    two = tmp_path.parent / "two"
+    (two / "x").mkdir(parents=True)
+    voice(two / "x" / "a.wav", 150)
+    voice(two / "x" / "b.wav", 200)
+    (two / "manifest.csv").write_text("path,emotion,speaker\nx/a.wav,a,p\nx/b.wav,b,q\n", encoding="utf-8")
+    spec = resolve_data(get_parser().parse_args(["--data_dir", str(two)]))
+    assert (spec.train, spec.val, spec.test) == ((1,), (), (2,))  # two speakers: one trains, one tests
+
+
+def test_label_map_errors_are_one_line(ravdess):
+    for flags, message in [(["--label_map", "calm:neutral,calm:happy"], "maps one label twice"),
+                           (["--label_map", "joy:neutral"], "joy is not a class of the corpus"),
+                           (["--label_map", ",".join(f"{c}:" for c in ("neutral", "calm", "happy", "sad", "angry",
+                                                                         "fearful", "disgust", "surprised"))],
+                            "drops every class")]:
+        assert_one_line_error(run_cli("main.py", ["--data_dir", str(ravdess)] + flags + TINY), message)
