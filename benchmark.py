@@ -9,6 +9,9 @@ per-sample loader; waiting for data <= 5% of a training step; KEMDy19's spectrog
 under 5 minutes; peak training memory at KEMDy19's size under 4 GB. Pretrained speech encoders:
 extraction throughput of a randomly initialised base-size wav2vec2 (random weights cost the same
 compute), and its peak memory on one long clip, which chunking keeps independent of the length.
+Fine-tuning (--finetune_speech / --finetune_text): a training step of base-size wav2vec2 and BERT
+(both context modes for speech; on CUDA fp32 vs mixed precision, with and without gradient
+checkpointing), with the extrapolated time of a KEMDy19 and a KEMDy20 epoch.
 """
 import runtime  # noqa: F401  (process settings that must precede `import torch`)
 
@@ -30,16 +33,19 @@ from dataset import Corpus, make_loader
 from demo_corpus import make_demo_corpus
 from engine import evaluate, run_config, setup, train, train_one_epoch
 from errors import KemdyError, one_line_errors
+from finetune import pretrained_backbones
+from model import EmotionModel, ModelConfig
 from options import get_parser
 from predict import predict
 from preprocess import fingerprint, load_audio, log_mel, preprocess
 from protocol import resolve_data
 from readers import segment_path
 from speech_features import build_speech_cache, encode_clips, load_speech_model
-from utils import cache_folder
+from utils import amp_dtype, autocast, cache_folder
 
 KEMDY19_UTTERANCES = 10280  # per role
 KEMDY19_TRAIN_WINDOWS = KEMDY19_UTTERANCES * 14 // 20  # default split: 14 training sessions of 20
+KEMDY20_TRAIN_WINDOWS = 13462 * 30 // 40  # 13,462 utterances; default split: 30 training sessions of 40
 
 
 class PublishedStyleWindows(Dataset):
@@ -128,23 +134,116 @@ def save_random_speech_model(folder: Path, size: str) -> Path:
     return folder
 
 
-def _speech_child(task: str, model_dir: str, data_dir: str, cache: str, seg_ids: list[str], clip_seconds: float,
-                  device: str, queue) -> None:
-    """Extraction of `seg_ids` ("extract") or of one clip of `clip_seconds` ("clip"), in a fresh process."""
-    device = torch.device(device)
-    if task == "extract":  # timed from the model being loaded to the cache being written
-        wavs = [segment_path(Path(data_dir), s, ".wav") for s in seg_ids]
-        seconds = build_speech_cache(Path(cache), seg_ids, wavs, model_dir, fingerprint(Path(data_dir), wavs),
-                                     load_audio, device)
-        audio_seconds = sum(sf.info(w).duration for w in wavs)
-    else:
-        extractor, model = load_speech_model(model_dir, device)
-        clip = np.random.default_rng(0).standard_normal(int(clip_seconds * SAMPLE_RATE)).astype(np.float32) * 0.1
-        start = time.perf_counter()
-        encode_clips([clip], extractor, model, device)
-        seconds, audio_seconds = time.perf_counter() - start, clip_seconds
-    queue.put({"utt_per_s": len(seg_ids) / seconds, "real_time": audio_seconds / seconds,
+def _extract_child(model_dir: str, data_dir: str, cache: str, seg_ids: list[str], device: str, queue) -> None:
+    """Speech feature extraction of `seg_ids` in a fresh process, timed from the model being loaded to the cache
+    being written."""
+    wavs = [segment_path(Path(data_dir), s, ".wav") for s in seg_ids]
+    seconds = build_speech_cache(Path(cache), seg_ids, wavs, model_dir, fingerprint(Path(data_dir), wavs),
+                                 load_audio, torch.device(device))
+    queue.put({"utt_per_s": len(seg_ids) / seconds, "real_time": sum(sf.info(w).duration for w in wavs) / seconds,
                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6})
+
+
+def _clip_child(model_dir: str, clip_seconds: list[float], device: str, queue) -> None:
+    """The peak memory after encoding one clip of each length in turn, in a fresh process."""
+    extractor, model = load_speech_model(model_dir, torch.device(device))
+    peaks = []
+    for seconds in clip_seconds:
+        clip = np.random.default_rng(0).standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32) * 0.1
+        encode_clips([clip], extractor, model, torch.device(device))
+        peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+    queue.put(peaks)
+
+
+def save_random_text_model(folder: Path, size: str) -> Path:
+    """A randomly initialised BERT of the base size (110M parameters, like klue/roberta-base, KoELECTRA-base, KoBERT)
+    or a tiny one for smoke runs (fine-tuning steps are timed on random token ids: no tokenizer)."""
+    from transformers import BertConfig, BertModel
+    shape = {} if size == "base" else dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                           intermediate_size=64)
+    torch.manual_seed(0)
+    BertModel(BertConfig(**shape)).save_pretrained(folder)
+    return folder
+
+
+def _finetune_steps(encoder: str, model_dir: str, context: str, batch: int, ws: int, clip_seconds: float,
+                    amp: bool, checkpointing: bool, steps: int, dev: torch.device) -> dict:
+    """Fine-tuning steps (forward, backward, AdamW step) of the model with the `encoder` ("speech" or "text") trained,
+    on random inputs shaped like a batch of `batch` windows of `ws` consecutive utterances (`batch + ws - 1`
+    distinct ones: clips of `clip_seconds`, 32 tokens) -> step time, samples/s, peak memory so far."""
+    backbones = pretrained_backbones(model_dir if encoder == "speech" else None,
+                                     model_dir if encoder == "text" else None)
+    net = backbones.speech or backbones.text
+    layers, dim = net.config.num_hidden_layers + 1, net.config.hidden_size
+    config = ModelConfig(text_dim=dim, speech_layers=layers, speech_dim=dim, finetune_speech=encoder == "speech",
+                         finetune_text=encoder == "text", finetune_context=context)
+    if checkpointing:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = EmotionModel(config, backbones).to(dev).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    rng = torch.Generator().manual_seed(0)
+    n_utts = batch + ws - 1
+    inputs = {"spec": torch.randn(n_utts * layers, 2 * dim, generator=rng),
+              "spec_lengths": torch.full((n_utts,), layers), "text": torch.randn(n_utts, dim, generator=rng),
+              "slots": torch.arange(batch)[:, None] + torch.arange(ws)[None, :]}
+    if encoder == "speech":
+        live = torch.arange(n_utts) if context == "encoder" else torch.arange(ws - 1, n_utts)
+        inputs.update(waves=0.1 * torch.randn(len(live), int(clip_seconds * SAMPLE_RATE), generator=rng),
+                      wave_lengths=torch.full((len(live),), int(clip_seconds * SAMPLE_RATE)), wave_slots=live)
+    else:
+        inputs.update(tokens=torch.randint(5, net.config.vocab_size, (n_utts, 32), generator=rng),
+                      token_mask=torch.ones(n_utts, 32, dtype=torch.long))
+    inputs = {k: v.to(dev) for k, v in inputs.items()}
+    dtype = amp_dtype(dev, amp)
+    seconds = []
+    for step in range(steps + 1):  # the first step warms the allocator up: not timed
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        with autocast(dev, dtype):
+            logits, av = model(**inputs)
+        (logits.float().logsumexp(1).mean() + av.float().mean()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if step:
+            seconds.append(time.perf_counter() - start)
+    step_s = float(np.mean(seconds))
+    result = {"step_s": step_s, "samples_per_s": batch / step_s,
+              "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+    if dev.type == "cuda":
+        result["peak_gpu_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
+    return result
+
+
+def _finetune_child(tasks: list[tuple], device: str, queue) -> None:
+    """`_finetune_steps` of each task, in one fresh process (its peak memory is the largest so far)."""
+    queue.put([_finetune_steps(*task, torch.device(device)) for task in tasks])
+
+
+def finetune_figures(args: argparse.Namespace, work: Path) -> dict:
+    """Per fine-tuned encoder (random base-size configs: the cost of real weights), and for speech per context
+    mode: a training step's time, samples (windows) per second, peak memory, and the extrapolated hours of one
+    KEMDy19 and one KEMDy20 epoch; on CUDA also under bf16/fp16 autocast and with gradient checkpointing."""
+    models = {"speech": save_random_speech_model(work / f"ft-wav2vec2-{args.speech_size}", args.speech_size),
+              "text": save_random_text_model(work / f"ft-bert-{args.speech_size}", args.speech_size)}
+    variants = [("", False, False)] + ([("_amp", True, False), ("_ckpt", False, True), ("_amp_ckpt", True, True)]
+                                       if args.device == "cuda" else [])
+    tasks = {f"finetune_{name}{suffix}": (encoder, str(models[encoder]), context, args.finetune_batch, args.ws,
+                                          args.finetune_clip_seconds, amp, checkpointing, args.finetune_steps)
+             for name, encoder, context in (("speech_cache", "speech", "cache"),
+                                            ("speech_encoder", "speech", "encoder"), ("text", "text", "cache"))
+             for suffix, amp, checkpointing in variants}
+    # A process per task, so that each peak memory is its own; --quick runs them all in one (a smoke test).
+    groups = [list(tasks)] if args.quick else [[key] for key in tasks]
+    figures = {}
+    for group in groups:
+        for key, result in zip(group, in_fresh_process(_finetune_child, [tasks[k] for k in group], args.device)):
+            figures.update({f"{key}_{k}": v for k, v in result.items()})
+            figures[f"{key}_kemdy19_epoch_hours"] = KEMDY19_TRAIN_WINDOWS / result["samples_per_s"] / 3600
+            figures[f"{key}_kemdy20_epoch_hours"] = KEMDY20_TRAIN_WINDOWS / result["samples_per_s"] / 3600
+    return figures
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -213,8 +312,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     figures["predict_s_per_utterance"] = (time.perf_counter() - start) / len(wavs)
 
     model_dir = save_random_speech_model(work / f"wav2vec2-{args.speech_size}", args.speech_size)
-    extraction = in_fresh_process(_speech_child, "extract", str(model_dir), str(data_dir), str(cache),
-                                  corpus.table["Segment ID"][:args.speech_utterances].tolist(), 0.0, args.device)
+    extraction = in_fresh_process(_extract_child, str(model_dir), str(data_dir), str(cache),
+                                  corpus.table["Segment ID"][:args.speech_utterances].tolist(), args.device)
     figures["speech_extract_utt_per_s"] = extraction["utt_per_s"]
     figures["speech_extract_real_time"] = extraction["real_time"]
     figures["speech_extract_peak_rss_gb"] = extraction["peak_rss_gb"]
@@ -222,15 +321,18 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     config = json.loads((model_dir / "config.json").read_text())
     row_bytes = (config["num_hidden_layers"] + 1) * 2 * config["hidden_size"] * 2  # float16 mean and std per layer
     figures["speech_cache_mb_per_10k_utterances"] = row_bytes * 10_000 / 1e6
-    for seconds in (10, 30, 120):  # chunking bounds memory: a 120 s clip needs what a 20 s piece needs
-        figures[f"speech_peak_rss_gb_{seconds}s_clip"] = in_fresh_process(
-            _speech_child, "clip", str(model_dir), str(data_dir), str(cache), [], float(seconds),
-            args.device)["peak_rss_gb"]
+    # Chunking bounds memory: a 120 s clip needs what a 20 s piece needs. A process per length, so that each peak
+    # is its own; --quick encodes them in one (a smoke test).
+    lengths = [10.0, 30.0, 120.0]
+    for group in ([lengths] if args.quick else [[seconds] for seconds in lengths]):
+        for seconds, peak in zip(group, in_fresh_process(_clip_child, str(model_dir), group, args.device)):
+            figures[f"speech_peak_rss_gb_{seconds:.0f}s_clip"] = peak
+    figures.update(finetune_figures(args, work))
     return figures
 
 
 QUICK = {"utterances": 240, "train_windows": 64, "reference_batches": 1, "predict_files": 4, "speech_size": "tiny",
-         "speech_utterances": 20}
+         "speech_utterances": 20, "finetune_steps": 1}
 TARGETS = {"loader_speedup": (">=", 100), "published_data_wait_share": ("<=", 0.05),
            "recipe_data_wait_share": ("<=", 0.05), "kemdy19_spectrogram_minutes": ("<", 5),
            "published_peak_rss_gb_kemdy19": ("<", 4), "recipe_peak_rss_gb_kemdy19": ("<", 4)}
@@ -253,6 +355,12 @@ def main_cli(argv: list[str] | None = None) -> dict:
                         help="random wav2vec2 timed for speech feature extraction (default: %(default)s)")
     parser.add_argument("--speech_utterances", type=int, default=200,
                         help="utterances timed for speech feature extraction (default: %(default)s)")
+    parser.add_argument("--finetune_batch", type=int, default=4,
+                        help="windows per fine-tuning step timed (default: %(default)s, a CPU-sized batch)")
+    parser.add_argument("--finetune_clip_seconds", type=float, default=5.0,
+                        help="length of every clip of a timed fine-tuning step (default: %(default)s)")
+    parser.add_argument("--finetune_steps", type=int, default=2,
+                        help="fine-tuning steps timed after a warm-up step (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="smoke size: 240 utterances, few windows, a tiny "
                                                              "speech model")
     parser.add_argument("--cache_dir", default=None, metavar="DIR",

@@ -212,8 +212,10 @@ class WindowDataset(Dataset):
     """Windows ending at the rows of `sessions`; item = a whole batch, built from a list of window indices."""
 
     def __init__(self, corpus: Corpus, sessions: list[int], ws: int, train: bool, seed: int = 0,
-                 split: str = "split"):
-        self.corpus, self.train, self.seed, self.epoch = corpus, train, seed, 0
+                 split: str = "split", live=None):
+        """`live`: for fine-tuned encoders, what adds their inputs (waveforms, token ids) to a batch
+        (finetune.LiveInputs)."""
+        self.corpus, self.train, self.seed, self.epoch, self.live = corpus, train, seed, 0, live
         self.windows = context_windows(corpus.dialogues, ws)[np.isin(corpus.sessions, sessions)]
         if len(self.windows) == 0:
             raise FlagError(f"{split} sessions {sessions} have no utterances in the corpus "
@@ -232,6 +234,8 @@ class WindowDataset(Dataset):
         batch.update(soft=torch.from_numpy(c.soft[last]), labels=torch.from_numpy(c.labels[last]),
                      first_label=torch.from_numpy(c.first_label[last]),
                      arousal_valence=torch.from_numpy(c.arousal_valence[last]), rows=torch.from_numpy(last))
+        if self.live is not None:
+            batch.update(self.live(windows, batch["slots"].numpy(), rng))
         return batch
 
 
@@ -297,11 +301,11 @@ class ChunkBatchSampler(Sampler):
 
 def make_loader(corpus: Corpus, sessions: list[int] | tuple[int, ...], ws: int, batch_size: int, train: bool,
                 seed: int = 0, num_workers: int = 0, pin_memory: bool = False, split: str = "training",
-                num_replicas: int = 1, rank: int = 0, class_balanced: bool = False) -> DataLoader:
+                num_replicas: int = 1, rank: int = 0, class_balanced: bool = False, live=None) -> DataLoader:
     """Batches of the windows ending in `sessions` (shuffled chunks when `train`, or with `class_balanced` windows
     drawn with probability 1 / (count of their target's class); with `num_replicas` > 1 this process's share).
-    `split` names the flag behind `sessions` in the error for an empty split."""
-    dataset = WindowDataset(corpus, list(sessions), ws, train=train, seed=seed, split=split)
+    `split` names the flag behind `sessions` in the error for an empty split; `live` see WindowDataset."""
+    dataset = WindowDataset(corpus, list(sessions), ws, train=train, seed=seed, split=split, live=live)
     weights = None
     if class_balanced:
         targets = corpus.first_label[dataset.windows[:, -1]]

@@ -19,9 +19,10 @@ from tqdm import tqdm
 from constants import KEMDY
 from dataset import Corpus, make_loader
 from errors import FlagError, TrainingError
+from finetune import TEXT_DIR, Backbones, finetune_inputs, live_inputs, save_backbones
 from loss import EmotionLoss, class_balanced_weights, inverse_frequency_weights
 from metric import av_calibration, decision_bias, emotion_metrics, selection_score
-from model import MODEL_INPUTS, EmotionModel, ModelConfig
+from model import EmotionModel, ModelConfig, model_inputs
 from options import parse_imbalance, parse_modalities
 from protocol import DataSpec, prepare_data, resolve_data
 from trained_run import (Progress, check_corpus_unchanged, checkpoint_config, find_run, load_checkpoint,
@@ -39,11 +40,13 @@ class Training:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None  # fp16 only
+    step_schedule: bool  # the scheduler steps after every optimizer step (fine-tuning: warm-up), else every epoch
     loss_fn: EmotionLoss
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype, None = float32
     rank: int = 0
     world_size: int = 1
+    accum_steps: int = 1  # batches per optimizer step (gradient accumulation)
 
     @property
     def scored(self) -> torch.nn.Module:
@@ -74,8 +77,8 @@ def run_config(args: argparse.Namespace, corpus: Corpus) -> ModelConfig:
                                  arousal_valence=corpus.has_av)
 
 
-def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    params = model.parameters()
+def make_optimizer(params, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """`params`: the parameters, or parameter groups (a group's own "lr" overrides `lr`)."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     if name == "adagrad":
@@ -85,20 +88,47 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: f
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
+def encoder_parameters(model: EmotionModel) -> list[torch.nn.Parameter]:
+    """The trainable parameters of the model's fine-tuned backbones (none without --finetune_*)."""
+    encoders = [getattr(model, name) for name in ("waveform", "token_encoder") if hasattr(model, name)]
+    return [p for encoder in encoders for p in encoder.parameters() if p.requires_grad]
+
+
+def finetune_schedule(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
+                      steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per optimizer step: --lr_decay once per epoch for both groups, and for the encoders' group a linear warm-up
+    over the first --warmup_steps steps (their pretrained weights are not pulled about by the random heads'
+    first gradients; the warm-up of wav2vec 2.0's and BERT's fine-tuning recipes)."""
+    def decay(step: int) -> float:
+        return args.lr_decay ** (step // steps_per_epoch)
+
+    def warm(step: int) -> float:
+        return min(1.0, (step + 1) / max(1, args.warmup_steps)) * decay(step)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [decay, warm])
+
+
 def setup(config: ModelConfig, args: argparse.Namespace, corpus: Corpus, train_rows: np.ndarray,
-          device: torch.device, rank: int = 0, world_size: int = 1) -> Training:
-    """Model (log-mel bands standardised with the training rows' statistics), its DDP wrapper under torchrun,
+          device: torch.device, rank: int = 0, world_size: int = 1, backbones: Backbones | None = None,
+          steps_per_epoch: int = 1) -> Training:
+    """Model (log-mel bands standardised with the training rows' statistics; fine-tuned `backbones` with their
+    learning rate --encoder_lr and warm-up over `steps_per_epoch`-step epochs), its DDP wrapper under torchrun,
     loss (class-balanced with --loss cbloss), optimizer, exponential learning-rate decay, EMA and fp16 scaler."""
-    model = EmotionModel(config)
+    model = EmotionModel(config, backbones)
     if "audio" in config.modalities and not config.speech_layers:
         mean, std = corpus.mel_statistics(train_rows)
         model.audio.mel_mean.copy_(torch.from_numpy(mean))
         model.audio.mel_std.copy_(torch.from_numpy(std))
+    encoder = encoder_parameters(model)
+    if encoder and getattr(args, "grad_checkpointing", False):  # activations recomputed in the backward pass
+        for backbone in (b for b in (backbones.speech, backbones.text) if b is not None):
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
     train_model = model
     if world_size > 1:  # DDP gives every process rank 0's initial weights; dropout and SpecAugment draw per process
         torch.manual_seed(args.seed + rank)
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # A fine-tuned backbone may leave parameters without a gradient in a step (layer drop, no masked span).
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=bool(encoder))
     dtype = amp_dtype(device, args.amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     counts = corpus.labels[train_rows].sum(0)
@@ -111,12 +141,20 @@ def setup(config: ModelConfig, args: argparse.Namespace, corpus: Corpus, train_r
     if "logit_adjust" in imbalance:
         adjustment = torch.log(torch.from_numpy(np.maximum(counts, 1) / np.maximum(counts, 1).sum()).float())
     loss_fn = EmotionLoss(args.lam, class_weights, args.av_loss, adjustment).to(device)
-    optimizer = make_optimizer(model, args.optim, args.lr, args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+    if encoder:
+        taken = {id(p) for p in encoder}
+        head = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+        optimizer = make_optimizer([{"params": head}, {"params": encoder, "lr": args.encoder_lr}], args.optim,
+                                   args.lr, args.weight_decay)
+        scheduler = finetune_schedule(optimizer, args, steps_per_epoch)
+    else:
+        optimizer = make_optimizer(model.parameters(), args.optim, args.lr, args.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
     # Weights averaged over epochs (buffers included) smooth the epoch-to-epoch swings of a model trained on a
     # small corpus.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
-    return Training(model, train_model, ema, optimizer, scheduler, scaler, loss_fn, device, dtype, rank, world_size)
+    return Training(model, train_model, ema, optimizer, scheduler, scaler, bool(encoder), loss_fn, device, dtype,
+                    rank, world_size, getattr(args, "accum_steps", 1))
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -125,8 +163,11 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: EmotionLoss,
                     optimizer: torch.optim.Optimizer, device: torch.device, epoch: int,
-                    dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None) -> dict:
-    """One pass over `loader` (autocast to `dtype` if given; `scaler` for fp16)."""
+                    dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+                    accum_steps: int = 1, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> dict:
+    """One pass over `loader` (autocast to `dtype` if given; `scaler` for fp16): one optimizer step per
+    `accum_steps` batches (gradients accumulated; the epoch's last steps may take fewer), then `scheduler` steps
+    if given (a per-step schedule)."""
     model.train()
     sums = {"loss": 0.0, "emotion": 0.0, "arousal": 0.0, "valence": 0.0}
     n, data_wait, start = 0, 0.0, time.perf_counter()
@@ -135,18 +176,21 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: Emotion
         data_wait += time.perf_counter() - fetch_start
         batch = _to(batch, device)
         with autocast(device, dtype):
-            logits, av = model(*(batch[k] for k in MODEL_INPUTS))
+            logits, av = model(**model_inputs(batch))
         loss, parts = loss_fn(logits, av, batch["soft"], batch["arousal_valence"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        scaled = loss / accum_steps if accum_steps > 1 else loss
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if step % accum_steps == 0 or step == len(loader):
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
         size = len(logits)
         n += size
         sums["loss"] += loss.item() * size
@@ -167,7 +211,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, d
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         batch = _to(batch, device)
         with autocast(device, dtype):
-            logits, av = model(*(batch[k] for k in MODEL_INPUTS))
+            logits, av = model(**model_inputs(batch))
         outputs["rows"].append(batch["rows"])
         outputs["probs"].append(torch.softmax(logits.float(), dim=1))
         outputs["av"].append(av.float())
@@ -208,15 +252,18 @@ def _epoch(t: Training, loaders: dict, epoch: int, run_dir: Path, progress: Prog
     so far). Under torchrun the other ranks learn rank 0's best epoch, which early stopping needs."""
     loaders["train"].sampler.epoch = loaders["train"].dataset.epoch = epoch
     record = {"epoch": epoch, "lr": t.optimizer.param_groups[0]["lr"]}
+    if t.step_schedule:
+        record["encoder_lr"] = t.optimizer.param_groups[1]["lr"]
     try:
         record.update(train_one_epoch(t.train_model, loaders["train"], t.loss_fn, t.optimizer, t.device, epoch,
-                                      t.dtype, t.scaler))
+                                      t.dtype, t.scaler, t.accum_steps, t.scheduler if t.step_schedule else None))
     except FloatingPointError as error:
         last = f"{run_dir / 'checkpoint.pth'} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
         lower = t.optimizer.param_groups[0]["lr"] / 10
         raise TrainingError(f"{error}. Last good checkpoint: {last}. Resume with a lower learning rate: "
                             f"python main.py --resume {run_dir} --lr {lower:g}") from None
-    t.scheduler.step()
+    if not t.step_schedule:
+        t.scheduler.step()
     if t.ema is not None:
         t.ema.update_parameters(t.model)
     if t.rank > 0:
@@ -279,8 +326,12 @@ def _resume(t: Training, run_dir: Path, args: argparse.Namespace, overrides: dic
         if t.world_size > 1:  # each process its own dropout and SpecAugment draws again
             torch.manual_seed(args.seed + t.rank + t.world_size * checkpoint["epoch"])
         if "lr" in overrides:  # e.g. after a divergence: continue with a lower learning rate
-            for group in t.optimizer.param_groups:
-                group["lr"] = args.lr
+            factor = args.lr / t.optimizer.param_groups[0]["lr"]
+            t.optimizer.param_groups[0]["lr"] = args.lr
+            for group in t.optimizer.param_groups[1:]:  # the encoders' rate (fine-tuning) keeps its ratio to --lr
+                group["lr"] *= factor
+            if t.step_schedule:  # a per-step schedule recomputes the rates from its base rates
+                t.scheduler.base_lrs = [lr * factor for lr in t.scheduler.base_lrs]
         print(f"resuming {run_dir} after epoch {progress.epoch} (best epoch so far {progress.best_epoch})")
     log_path, log = run_dir / "log.jsonl", []
     if log_path.exists() and t.rank == 0:
@@ -344,24 +395,31 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     resumed = run_dir / "checkpoint.pth" if run_dir is not None and resume_overrides is not None else None
     config = (checkpoint_config(load_checkpoint(resumed), resumed) if resumed is not None and resumed.exists()
               else run_config(args, corpus))  # a resumed run: its own model
+    backbones, live = finetune_inputs(config, corpus, spec.folders, spec.speech_model, args.max_seconds,
+                                      run_dir if resumed is not None and resumed.exists() else None)
     pin = device.type == "cuda"
     loaders = {"train": make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers,
                                     pin, num_replicas=world_size, rank=rank,
-                                    class_balanced="sampler" in parse_imbalance(getattr(args, "imbalance", "none"))),
+                                    class_balanced="sampler" in parse_imbalance(getattr(args, "imbalance", "none")),
+                                    live=live),
                "val": make_loader(corpus, spec.val, args.ws, args.batch_size, False, args.seed, args.num_workers, pin,
-                                  "--val_split") if spec.val else None,
+                                  "--val_split", live=live) if spec.val else None,
                "test": make_loader(corpus, spec.test, args.ws, args.batch_size, False, args.seed, args.num_workers,
-                                   pin, "--test_split")}
+                                   pin, "--test_split", live=live)}
     run_dir = broadcast(run_dir or (make_run_dir(args.save_path, run_name(args)) if rank == 0 else None), world_size)
     run_args = {**vars(args), **spec.flags()}  # what the run records: the flags, the data ones resolved
     if resume_overrides is None and rank == 0:  # a resumed run keeps its args.json; checkpoints carry overrides
         write_run_args(run_dir, run_args)
         save_corpus_record(run_dir, corpus, spec)
+        if backbones is not None:
+            save_backbones(run_dir, spec.speech_model if backbones.speech is not None else None,
+                           corpus.text_encoder if backbones.text is not None else None)
     shown = spec.record()
     print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
     if world_size > 1:
         print(f"data-parallel over {world_size} processes: {world_size} x {args.batch_size} windows per step")
-    t = setup(config, args, corpus, np.flatnonzero(np.isin(corpus.sessions, spec.train)), device, rank, world_size)
+    t = setup(config, args, corpus, np.flatnonzero(np.isin(corpus.sessions, spec.train)), device, rank, world_size,
+              backbones, -(-len(loaders["train"]) // getattr(args, "accum_steps", 1)))
     progress, log = _resume(t, run_dir, args, resume_overrides) if resume_overrides is not None else (Progress(), [])
     save = {"config": config, "run_args": run_args, "features": corpus.audio_settings}
     fit(t, loaders, run_dir, progress, log, args.epochs, args.patience, save)
@@ -384,8 +442,9 @@ def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_c
     prepare_data(spec)
     check_corpus_unchanged(run_dir, spec, allow_corpus_change)
     corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model, spec.label_map)
+    live = live_inputs(model.config, corpus, spec.folders, saved.max_seconds, str(run_dir / TEXT_DIR))
     test_loader = make_loader(corpus, spec.test, saved.ws, saved.batch_size, False, saved.seed, saved.num_workers,
-                              device.type == "cuda", "--test_split")
+                              device.type == "cuda", "--test_split", live=live)
     metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=amp_dtype(device, saved.amp))
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics,
                        "results_test_only.json", {"model": "neural", "best_epoch": checkpoint["best_epoch"],

@@ -14,9 +14,16 @@ import torch.nn.functional as F
 import torchaudio
 
 from constants import DEFAULT_TEXT_DIM, EMOTIONS, N_MELS
+from finetune import Backbones, TokenEncoder, WaveformEncoder
 
 
 MODEL_INPUTS = ("spec", "spec_lengths", "text", "slots")  # the batch entries EmotionModel.forward takes, in order
+LIVE_INPUTS = ("waves", "wave_lengths", "wave_slots", "tokens", "token_mask")  # those of fine-tuned encoders
+
+
+def model_inputs(batch: dict) -> dict:
+    """The entries of a batch that EmotionModel.forward takes, by name."""
+    return {k: batch[k] for k in MODEL_INPUTS + LIVE_INPUTS if k in batch}
 
 
 def _time_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -125,8 +132,13 @@ class SpeechEncoder(nn.Module):
     def layer_weights(self) -> torch.Tensor:
         return torch.softmax(self.layer_logits, dim=0)
 
-    def forward(self, spec: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, spec: torch.Tensor, lengths: torch.Tensor, live: torch.Tensor | None = None,
+                live_slots: torch.Tensor | None = None) -> torch.Tensor:
+        """`live` (W, L, 2, D): rows computed in the step by a fine-tuned encoder (finetune.WaveformEncoder), which
+        replace the cached rows of the utterances `live_slots` (W,)."""
         x = spec.view(len(lengths), self.layers, 2, self.speech_dim)
+        if live is not None:
+            x = x.index_put((live_slots,), live.to(x.dtype))
         x = F.layer_norm(x, (self.speech_dim,))  # each layer's mean and std vectors on one scale
         x = torch.einsum("l,ulsd->usd", self.layer_weights(), x)
         return self.proj(x.flatten(1))
@@ -158,6 +170,14 @@ class ModelConfig:
     classes: tuple[str, ...] = tuple(EMOTIONS)  # the corpus's emotion classes (KEMDy's seven by default)
     modalities: tuple[str, ...] = ("audio", "text")  # what the fusion sees; ("audio",) or ("text",) as ablations
     arousal_valence: bool = True  # whether the corpus rates arousal/valence (else those heads are not trained)
+    # Pretrained encoders trained end to end (finetune.py); their backbones are given to EmotionModel.
+    finetune_speech: bool = False  # waveforms through the speech backbone in the step (needs speech_layers > 0)
+    finetune_text: bool = False  # token ids through the text backbone in the step (text_dim = its hidden size)
+    finetune_context: str = "cache"  # a window's context utterances: frozen cache rows, or "encoder"
+    text_pool: str = "cls"  # the text backbone's utterance vector: first token's state, or "mean" of the tokens
+    freeze_cnn: bool = True  # the speech backbone's convolutional feature encoder stays fixed
+    freeze_layers: int = 0  # the bottom transformer layers of each fine-tuned backbone that stay fixed
+    encoder_time_mask: float = 0.05  # the speech backbone's own time masking in training (mask_time_prob)
 
     @classmethod
     def from_args(cls, args: dict, speech_shape: tuple[int, int] | None = None, **corpus) -> "ModelConfig":
@@ -170,13 +190,25 @@ class ModelConfig:
                    num_layers=args["num_layers"], bidirectional=args["bidirectional"], backbone=args["backbone"],
                    emotion_concat=not args["no_cat"], dropout=args["dropout"], audio_pool=args["audio_pool"],
                    direct=not args["no_direct"], freq_mask=args.get("freq_mask", 0),
-                   time_mask=args.get("time_mask", 0), speech_layers=layers, speech_dim=width, **corpus)
+                   time_mask=args.get("time_mask", 0), speech_layers=layers, speech_dim=width,
+                   finetune_speech=args.get("finetune_speech", False), finetune_text=args.get("finetune_text", False),
+                   finetune_context=args.get("finetune_context", "cache"), text_pool=args.get("text_pool", "cls"),
+                   freeze_cnn=not args.get("train_cnn", False), freeze_layers=args.get("freeze_layers", 0),
+                   encoder_time_mask=args.get("encoder_time_mask", 0.05), **corpus)
 
 
 class EmotionModel(nn.Module):
-    def __init__(self, config: ModelConfig = ModelConfig()):
+    """The model of a ModelConfig; a fine-tuning config (finetune_speech / finetune_text) also takes the pretrained
+    `backbones` it trains (finetune.pretrained_backbones, or run_backbones for a saved run)."""
+
+    def __init__(self, config: ModelConfig = ModelConfig(), backbones: Backbones | None = None):
         super().__init__()
         c = self.config = config
+        if c.finetune_speech and "audio" in c.modalities:
+            self.waveform = WaveformEncoder(backbones.speech, backbones.masked, backbones.normalize, c.freeze_cnn,
+                                            c.freeze_layers, c.encoder_time_mask)
+        if c.finetune_text and "text" in c.modalities:
+            self.token_encoder = TokenEncoder(backbones.text, c.text_pool, c.freeze_layers)
         # Log-mel spectrograms through the CNN, or with speech_layers > 0 a speech model's pooled layers.
         if "audio" in c.modalities:
             self.audio = (SpeechEncoder(c.speech_layers, c.speech_dim, c.audio_dim, c.dropout) if c.speech_layers
@@ -222,15 +254,24 @@ class EmotionModel(nn.Module):
             state_dict.setdefault(prefix + name, value)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor,
-                slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor, slots: torch.Tensor,
+                waves: torch.Tensor | None = None, wave_lengths: torch.Tensor | None = None,
+                wave_slots: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+                token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """spec: packed frames of the batch's distinct utterances (see AudioEncoder), text: their
         embeddings; slots (B, ws): index into them, -1 = padding. The last slot is the target.
+        Fine-tuned encoders also read waves (W, T) at 16 kHz with their lengths (W,) for the utterances
+        `wave_slots` (W,), and the token ids (U, N) of every utterance with their mask (finetune.LiveInputs).
 
         Returns emotion logits (B, classes) and arousal/valence (B, 2) in [1, 5].
         """
-        parts = ([self.audio(spec, spec_lengths)] if "audio" in self.config.modalities else []) + (
-            [self.text_norm(text)] if "text" in self.config.modalities else [])
+        c, parts = self.config, []
+        if "audio" in c.modalities:
+            live = self.waveform(waves, wave_lengths) if c.finetune_speech else None
+            parts.append(self.audio(spec, spec_lengths, live, wave_slots) if live is not None
+                         else self.audio(spec, spec_lengths))
+        if "text" in c.modalities:
+            parts.append(self.text_norm(self.token_encoder(tokens, token_mask) if c.finetune_text else text))
         steps = self.fuse(torch.cat(parts, dim=1))
         valid = (slots >= 0).unsqueeze(-1).to(steps.dtype)
         # Gather each utterance's step features into its windows (B, ws, hidden) as a product with a

@@ -5,7 +5,7 @@ The model's defaults are ModelConfig's (the recipe's), so the CLI and the model 
 """
 import argparse
 
-from constants import CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, SAMPLE_RATE
+from constants import CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, MAX_SECONDS, SAMPLE_RATE
 from errors import FlagError
 from model import ModelConfig
 
@@ -78,6 +78,42 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
       help="SpecAugment: widest time mask in frames, 0 = off (default: %(default)s)")
 
 
+def _add_finetune_args(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("--finetune_speech", action="store_true",
+      help="train the --speech_model's weights end to end: the waveforms of each window's target utterance go "
+           "through it in the training step (GPU; see README, Fine-tuning) (default: frozen cached features)")
+    a("--finetune_text", action="store_true",
+      help="train the --text_encoder (a BERT, RoBERTa or ELECTRA id or folder; --text_dim its hidden size) end to "
+           "end on the transcripts' token ids (default: frozen sentence embeddings)")
+    a("--finetune_context", choices=["cache", "encoder"], default=DEFAULT.finetune_context,
+      help="with --finetune_speech, a window's context utterances: cache = their frozen features (a step encodes "
+           "only the batch's targets: 2.7x faster in benchmark.py), encoder = through the trained encoder too "
+           "(default: %(default)s)")
+    a("--text_pool", choices=["cls", "mean"], default=DEFAULT.text_pool,
+      help="with --finetune_text, the utterance vector: the first token's state, or the mean of the token states "
+           "(default: %(default)s)")
+    a("--encoder_lr", type=float, default=5e-5, help="learning rate of the fine-tuned encoders (--lr is the rest's) "
+                                                      "(default: %(default)s)")
+    a("--warmup_steps", type=int, default=500, help="the encoders' learning rate rises linearly over this many "
+                                                    "optimizer steps (default: %(default)s)")
+    a("--freeze_layers", type=int, default=DEFAULT.freeze_layers,
+      help="the bottom N transformer layers of each fine-tuned encoder stay fixed (default: %(default)s)")
+    a("--train_cnn", action="store_true", help="with --finetune_speech, train the convolutional feature encoder too "
+                                               "(default: it stays fixed, as in wav2vec 2.0's fine-tuning)")
+    a("--encoder_time_mask", type=float, default=DEFAULT.encoder_time_mask,
+      help="with --finetune_speech, the encoder's own time masking in training: share of frames starting a masked "
+           "span of its mask_time_length (wav2vec 2.0's mask_time_prob), 0 = off (default: %(default)s)")
+    a("--max_seconds", type=float, default=MAX_SECONDS,
+      help="with --finetune_speech, clips are cut to this long: a random stretch in training, the start in "
+           "evaluation (default: %(default)s)")
+    a("--grad_checkpointing", action="store_true",
+      help="recompute the fine-tuned encoders' activations in the backward pass: less memory, more compute "
+           "(default: off)")
+    a("--accum_steps", type=int, default=1, help="batches per optimizer step (gradient accumulation) "
+                                                  "(default: %(default)s)")
+
+
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--gpu_id", type=int, default=0, help="CUDA device index (default: %(default)s)")
@@ -121,6 +157,7 @@ def get_parser(description: str | None = None) -> argparse.ArgumentParser:
     add_data_args(p)
     _add_model_args(p)
     _add_training_args(p)
+    _add_finetune_args(p)
     a = p.add_argument
     a("--plan_only", action="store_true", help="with --cv/--seeds: write the experiment folder and its plan, train "
                                               "nothing; then start one `--resume <folder>` job per GPU")
@@ -148,7 +185,13 @@ def check_args(args: argparse.Namespace) -> None:
               (args.text_dim >= 1, "--text_dim must be >= 1"), (0.0 <= args.dropout < 1.0, "--dropout must be in [0, 1)"),
               (args.num_workers >= 0, "--num_workers must be >= 0"), (args.seed >= 0, "--seed must be >= 0"),
               (args.freq_mask >= 0 and args.time_mask >= 0, "--freq_mask and --time_mask must be >= 0"),
-              (not args.plan_only or args.cv or args.seeds, "--plan_only goes with --cv and/or --seeds")]
+              (not args.plan_only or args.cv or args.seeds, "--plan_only goes with --cv and/or --seeds"),
+              (args.encoder_lr > 0, "--encoder_lr must be > 0"), (args.warmup_steps >= 0, "--warmup_steps must be >= 0"),
+              (args.freeze_layers >= 0, "--freeze_layers must be >= 0"), (args.accum_steps >= 1, "--accum_steps must "
+                                                                                                 "be >= 1"),
+              (0.0 <= args.encoder_time_mask < 1.0, "--encoder_time_mask must be in [0, 1)"),
+              (args.max_seconds > 0, "--max_seconds must be > 0"),
+              (not args.finetune_speech or args.speech_model, "--finetune_speech needs --speech_model ID_OR_DIR")]
     for ok, message in checks:
         if not ok:
             raise FlagError(message)

@@ -6,7 +6,9 @@
     ... [--out predictions.csv | predictions.json]
 
 Audio of any sample rate, mono or stereo, any length (the first 10 s are used, as in evaluation; a
---speech_model run encodes the whole clip with the run's speech model, as its preprocessing did).
+--speech_model run encodes the whole clip with the run's speech model, as its preprocessing did; a
+--finetune_speech run its first --max_seconds with the run's fine-tuned encoder, context utterances of a
+--dialogue too, where training took their frozen features: an approximation).
 Text goes through the run's own text encoder (saved in the run folder), NFC-normalised as in training;
 no text means a zero embedding. A wav's transcript is the .txt of the same stem (names compared in NFC,
 so a decomposed macOS name matches). The `note` column names silent clips, channels that cancel, and
@@ -21,13 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from constants import N_FFT
+from constants import N_FFT, SAMPLE_RATE
 from dataset import assemble_batch, context_windows
 from errors import CorpusError, FlagError, RunFolderError, one_line_errors
-from model import MODEL_INPUTS
+from finetune import TEXT_DIR, crop, pad_waves
+from model import model_inputs
 from preprocess import log_mel, read_audio
 from readers import clean_transcript, decode_text, nfc
 from speech_features import encode_clips, load_speech_config, load_speech_model, speech_settings
+from text_encoder import load_tokenizer, tokenize
 from trained_run import load_trained_model, run_text_encoder, trained_on_demo
 from utils import atomic_path
 
@@ -121,17 +125,28 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
         print(f"skipped: {reason}")
     if not kept:
         raise CorpusError("none of the input files could be read")
-    frames, lengths = audio_features(audios, run_args.speech_model, checkpoint["features"], device)
+    config, live = model.config, {}
+    if config.finetune_speech and "audio" in config.modalities:  # every clip through the run's fine-tuned encoder
+        frames = np.zeros((len(kept) * config.speech_layers, 2 * config.speech_dim), dtype=np.float32)
+        lengths = np.full(len(kept), config.speech_layers)
+        live.update(pad_waves([crop(a, int(run_args.max_seconds * SAMPLE_RATE), None) for a in audios]),
+                    wave_slots=torch.arange(len(kept)))
+    else:
+        frames, lengths = audio_features(audios, run_args.speech_model, checkpoint["features"], device)
+    if config.finetune_text and "text" in config.modalities:
+        tokens = tokenize(load_tokenizer(str(run_dir / TEXT_DIR)), kept_texts)
+        live.update(tokens=tokens["input_ids"], token_mask=tokens["attention_mask"])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     if dialogue:  # windows over the files in order, exactly like training
         windows = context_windows(np.zeros(len(kept)), run_args.ws)
     else:  # each utterance alone: a window of padding and itself
         windows = np.full((len(kept), run_args.ws), -1)
         windows[:, -1] = np.arange(len(kept))
-    embeddings = (run_text_encoder(run_dir, model.config.text_dim, trust_pickle)(kept_texts)
-                  if "text" in model.config.modalities else np.zeros((len(kept), model.config.text_dim), np.float32))
-    batch = assemble_batch(frames, offsets, lengths, embeddings, windows)
-    logits, av = model(*(batch[k].to(device) for k in MODEL_INPUTS))
+    embeddings = (run_text_encoder(run_dir, config.text_dim, trust_pickle)(kept_texts)
+                  if "text" in config.modalities and not config.finetune_text
+                  else np.zeros((len(kept), config.text_dim), np.float32))
+    batch = {**assemble_batch(frames, offsets, lengths, embeddings, windows), **live}
+    logits, av = model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
     probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
     table = pd.DataFrame({"file": [str(p) for p in kept]})
     classes = model.config.classes  # the corpus's own classes, as the run was trained

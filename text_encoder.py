@@ -33,6 +33,7 @@ class KoBertTokenizer:
     """
 
     def __init__(self, spiece_model: str | Path, max_length: int = TEXT_MAX_LENGTH):
+        self.model_file = Path(spiece_model)
         self.sp = spm.SentencePieceProcessor(model_file=str(spiece_model))
         self.max_length = max_length
         self.cls_id, self.sep_id, self.pad_id = (self.sp.piece_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
@@ -94,18 +95,37 @@ def check_text_encoder(name: str) -> None:
                                     ", or use the offline --text_encoder tfidf") from None
 
 
-def load_transformer(name: str, device: torch.device):
-    """(tokenizer, model) for a Hugging Face id or a local folder; one clear error if unavailable."""
+def load_tokenizer(name: str):
+    """The tokenizer of a Hugging Face id or local folder (KoBERT's through `KoBertTokenizer`); one clear error if
+    unavailable."""
     from huggingface_hub import hf_hub_download
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
     cache_only = hub_cache_only(name)
     try:
         if _is_kobert(name):
-            spiece = (Path(name) / "spiece.model" if Path(name).is_dir()
-                      else hf_hub_download(name, "spiece.model", local_files_only=cache_only))
-            tokenizer = KoBertTokenizer(spiece)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=cache_only)
+            return KoBertTokenizer(Path(name) / "spiece.model" if Path(name).is_dir()
+                                   else hf_hub_download(name, "spiece.model", local_files_only=cache_only))
+        return AutoTokenizer.from_pretrained(name, local_files_only=cache_only)
+    except (OSError, ValueError) as error:
+        raise pretrained_load_error("text encoder", name, "--text_encoder", error, cache_only,
+                                    ", or use the offline --text_encoder tfidf") from None
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int = TEXT_MAX_LENGTH) -> dict[str, torch.Tensor]:
+    """{"input_ids", "attention_mask"} (N, longest up to `max_length`) of `texts`, padded."""
+    if isinstance(tokenizer, KoBertTokenizer):
+        batch = tokenizer(texts)
+    else:
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {k: batch[k] for k in ("input_ids", "attention_mask")}
+
+
+def load_transformer(name: str, device: torch.device):
+    """(tokenizer, model) for a Hugging Face id or a local folder; one clear error if unavailable."""
+    from transformers import AutoModel
+    tokenizer = load_tokenizer(name)
+    cache_only = hub_cache_only(name)
+    try:
         model = AutoModel.from_pretrained(name, local_files_only=cache_only)
     except (OSError, ValueError) as error:
         raise pretrained_load_error("text encoder", name, "--text_encoder", error, cache_only,
@@ -123,12 +143,7 @@ def transformer_embeddings(texts: list[str], name: str, batch_size: int = 64,
     nonempty = [i for i, t in enumerate(texts) if t.strip()]
     for start in tqdm(range(0, len(nonempty), batch_size), desc=f"embed {Path(name).name}", unit="batch"):
         rows = nonempty[start:start + batch_size]
-        if isinstance(tokenizer, KoBertTokenizer):
-            batch = tokenizer([texts[i] for i in rows])
-        else:
-            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                              max_length=TEXT_MAX_LENGTH, return_tensors="pt")
-        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        batch = {k: v.to(device) for k, v in tokenize(tokenizer, [texts[i] for i in rows]).items()}
         states = model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].unsqueeze(-1).float()
         out[rows] = ((states * mask).sum(1) / mask.sum(1)).cpu().numpy()

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from constants import DEFAULT_TEXT_ENCODER_REAL
+from constants import DEFAULT_TEXT_ENCODER_REAL, MAX_SECONDS
 from dataset import Corpus, audio_cache_paths
+from finetune import run_backbones
 from errors import CorpusError, RunFolderError, StorageError
 from model import EmotionModel, ModelConfig
 from preprocess import feature_settings, is_demo_corpus
@@ -100,11 +101,14 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[EmotionModel, 
     checkpoint). Arguments added since the run was saved get the values that reproduce it."""
     checkpoint = load_checkpoint(path, device)
     config = checkpoint_config(checkpoint, path)
-    args = argparse.Namespace(**{"speech_model": None, "amp": False, "cache_dir": None, **checkpoint["args"]})
+    args = argparse.Namespace(**{"speech_model": None, "amp": False, "cache_dir": None, "max_seconds": MAX_SECONDS,
+                                 **checkpoint["args"]})
     if not config.speech_layers and checkpoint.get("features", feature_settings()) != feature_settings():
         raise RunFolderError(f"{path} was trained on features {checkpoint['features']}, this code computes "
                              f"{feature_settings()}")
-    model = EmotionModel(config).to(device)
+    speech = config.finetune_speech and "audio" in config.modalities
+    text = config.finetune_text and "text" in config.modalities
+    model = EmotionModel(config, run_backbones(path.parent, speech, text) if speech or text else None).to(device)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), args, checkpoint
 

@@ -17,6 +17,11 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     for key in expected:
         assert isinstance(figures[key], float) and figures[key] > 0, key
     assert figures["utterances"] > 200 and figures["config"]["quick"] is True
+    for name in ("speech_cache", "speech_encoder", "text"):  # fine-tuning steps of the tiny encoders
+        for figure in ("step_s", "samples_per_s", "peak_rss_gb", "kemdy19_epoch_hours", "kemdy20_epoch_hours"):
+            assert isinstance(figures[f"finetune_{name}_{figure}"], float) and figures[f"finetune_{name}_{figure}"] > 0
+        assert figures[f"finetune_{name}_samples_per_s"] == figures["config"]["finetune_batch"] / \
+            figures[f"finetune_{name}_step_s"]
     # Consistency between figures that are computed from each other:
     assert abs(figures["loader_speedup"] - figures["loader_windows_per_s"] / figures["reference_windows_per_s"]) < 1e-6
     # The tiny quick-mode wav2vec2: 3 layers x (mean, std) x 32 dims x 2 bytes per utterance.
