@@ -181,8 +181,8 @@ def fit_ratings(x: np.ndarray, av: np.ndarray, train_rows: np.ndarray, val_rows:
 def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     spec = resolve_data(args)
     prepare_data(spec)
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim, label_map=spec.label_map)
-    modalities = parse_modalities(args.modalities, corpus.has_text, corpus.modalities)
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim, label_map=spec.label_map, bio_alignment=spec.bio_alignment)
+    modalities = parse_modalities(args.modalities, corpus.has_text, corpus.modalities, corpus.bio is not None)
     audio_features = ("none" if "audio" not in modalities else
                       args.audio_features or ("speech" if args.speech_model else "egemaps,logmel"))
     run_dir = run_dir or make_run_dir(args.save_path, f"baseline_{args.SorL}")
@@ -194,6 +194,8 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     if len(rows["test"]) == 0:
         raise FlagError(f"--test_split sessions {shown['test']} have no utterances in the corpus")
     blocks = feature_blocks(audio_features, args.no_text or "text" not in modalities, spec, corpus)
+    if "bio" in modalities:  # the bio-signal features (with their presence masks) as one more block
+        blocks["bio"] = corpus.bio
     x = standardize(blocks, rows["train"])
     y, av, n_classes = corpus.first_label, corpus.arousal_valence, len(corpus.classes)
 

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from constants import CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, KEMDY_FACTS, MANIFEST, MAX_FRAMES, NUM_RATERS
+from biosignals import FEATURES as BIO_FEATURES, load_bio
 from errors import CorpusError, FlagError
 from speech_features import speech_cache_paths
 from text_encoder import embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings
@@ -105,10 +106,11 @@ class Corpus:
     """
 
     def __init__(self, folders: list[Path] | str | Path, role: str, text_dim: int, speech_model: str | None = None,
-                 label_map: tuple[tuple[str, str], ...] = ()):
+                 label_map: tuple[tuple[str, str], ...] = (), bio_alignment: str = "clock"):
         folders = split_data_dir(folders) if isinstance(folders, (str, Path)) else list(folders)
         if len(folders) > 1:
-            self._union([Corpus([folder], role, text_dim, speech_model, label_map) for folder in folders], text_dim)
+            self._union([Corpus([folder], role, text_dim, speech_model, label_map, bio_alignment)
+                         for folder in folders], text_dim)
             return
         folder = folders[0]
         self.folders, self.text_pipeline = [folder], None
@@ -156,6 +158,8 @@ class Corpus:
             dtype=np.float32)
         self.sessions = self.table["Session"].to_numpy()
         self.dialogues = self.table["dialogue"].to_numpy()
+        # Per-utterance bio-signal features (biosignals.py), or None for a corpus without bio folders.
+        self.bio = load_bio(folder, bio_alignment, self.table)
 
     def _union(self, parts: list["Corpus"], text_dim: int) -> None:
         settings = [p.audio_settings for p in parts]
@@ -193,6 +197,8 @@ class Corpus:
             self.text = np.concatenate([p.text for p in parts])
         self.sessions = self.table["Session"].to_numpy()
         self.dialogues = self.table["dialogue"].to_numpy()
+        self.bio = None if all(p.bio is None for p in parts) else np.concatenate(
+            [p.bio if p.bio is not None else np.zeros((len(p.table), len(BIO_FEATURES)), np.float32) for p in parts])
 
     def speech_shape(self) -> tuple[int, int]:
         """(layers, hidden size) of the speech model's features; (0, 0) for log-mel frames."""
@@ -229,7 +235,7 @@ class WindowDataset(Dataset):
         windows = self.windows[np.asarray(indices)]
         # Random 10 s crops of longer clips in training, seeded by (seed, epoch, batch) for reproducibility.
         rng = np.random.default_rng((self.seed, self.epoch, int(indices[0]))) if self.train else None
-        batch = assemble_batch(c.frames, c.offsets, c.lengths, c.text, windows, rng)
+        batch = assemble_batch(c.frames, c.offsets, c.lengths, c.text, windows, rng, c.bio)
         last = windows[:, -1]
         batch.update(soft=torch.from_numpy(c.soft[last]), labels=torch.from_numpy(c.labels[last]),
                      first_label=torch.from_numpy(c.first_label[last]),
@@ -240,14 +246,15 @@ class WindowDataset(Dataset):
 
 
 def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, text: np.ndarray,
-                   windows: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+                   windows: np.ndarray, rng: np.random.Generator | None = None,
+                   bio: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Model inputs for `windows` (B, ws) of utterance indices (-1 = padding).
 
     The distinct utterances are cropped once from `frames` (all utterances' frames concatenated;
     utterance i is frames[offsets[i]:offsets[i] + lengths[i]]): a random 10 s crop with `rng`,
     else the first 10 s. They are returned packed, without padding: `spec` is their frames one
     after the other and `spec_lengths` their lengths. `slots` maps each window step to its
-    utterance (its row in `text`).
+    utterance (its row in `text`). With `bio` (utterances x bio features), `bio` holds theirs.
     """
     utterances, inverse = np.unique(windows[windows >= 0], return_inverse=True)
     slots = np.full(windows.shape, -1)
@@ -259,9 +266,12 @@ def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
         starts = starts + (rng.random(len(utterances)) * (lengths - take + 1)).astype(np.int64)
     packed_starts = np.cumsum(take) - take
     frame_index = np.arange(take.sum()) + np.repeat(starts - packed_starts, take)
-    return {"spec": torch.from_numpy(np.asarray(frames[frame_index], dtype=np.float32)),
-            "spec_lengths": torch.from_numpy(take), "text": torch.from_numpy(np.asarray(text[utterances])),
-            "slots": torch.from_numpy(slots)}
+    batch = {"spec": torch.from_numpy(np.asarray(frames[frame_index], dtype=np.float32)),
+             "spec_lengths": torch.from_numpy(take), "text": torch.from_numpy(np.asarray(text[utterances])),
+             "slots": torch.from_numpy(slots)}
+    if bio is not None:
+        batch["bio"] = torch.from_numpy(bio[utterances])
+    return batch
 
 
 class ChunkBatchSampler(Sampler):

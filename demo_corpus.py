@@ -13,6 +13,7 @@ session's prefix) and a row carrying its neighbour's Segment ID.
 """
 import csv
 import shutil
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,7 @@ ANNOTATION_SUBHEADERS = ["", "start", "end", "start", "end", "start", "end", "st
 # KEMDy20: blank header cells hold one space, and the wav group is spelled WAV.
 KEMDY20_GROUPS = ["Numb", "WAV", " ", "Segment ID", "Total Evaluation", " ", " "]
 KEMDY20_SUBHEADERS = [" ", "start", "end", " ", "Emotion", "Valence", "Arousal"]
-BIO_SIGNALS = ("EDA", "TEMP", "IBI")  # KEMDy20's Empatica E4 folders (not audio)
+BIO_SIGNALS = ("EDA", "TEMP", "IBI")  # the Empatica E4 folders (KEMDy19: EDA and TEMP)
 GLITCH_SESSION, GLITCH_PREFIX = 17, "Sess07"  # KEMDy20: some IDs in Sess17_eval.csv read Sess07_...
 # As in the real Session03_F_res.csv: one file's first row carries the ID of the row after it (KEMDy19: the F file
 # only, so the M file's same row proves the right ID; KEMDy20: the wav lengths prove it).
@@ -277,6 +278,9 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int | None = N
                     rows[actor].append([round(start, 4), round(end, 4)] * 4 + labels)
                     if actor == speaker:
                         rows["speaker"].append([round(start, 4), round(end, 4)] + labels)
+        if s < n_sessions:  # the last session has no bio folders, as the real corpora's Session04
+            bio_rng = np.random.default_rng([seed, s, 4])  # its own stream: the audio and labels stay as they were
+            (_write_kemdy20_bio if kemdy20 else _write_kemdy19_bio)(root, s, rows, users, bio_rng)
         if kemdy20:
             _write_kemdy20_session(root, s, rows["speaker"])
             continue
@@ -296,8 +300,7 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int | None = N
 
 
 def _write_kemdy20_session(root: Path, session: int, rows: list[list]) -> None:
-    """SessNN_eval.csv (37 columns: Numb, start, end, Segment ID, totals, 10 raters), and bio-signal files
-    that a reader must not take for audio."""
+    """SessNN_eval.csv (37 columns: Numb, start, end, Segment ID, totals, 10 raters)."""
     table = [[i + 1] + r for i, r in enumerate(rows)]
     if session == GLITCH_SESSION:
         for row in table[:3]:
@@ -312,8 +315,153 @@ def _write_kemdy20_session(root: Path, session: int, rows: list[list]) -> None:
     with open(root / "annotation" / f"Sess{session:02d}_eval.csv", "w", newline="", encoding="ascii",
               errors="replace") as f:
         csv.writer(f).writerows([header1, header2] + table)
-    for signal in BIO_SIGNALS:
-        folder = root / signal / f"Session{session:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"Sess{session:02d}_script01_User{2 * session - 1:03d}F.csv").write_text(
-            "header\nheader\n0.31,1563867000\n0.32,1563867000,%s\n" % rows[0][2], encoding="ascii")
+
+
+# Bio-signals in both real layouts (../shared/KEMDY_BIOSIGNALS.md), with the real files' glitches: KEMDy19 files
+# join two recordings and have a forward gap after which the Segment IDs (placed by counting rows) are displaced,
+# and one file is cut short; KEMDy20 has one 0-byte IBI file and one EDA file cut short. The wearer's arousal
+# drives skin-conductance responses, temperature and heart rate, so the modality carries some signal.
+BIO_GAP_SESSION, BIO_GAP_SECONDS = 2, 30.0
+BIO_CUT_SESSION = 1
+RATE = 4
+
+
+def _bio_trace(rng: np.random.Generator, n: int, segments: list[tuple[float, float, float]], base: float,
+               signal: str) -> np.ndarray:
+    """n samples at 4 Hz of EDA (µS) or TEMP (°C) over a timeline where `segments` (start s, end s, arousal 1-5)
+    are the wearer's turns."""
+    t = np.arange(n) / RATE
+    drift = np.cumsum(rng.normal(0, 0.01 if signal == "EDA" else 0.002, n))
+    trace = base + drift
+    for start, end, arousal in segments:
+        inside = (t >= start) & (t < end)
+        if signal == "EDA":
+            for peak in rng.uniform(start, end, rng.poisson(max(0.0, arousal - 2.0) * 1.2)):
+                after = np.clip(t - peak, 0, None)
+                trace += 0.15 * arousal * (1 - np.exp(-after / 0.8)) * np.exp(-after / 4.0) * (t > peak)
+            trace[inside] += 0.08 * (arousal - 3)
+        else:
+            trace[inside] -= 0.06 * (arousal - 3)
+    trace = np.maximum(trace, 0.01) if signal == "EDA" else trace
+    return np.round(trace, 6 if signal == "EDA" else 2)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 3600):02d}:{int(seconds % 3600 // 60):02d}:{seconds % 60:06.3f}"
+
+
+def _write_kemdy19_bio(root: Path, session: int, rows: dict, users: dict, rng: np.random.Generator) -> None:
+    """EDA|TEMP/SessionNN/Original/SessNN{F,M}.csv: `value,t,clock[,SegmentID]`, no header. Recording 0 holds the
+    scripts, recording 1 the improvisations (`t` restarts); a dialogue's time 0 is at virtual sample A of the file.
+    In session BIO_GAP_SESSION the clock jumps forward in the middle of the first dialogue; in BIO_CUT_SESSION the
+    F file ends partway through its last dialogue. Both files carry both speakers' IDs on rows counted from A, so
+    displaced after the gap (section 3b). The annotation's EDA/TEMP start/end cells get the wearer's value at the
+    first sample at or after each segment's start and end (3c; NaN past the file's end), ECG a smooth trace."""
+    turns = {}  # dialogue -> [(index in rows[actor], start, end)]: both actors' rows hold the same segments
+    for k, row in enumerate(rows["F"]):
+        turns.setdefault(row[8].rsplit("_", 1)[0], []).append((k, row[0], row[1]))
+    recordings = [r for r in ([d for d in turns if "_script" in d], [d for d in turns if "_impro" in d]) if r]
+    for actor in ("F", "M"):
+        arousal = [row[11] for row in rows[actor]]
+        ecg = np.cumsum(rng.normal(0, 0.05, len(rows[actor]) + 1))
+        base = {"EDA": rng.uniform(0.5, 4.0), "TEMP": rng.uniform(31.5, 34.5)}
+        clock, virtual, physical = 10 * 3600 + rng.uniform(0, 1800), 0, 0
+        lines = {"EDA": [], "TEMP": []}
+        for r, dialogues in enumerate(recordings):
+            anchors, offset = {}, rng.uniform(20, 60)
+            for d in dialogues:
+                anchors[d] = int(round(RATE * offset))
+                offset += turns[d][-1][2] + rng.uniform(20, 60)
+            n = int(RATE * offset)
+            kept = np.arange(n)
+            if session == BIO_GAP_SESSION and r == 0:  # a forward gap in the middle of the first dialogue
+                first = turns[dialogues[0]]
+                gap_start = anchors[dialogues[0]] + int(RATE * first[len(first) // 2][1])
+                gap_end = min(gap_start + int(RATE * BIO_GAP_SECONDS), n - 8)  # recording goes on after it
+                kept = kept[(kept < gap_start) | (kept >= gap_end)]
+            if session == BIO_CUT_SESSION and actor == "F" and r == len(recordings) - 1:
+                kept = kept[:int(len(kept) * 0.8)]
+            # The IDs go on the rows whose count from the file's start is the segment's virtual index: counting
+            # rows skips the samples missing in a gap, so after one they land later on the clock (3b).
+            ids = {virtual + row: rows[actor][k][8] for d in dialogues for k, ws, we in turns[d]
+                   for row in range(int(np.ceil(anchors[d] + RATE * ws)), int(np.ceil(anchors[d] + RATE * we)))}
+            segments = [(anchors[d] / RATE + ws, anchors[d] / RATE + we, arousal[k])
+                        for d in dialogues for k, ws, we in turns[d]]
+            traces = {}
+            for signal in ("EDA", "TEMP"):
+                traces[signal] = _bio_trace(rng, n, segments, base[signal], signal)
+                if signal == "EDA":
+                    traces[signal][0] = 0.0  # the E4 writes 0 first
+                decimals = 6 if signal == "EDA" else 2
+                lines[signal] += [f"{traces[signal][i]:.{decimals}f},{(i + 1) / RATE},{_clock(clock + (i + 1) / RATE)}"
+                                  + (f",{ids[physical + p]}" if physical + p in ids else "")
+                                  for p, i in enumerate(kept)]
+            for d in dialogues:  # the annotation's cells: the first kept sample at or after each time
+                for k, ws, we in turns[d]:
+                    cells = []
+                    for signal in ("EDA", "TEMP"):
+                        for time in (ws, we):
+                            at = np.searchsorted(kept, int(np.ceil(anchors[d] + RATE * time)))
+                            cells.append(round(float(traces[signal][kept[at]]), 6) if at < len(kept) else "NaN")
+                    rows[actor][k][2:8] = [round(float(ecg[k]), 6), round(float(ecg[k + 1]), 6)] + cells
+            clock += n / RATE + rng.uniform(1800, 7200)  # the break between the two recordings
+            virtual, physical = virtual + n, physical + len(kept)
+        for signal, text in lines.items():
+            folder = root / signal / f"Session{session:02d}" / "Original"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"Sess{session:02d}{actor}.csv").write_text("\n".join(text) + "\n", encoding="ascii")
+
+
+def _k20_datetime(unix: float) -> str:
+    """`YYYY-MMDD-HHMM-SS-mmm` in local time (UTC+9), as KEMDy20 writes it."""
+    local = datetime.fromtimestamp(unix, tz=timezone(timedelta(hours=9)))
+    return local.strftime("%Y-%m%d-%H%M-%S-") + f"{local.microsecond // 1000:03d}"
+
+
+def _write_kemdy20_bio(root: Path, session: int, rows: dict, users: dict, rng: np.random.Generator) -> None:
+    """EDA|TEMP|IBI/SessionNN/SessNN_scriptNN_UserNNNX.csv per dialogue and wearer: EDA/TEMP with the unix start
+    and a rate line, then `value,datetime[,SegmentID]` at 4 Hz; IBI `t,ibi,datetime[,SegmentID]`. Each file starts
+    12-230 s before the dialogue and carries only its wearer's IDs; the two wearers' clocks differ by about 240 s.
+    Session 1: one 0-byte IBI file and one EDA file cut before its dialogue ends."""
+    dialogues = {}
+    for row in rows["speaker"]:
+        dialogues.setdefault(row[2].rsplit("_", 2)[0], []).append(row)
+    for dialogue, turns in dialogues.items():
+        for actor, user in users.items():
+            own = [(r[0], r[1], r[5], r[2]) for r in turns if f"_{user}_" in r[2]]
+            lead = rng.uniform(12.5, 230.0)
+            unix = 1597976852.0 + 86400 * session + (240.0 if actor == "M" else 0.0) + rng.uniform(0, 600)
+            anchor = unix + lead
+            duration = lead + turns[-1][1] + rng.uniform(10, 60)
+            n = int(RATE * duration)
+            segments = [(lead + ws, lead + we, arousal) for ws, we, arousal, _ in own]
+            for signal in ("EDA", "TEMP", "IBI"):
+                folder = root / signal / f"Session{session:02d}"
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{dialogue}_{user}.csv"
+                if signal == "IBI":
+                    if session == BIO_CUT_SESSION and actor == "M" and dialogue.endswith("script01"):
+                        path.write_bytes(b"")  # as Sess01_script05_User002M.csv of the real corpus
+                        continue
+                    beats, t = [], rng.uniform(10, 30)
+                    while t < duration:
+                        arousal = next((a for s0, s1, a in segments if s0 <= t < s1), 3.0)
+                        ibi = round(float(np.clip(rng.normal(0.8 - 0.05 * (arousal - 3), 0.03), 0.45, 1.1)) * 64) / 64
+                        t += ibi
+                        if rng.random() > 0.1:  # dropped beats
+                            seg = next((f",{sid}" for (ws, we, _, sid) in own if anchor + ws <= unix + t < anchor + we), "")
+                            beats.append(f"{t:.6f},{ibi:.6f},{_k20_datetime(unix + t)}{seg}")
+                    path.write_text("\n".join([f"{unix:.6f},IBI,{_k20_datetime(unix)}"] + beats) + "\n",
+                                    encoding="ascii")
+                    continue
+                trace = _bio_trace(rng, n, segments, rng.uniform(0.5, 6.0) if signal == "EDA" else
+                                   rng.uniform(32.0, 35.5), signal)
+                trace[0] = 0.0 if signal == "EDA" else trace[0]
+                if signal == "EDA" and session == BIO_CUT_SESSION and actor == "F":
+                    trace = trace[:int(RATE * (lead + turns[-1][0]))]  # cut before the dialogue's last turn
+                lines = [f"{unix:.6f},{_k20_datetime(unix)}", "4.000000,hz"]
+                for i, value in enumerate(trace):
+                    time = unix + i / RATE
+                    seg = next((f",{sid}" for (ws, we, _, sid) in own if anchor + ws <= time < anchor + we), "")
+                    lines.append(f"{value:.{6 if signal == 'EDA' else 2}f},{_k20_datetime(time)}{seg}")
+                path.write_text("\n".join(lines) + "\n", encoding="ascii")

@@ -72,8 +72,9 @@ def resolve_device(device: str, gpu_id: int) -> torch.device:
 def run_config(args: argparse.Namespace, corpus: Corpus) -> ModelConfig:
     """The ModelConfig of a new run: its flags, and what its corpus decides (classes after --label_map, the speech
     cache's shape, the modalities, whether arousal/valence are rated)."""
+    modalities = parse_modalities(args.modalities, corpus.has_text, corpus.modalities, corpus.bio is not None)
     return ModelConfig.from_args(vars(args), corpus.speech_shape(), classes=tuple(corpus.classes),
-                                 modalities=parse_modalities(args.modalities, corpus.has_text, corpus.modalities),
+                                 modalities=modalities, bio_dim=corpus.bio.shape[1] if "bio" in modalities else 0,
                                  arousal_valence=corpus.has_av)
 
 
@@ -391,7 +392,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
         check_save_path(args.save_path)  # before any data is prepared
     # Data first: bad data stops the start before a run folder exists, so none is left behind.
     broadcast(prepare_data(spec) if rank == 0 else None, world_size)  # the others wait for rank 0
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model, spec.label_map)
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model, spec.label_map, spec.bio_alignment)
     resumed = run_dir / "checkpoint.pth" if run_dir is not None and resume_overrides is not None else None
     config = (checkpoint_config(load_checkpoint(resumed), resumed) if resumed is not None and resumed.exists()
               else run_config(args, corpus))  # a resumed run: its own model
@@ -441,7 +442,7 @@ def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_c
                         "(predict.py needs only the run folder)")
     prepare_data(spec)
     check_corpus_unchanged(run_dir, spec, allow_corpus_change)
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model, spec.label_map)
+    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model, spec.label_map, spec.bio_alignment)
     live = live_inputs(model.config, corpus, spec.folders, saved.max_seconds, str(run_dir / TEXT_DIR))
     test_loader = make_loader(corpus, spec.test, saved.ws, saved.batch_size, False, saved.seed, saved.num_workers,
                               device.type == "cuda", "--test_split", live=live)

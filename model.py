@@ -19,11 +19,12 @@ from finetune import Backbones, TokenEncoder, WaveformEncoder
 
 MODEL_INPUTS = ("spec", "spec_lengths", "text", "slots")  # the batch entries EmotionModel.forward takes, in order
 LIVE_INPUTS = ("waves", "wave_lengths", "wave_slots", "tokens", "token_mask")  # those of fine-tuned encoders
+BIO_WIDTH = 16  # the bio-signal features' projection, fused with the audio and text features
 
 
 def model_inputs(batch: dict) -> dict:
     """The entries of a batch that EmotionModel.forward takes, by name."""
-    return {k: batch[k] for k in MODEL_INPUTS + LIVE_INPUTS if k in batch}
+    return {k: batch[k] for k in MODEL_INPUTS + LIVE_INPUTS + ("bio",) if k in batch}
 
 
 def _time_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -168,7 +169,8 @@ class ModelConfig:
     speech_layers: int = 0  # > 0: a speech model's pooled layers (L rows of width 2 * speech_dim), not log-mel
     speech_dim: int = 0
     classes: tuple[str, ...] = tuple(EMOTIONS)  # the corpus's emotion classes (KEMDy's seven by default)
-    modalities: tuple[str, ...] = ("audio", "text")  # what the fusion sees; ("audio",) or ("text",) as ablations
+    modalities: tuple[str, ...] = ("audio", "text")  # what the fusion sees: audio, text, bio (KEMDy wearables)
+    bio_dim: int = 0  # bio-signal features per utterance (biosignals.FEATURES), with "bio" in modalities
     arousal_valence: bool = True  # whether the corpus rates arousal/valence (else those heads are not trained)
     # Pretrained encoders trained end to end (finetune.py); their backbones are given to EmotionModel.
     finetune_speech: bool = False  # waveforms through the speech backbone in the step (needs speech_layers > 0)
@@ -216,7 +218,10 @@ class EmotionModel(nn.Module):
                                             time_mask=c.time_mask, dropout=c.dropout))
         if "text" in c.modalities:
             self.text_norm = nn.LayerNorm(c.text_dim)
-        width = (c.audio_dim if "audio" in c.modalities else 0) + (c.text_dim if "text" in c.modalities else 0)
+        if "bio" in c.modalities:  # z-scored statistics, counts and presence masks: one linear layer
+            self.bio = nn.Sequential(nn.Linear(c.bio_dim, BIO_WIDTH), nn.ReLU(inplace=True))
+        width = (c.audio_dim if "audio" in c.modalities else 0) + (c.text_dim if "text" in c.modalities else 0) + (
+            BIO_WIDTH if "bio" in c.modalities else 0)
         self.fuse = nn.Sequential(nn.Linear(width, c.hidden_size), nn.ReLU(inplace=True), nn.Dropout(c.dropout))
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[c.backbone]
         self.rnn = rnn(c.hidden_size + 1, c.hidden_size, num_layers=c.num_layers, batch_first=True,
@@ -257,11 +262,12 @@ class EmotionModel(nn.Module):
     def forward(self, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor, slots: torch.Tensor,
                 waves: torch.Tensor | None = None, wave_lengths: torch.Tensor | None = None,
                 wave_slots: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
-                token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                token_mask: torch.Tensor | None = None, bio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """spec: packed frames of the batch's distinct utterances (see AudioEncoder), text: their
         embeddings; slots (B, ws): index into them, -1 = padding. The last slot is the target.
         Fine-tuned encoders also read waves (W, T) at 16 kHz with their lengths (W,) for the utterances
         `wave_slots` (W,), and the token ids (U, N) of every utterance with their mask (finetune.LiveInputs).
+        bio (U, bio_dim): the utterances' bio-signal features (zeros and 0 masks where absent).
 
         Returns emotion logits (B, classes) and arousal/valence (B, 2) in [1, 5].
         """
@@ -272,6 +278,8 @@ class EmotionModel(nn.Module):
                          else self.audio(spec, spec_lengths))
         if "text" in c.modalities:
             parts.append(self.text_norm(self.token_encoder(tokens, token_mask) if c.finetune_text else text))
+        if "bio" in c.modalities:
+            parts.append(self.bio(bio))
         steps = self.fuse(torch.cat(parts, dim=1))
         valid = (slots >= 0).unsqueeze(-1).to(steps.dtype)
         # Gather each utterance's step features into its windows (B, ws, hidden) as a product with a

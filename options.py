@@ -5,6 +5,7 @@ The model's defaults are ModelConfig's (the recipe's), so the CLI and the model 
 """
 import argparse
 
+from biosignals import ALIGNMENT_HELP, ALIGNMENTS
 from constants import CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, MAX_SECONDS, SAMPLE_RATE
 from errors import FlagError
 from model import ModelConfig
@@ -35,9 +36,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
            "wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) instead of log-mel spectrograms (default: log-mel)")
     a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
     a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
-    a("--modalities", default=None, help="what the model (or baseline) sees: audio,text, audio or text (default: "
-                                         "audio,text; audio for RAVDESS, TESS and EmoDB, whose text is a carrier "
-                                         "sentence or absent)")
+    a("--modalities", default=None, help="what the model (or baseline) sees, a comma list of audio, text and bio "
+                                         "(KEMDy's wristband EDA, skin temperature and IBI), e.g. audio,text,bio "
+                                         "(default: audio,text; audio for RAVDESS, TESS and EmoDB, whose text is a "
+                                         "carrier sentence or absent)")
+    a("--bio_alignment", choices=list(ALIGNMENTS), default="clock", help=ALIGNMENT_HELP)
     a("--label_map", default=None, metavar="LABEL:NEW,...",
       help="merge, rename or drop classes before training, e.g. calm:neutral (RAVDESS's 7-class protocol) or "
            "surprised: (drop); recorded in the run (default: the corpus's own classes)")
@@ -209,17 +212,21 @@ def parse_imbalance(text: str) -> set[str]:
     return chosen
 
 
-def parse_modalities(text: str | None, has_text: bool, default: tuple[str, ...] = ("audio", "text")) -> tuple[str, ...]:
-    """--modalities -> ("audio", "text"), ("audio",) or ("text",); FlagError for anything else, or for text on a
-    corpus without transcripts. Unset: the corpus's default (audio alone where its text is a carrier sentence or
-    absent)."""
+def parse_modalities(text: str | None, has_text: bool, default: tuple[str, ...] = ("audio", "text"),
+                     has_bio: bool = False) -> tuple[str, ...]:
+    """--modalities -> a tuple of audio, text, bio in that order (e.g. ("audio", "text")); FlagError for anything
+    else, for text on a corpus without transcripts, or bio on one without bio-signals. Unset: the corpus's default
+    (audio alone where its text is a carrier sentence or absent; bio never, until measured on real files)."""
     if text is None:
         return tuple(m for m in default if m != "text" or has_text)
-    chosen = tuple(m for m in ("audio", "text") if m in {p.strip() for p in text.split(",")})
-    if not chosen or len(chosen) != len([p for p in text.split(",") if p.strip()]):
-        raise FlagError(f"--modalities '{text}' must be audio,text, audio or text")
+    given = [p.strip() for p in text.split(",") if p.strip()]
+    chosen = tuple(m for m in ("audio", "text", "bio") if m in given)
+    if not chosen or len(chosen) != len(given):
+        raise FlagError(f"--modalities '{text}' must be a comma list of audio, text and bio, e.g. audio,text")
     if "text" in chosen and not has_text:
         raise FlagError(f"--modalities {text}: the corpus has no transcripts; use --modalities audio")
+    if "bio" in chosen and not has_bio:
+        raise FlagError(f"--modalities {text}: the corpus has no bio-signals (KEMDy's EDA/, TEMP/, IBI/ folders)")
     return chosen
 
 

@@ -146,6 +146,9 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
                   if "text" in config.modalities and not config.finetune_text
                   else np.zeros((len(kept), config.text_dim), np.float32))
     batch = {**assemble_batch(frames, offsets, lengths, embeddings, windows), **live}
+    if "bio" in config.modalities:  # new recordings come without wristband data: absent, as their masks say
+        print("note: the run also reads bio-signals; none are given here (masked, as for utterances without them)")
+        batch["bio"] = torch.zeros(len(kept), config.bio_dim)
     logits, av = model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
     probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
     table = pd.DataFrame({"file": [str(p) for p in kept]})

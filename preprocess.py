@@ -34,6 +34,7 @@ from tqdm import tqdm
 from constants import (CORPUS_NAMES, DEFAULT_DATA_DIR, KEMDY20_CLASS_COUNTS, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
                        DEFAULT_TEXT_ENCODER_REAL, DEMO_MARKER_FILE, F_MAX, F_MIN, HOP_LENGTH, KEMDY, LOG_OFFSET,
                        MANIFEST, N_FFT, N_MELS, SAMPLE_RATE, SUMMARY, WAVS)
+from biosignals import ALIGNMENT_HELP, ALIGNMENTS, SIGNALS, build_bio_cache
 from errors import CorpusError, one_line_errors
 from corpora import detect_corpus, read_any, source_files
 from readers import FileIndex
@@ -203,11 +204,12 @@ def _read_json(path: Path) -> dict:
 
 def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
                text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0, speech_model: str | None = None,
-               corpus: str = "auto", cache_dir: str | Path | None = None) -> dict:
+               corpus: str = "auto", cache_dir: str | Path | None = None, bio_alignment: str = "clock") -> dict:
     """Run every step that is not up to date; return the summary (corpus, rows per role, classes, repairs, drops)
     with the seconds taken by the steps that ran (`seconds`). With `speech_model`, also the cache of its pooled
     layer features (speech_features.py). `corpus` (kemdy19/kemdy20) overrides the detection; `cache_dir` moves
-    every derived file out of the corpus folder (`cache_folder`). Raises CorpusError (one line) on a corpus it
+    every derived file out of the corpus folder (`cache_folder`). A KEMDy corpus with bio-signal folders also gets
+    its per-utterance bio features, aligned by `bio_alignment` (biosignals.py). Raises CorpusError (one line) on a corpus it
     cannot read, and when outputs must be rebuilt in a folder that cannot be written."""
     data_dir = Path(data_dir)
     out = cache_folder(data_dir, cache_dir)
@@ -270,9 +272,25 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             seg_ids = sorted(paths)
             seconds["speech"] = build_speech_cache(out, seg_ids, [paths[s] for s in seg_ids], speech_model, sources,
                                                    load_audio, may_write=may_write)
+        if kind in KEMDY:
+            table = pd.read_csv(out / "annotation.csv", keep_default_na=False) if table is None else table
+            started = time.perf_counter()
+            bio = build_bio_cache(out, data_dir, kind, table, bio_alignment, may_write)
+            if bio is not None:
+                seconds["bio"] = time.perf_counter() - started
+                print_bio_report(bio, bio_alignment)
     summary = _read_json(out / SUMMARY)
     print_summary(summary, data_dir)
     return {**summary, "seconds": seconds}
+
+
+def print_bio_report(report: dict, alignment: str) -> None:
+    """How many utterances have each bio-signal, per role, and what could not be read or aligned."""
+    counts = "; ".join(f"{role} {c['of']} rows: " + ", ".join(f"{s} {c[s]}" for s in SIGNALS)
+                       for role, c in report["utterances"].items())
+    print(f"bio-signals ({alignment} alignment): {counts}")
+    for note in report["notes"]:
+        print(f"  bio: {note}")
 
 
 def corpus_wavs(out: Path, data_dir: Path) -> dict[str, Path]:
@@ -369,6 +387,7 @@ def main() -> None:
                         help="write every derived file (tables, embeddings, feature caches, summaries) to "
                              "DIR/<corpus folder name> instead of the corpus folder, e.g. for a corpus on read-only "
                              "storage (default: the corpus folder)")
+    parser.add_argument("--bio_alignment", choices=list(ALIGNMENTS), default="clock", help=ALIGNMENT_HELP)
     parser.add_argument("--seed", type=int, default=0, help="demo corpus and tf-idf seed (default: %(default)s)")
     parser.add_argument("--sessions", type=int, default=None, help="demo: sessions (default: all of the layout's, "
                                                                    "20 or 40)")
@@ -388,7 +407,7 @@ def main() -> None:
             print(f"demo corpus written to {args.make_demo}; next: python preprocess.py --data_dir {args.make_demo}")
         else:
             preprocess(args.data_dir, args.text_encoder, args.text_dim, args.seed, args.speech_model, args.corpus,
-                       args.cache_dir)
+                       args.cache_dir, args.bio_alignment)
 
 
 if __name__ == "__main__":

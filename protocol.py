@@ -33,6 +33,7 @@ class DataSpec:
     cv_folds: tuple[tuple[int, ...], ...]  # the test sessions of each cross-validation fold
     names: tuple[str, ...] = ()  # one corpus with named sessions (speakers): the name of session k is names[k - 1]
     label_map: tuple[tuple[str, str], ...] = ()  # --label_map: (label, what it becomes; "" = dropped)
+    bio_alignment: str = "clock"  # --bio_alignment: how KEMDy bio-signals are aligned to the utterances
 
     @property
     def caches(self) -> list[Path]:
@@ -196,7 +197,8 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
                     text_encoder=args.text_encoder, text_dim=args.text_dim, speech_model=speech_model, groups=groups,
                     train=tuple(k for group in groups for k in group if k not in test and k not in val),
                     val=val, test=test, cv_folds=cv_folds, names=names,
-                    label_map=parse_label_map(getattr(args, "label_map", None)))
+                    label_map=parse_label_map(getattr(args, "label_map", None)),
+                    bio_alignment=getattr(args, "bio_alignment", "clock"))
 
 
 def prepare_data(spec: DataSpec) -> None:
@@ -209,6 +211,6 @@ def prepare_data(spec: DataSpec) -> None:
                   "say nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
             make_demo_corpus(folder, seed=0)
         preprocess(folder, spec.text_encoder, spec.text_dim, speech_model=spec.speech_model, corpus=kind,
-                   cache_dir=spec.cache_dir)
+                   cache_dir=spec.cache_dir, bio_alignment=spec.bio_alignment)
         if is_demo_corpus(folder):
             print(f"NOTE: {folder} is the synthetic demo corpus, not {CORPUS_NAMES[kind]}.")
