@@ -6,6 +6,7 @@ dicts of figures, one JSON line per epoch goes to log.jsonl).
 import argparse
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,7 @@ def setup(config: ModelConfig, args: argparse.Namespace, corpus: Corpus, train_r
     train_model = model
     if world_size > 1:  # DDP gives every process rank 0's initial weights; dropout and SpecAugment draw per process
         torch.manual_seed(args.seed + rank)
+        np.random.seed(args.seed + rank)  # (a fine-tuned speech encoder draws its time masks from numpy)
         # A fine-tuned backbone may leave parameters without a gradient in a step (layer drop, no masked span).
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=bool(encoder))
@@ -176,14 +178,20 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: Emotion
     for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False), 1):
         data_wait += time.perf_counter() - fetch_start
         batch = _to(batch, device)
-        with autocast(device, dtype):
-            logits, av = model(**model_inputs(batch))
-        loss, parts = loss_fn(logits, av, batch["soft"], batch["arousal_valence"])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}")
-        scaled = loss / accum_steps if accum_steps > 1 else loss
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if step % accum_steps == 0 or step == len(loader):
+        stepping = step % accum_steps == 0 or step == len(loader)
+        # Under DDP, gradients are averaged across processes only on the batch that ends an accumulation.
+        quiet = model.no_sync() if not stepping and isinstance(model, DistributedDataParallel) else nullcontext()
+        with quiet:
+            with autocast(device, dtype):
+                logits, av = model(**model_inputs(batch))
+            loss, parts = loss_fn(logits, av, batch["soft"], batch["arousal_valence"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, batch {step}")
+            # Each batch weighs 1 / (batches in its accumulation group; the epoch's last group may be shorter).
+            group = min(accum_steps, len(loader) - (step - 1) // accum_steps * accum_steps)
+            scaled = loss / group if group > 1 else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if stepping:
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -326,6 +334,7 @@ def _resume(t: Training, run_dir: Path, args: argparse.Namespace, overrides: dic
         restore_rng_states(checkpoint["rng"])  # rank 0's states
         if t.world_size > 1:  # each process its own dropout and SpecAugment draws again
             torch.manual_seed(args.seed + t.rank + t.world_size * checkpoint["epoch"])
+            np.random.seed(args.seed + t.rank + t.world_size * checkpoint["epoch"])
         if "lr" in overrides:  # e.g. after a divergence: continue with a lower learning rate
             factor = args.lr / t.optimizer.param_groups[0]["lr"]
             t.optimizer.param_groups[0]["lr"] = args.lr
@@ -396,8 +405,9 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     resumed = run_dir / "checkpoint.pth" if run_dir is not None and resume_overrides is not None else None
     config = (checkpoint_config(load_checkpoint(resumed), resumed) if resumed is not None and resumed.exists()
               else run_config(args, corpus))  # a resumed run: its own model
+    from_pretrained = resumed is None or not resumed.exists()  # no fine-tuned weights yet
     backbones, live = finetune_inputs(config, corpus, spec.folders, spec.speech_model, args.max_seconds,
-                                      run_dir if resumed is not None and resumed.exists() else None)
+                                      None if from_pretrained else run_dir)
     pin = device.type == "cuda"
     loaders = {"train": make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers,
                                     pin, num_replicas=world_size, rank=rank,
@@ -412,9 +422,9 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume_override
     if resume_overrides is None and rank == 0:  # a resumed run keeps its args.json; checkpoints carry overrides
         write_run_args(run_dir, run_args)
         save_corpus_record(run_dir, corpus, spec)
-        if backbones is not None:
-            save_backbones(run_dir, spec.speech_model if backbones.speech is not None else None,
-                           corpus.text_encoder if backbones.text is not None else None)
+    if backbones is not None and from_pretrained and rank == 0:  # (again for a run stopped before its first epoch)
+        save_backbones(run_dir, spec.speech_model if backbones.speech is not None else None,
+                       corpus.text_encoder if backbones.text is not None else None)
     shown = spec.record()
     print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
     if world_size > 1:

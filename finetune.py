@@ -53,9 +53,10 @@ class WaveformEncoder(nn.Module):
     transformer layer), the mean and standard deviation over the clip's frames of the hidden states.
 
     `masked`: give the backbone an attention mask (models with a layer-norm CNN; a group-norm CNN, as wav2vec2-base,
-    is given none, as its feature extractor says). `freeze_cnn` keeps the convolutional feature encoder fixed, the
-    usual practice since wav2vec 2.0's fine-tuning (its weights carry little an utterance label can improve and
-    its activations take most of the memory); the bottom `freeze_layers` transformer layers stay fixed too.
+    is given none, as its feature extractor says, and sees a training batch's zero padding, as in its own
+    fine-tuning recipe). `freeze_cnn` keeps the convolutional feature encoder fixed, the usual practice since
+    wav2vec 2.0's fine-tuning (its weights carry little an utterance label can improve and its activations take
+    most of the memory); the bottom `freeze_layers` transformer layers stay fixed too, with what lies below them.
     `time_mask`: the backbone's own SpecAugment-like masking of its CNN features in training (`mask_time_prob`
     of its config, spans of `mask_time_length` frames), 0 = off. Layer drop is turned off: the layer weights
     read every layer's states.
@@ -68,8 +69,19 @@ class WaveformEncoder(nn.Module):
         backbone.config.mask_time_prob, backbone.config.mask_feature_prob = time_mask, 0.0
         backbone.config.apply_spec_augment = time_mask > 0
         backbone.config.layerdrop = 0.0  # a dropped layer would leave its hidden states out of the output
+        if time_mask > 0 and getattr(backbone, "masked_spec_embed", None) is None:
+            # A config saved without masking has no mask embedding: add one, initialised as the model does.
+            backbone.masked_spec_embed = nn.Parameter(torch.empty(backbone.config.hidden_size).uniform_())
         if freeze_cnn:
-            backbone.freeze_feature_encoder()
+            backbone.feature_extractor._freeze_parameters()  # (HuBERT has no freeze_feature_encoder())
+        if freeze_layers:  # what lies below the first trained layer: projection, position embedding, mask vector
+            below = [backbone.feature_projection, backbone.encoder.pos_conv_embed]
+            if not getattr(backbone.config, "do_stable_layer_norm", False):  # post-norm models normalise first
+                below.append(backbone.encoder.layer_norm)
+            for module in below:
+                _freeze(module)
+            if getattr(backbone, "masked_spec_embed", None) is not None:
+                backbone.masked_spec_embed.requires_grad_(False)
         for layer in list(transformer_layers(backbone))[:freeze_layers]:
             _freeze(layer)
 
@@ -156,14 +168,14 @@ def pretrained_backbones(speech_model: str | None, text_encoder: str | None) -> 
         load_speech_config(speech_model)  # one line if it is not a speech encoder
         extractor = _loaded(speech_model, "speech model", "--speech_model",
                             lambda local: AutoFeatureExtractor.from_pretrained(speech_model, local_files_only=local))
-        backbones.speech = _loaded(speech_model, "speech model", "--speech_model",
-                                   lambda local: AutoModel.from_pretrained(speech_model, local_files_only=local))
+        backbones.speech = _loaded(speech_model, "speech model", "--speech_model", lambda local: AutoModel.from_pretrained(
+            speech_model, local_files_only=local, dtype=torch.float32))  # trained in fp32 (autocast with --amp)
         backbones.masked = bool(getattr(extractor, "return_attention_mask", False))
         backbones.normalize = bool(getattr(extractor, "do_normalize", True))
     if text_encoder:
         _text_config(text_encoder)
-        backbones.text = _loaded(text_encoder, "text encoder", "--text_encoder",
-                                 lambda local: AutoModel.from_pretrained(text_encoder, local_files_only=local))
+        backbones.text = _loaded(text_encoder, "text encoder", "--text_encoder", lambda local: AutoModel.from_pretrained(
+            text_encoder, local_files_only=local, dtype=torch.float32))
     return backbones
 
 
@@ -195,13 +207,19 @@ def run_backbones(run_dir: Path, speech: bool, text: bool) -> Backbones:
             raise RunFolderError(f"{folder} is missing: the run's fine-tuned encoder cannot be rebuilt without it; "
                                  "copy the whole run folder")
     backbones = Backbones()
-    if speech:
-        backbones.speech = AutoModel.from_config(AutoConfig.from_pretrained(run_dir / SPEECH_DIR))
-        extractor = AutoFeatureExtractor.from_pretrained(run_dir / SPEECH_DIR)
-        backbones.masked = bool(getattr(extractor, "return_attention_mask", False))
-        backbones.normalize = bool(getattr(extractor, "do_normalize", True))
-    if text:
-        backbones.text = AutoModel.from_config(AutoConfig.from_pretrained(run_dir / TEXT_DIR))
+    try:
+        if speech:
+            backbones.speech = AutoModel.from_config(AutoConfig.from_pretrained(run_dir / SPEECH_DIR),
+                                                     dtype=torch.float32)
+            extractor = AutoFeatureExtractor.from_pretrained(run_dir / SPEECH_DIR)
+            backbones.masked = bool(getattr(extractor, "return_attention_mask", False))
+            backbones.normalize = bool(getattr(extractor, "do_normalize", True))
+        if text:
+            backbones.text = AutoModel.from_config(AutoConfig.from_pretrained(run_dir / TEXT_DIR), dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise RunFolderError(f"{run_dir}: the fine-tuned encoders' files are damaged or incomplete ({first_line}); "
+                             "copy the whole run folder") from None
     return backbones
 
 
@@ -302,18 +320,12 @@ def row_wavs(corpus, data_dirs: list[Path]) -> list[Path]:
     return [maps[source][seg] for source, seg in zip(corpus.source, corpus.table["Segment ID"])]
 
 
-def _finetuned(config) -> tuple[bool, bool]:
-    """Whether a model.ModelConfig trains its speech and its text encoder."""
-    return (config.finetune_speech and "audio" in config.modalities,
-            config.finetune_text and "text" in config.modalities)
-
-
 def live_inputs(config, corpus, data_dirs: tuple[Path, ...], max_seconds: float, tokenizer: str,
                 min_samples: int = MIN_SAMPLES) -> LiveInputs | None:
     """What adds the fine-tuned encoders' inputs to the batches of a dataset.Corpus read from the corpus folders
     `data_dirs` (None for a config that fine-tunes nothing): its wavs, and the token ids of `tokenizer` (an id or
     folder) cached in the corpus's cache folder."""
-    speech, text = _finetuned(config)
+    speech, text = config.finetune_speech, config.finetune_text
     if not (speech or text):
         return None
     tokens = token_ids(corpus.folders[0], load_tokenizer(tokenizer), corpus.table["Segment ID"].tolist(),
@@ -329,9 +341,12 @@ def finetune_inputs(config, corpus, data_dirs: tuple[Path, ...], speech_model: s
     checkpoint) or rebuilt from `run_dir`, and what adds their inputs to the batches (`live_inputs`); (None, None)
     otherwise. FlagError for a corpus or flags they cannot work with, PretrainedError for a backbone that cannot
     be loaded."""
-    speech, text = _finetuned(config)
+    speech, text = config.finetune_speech, config.finetune_text
     if not (speech or text):
         return None, None
+    for flag, on, modality in (("speech", speech, "audio"), ("text", text, "text")):
+        if on and modality not in config.modalities:
+            raise FlagError(f"--finetune_{flag} trains the {modality} encoder, but --modalities leaves {modality} out")
     if speech and not config.speech_layers:
         raise FlagError("--finetune_speech needs --speech_model ID_OR_DIR (preprocessed with it: its frozen features "
                         "give the windows' context utterances)")

@@ -133,13 +133,12 @@ class SpeechEncoder(nn.Module):
     def layer_weights(self) -> torch.Tensor:
         return torch.softmax(self.layer_logits, dim=0)
 
-    def forward(self, spec: torch.Tensor, lengths: torch.Tensor, live: torch.Tensor | None = None,
-                live_slots: torch.Tensor | None = None) -> torch.Tensor:
-        """`live` (W, L, 2, D): rows computed in the step by a fine-tuned encoder (finetune.WaveformEncoder), which
-        replace the cached rows of the utterances `live_slots` (W,)."""
+    def forward(self, spec: torch.Tensor, lengths: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
+        """-> (U + W, dim): the U cached utterances, then the W rows `live` (W, L, 2, D) computed in the step by a
+        fine-tuned encoder (finetune.WaveformEncoder), if given."""
         x = spec.view(len(lengths), self.layers, 2, self.speech_dim)
         if live is not None:
-            x = x.index_put((live_slots,), live.to(x.dtype))
+            x = torch.cat([x, live.to(x.dtype)])
         x = F.layer_norm(x, (self.speech_dim,))  # each layer's mean and std vectors on one scale
         x = torch.einsum("l,ulsd->usd", self.layer_weights(), x)
         return self.proj(x.flatten(1))
@@ -206,10 +205,10 @@ class EmotionModel(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig(), backbones: Backbones | None = None):
         super().__init__()
         c = self.config = config
-        if c.finetune_speech and "audio" in c.modalities:
+        if c.finetune_speech:
             self.waveform = WaveformEncoder(backbones.speech, backbones.masked, backbones.normalize, c.freeze_cnn,
                                             c.freeze_layers, c.encoder_time_mask)
-        if c.finetune_text and "text" in c.modalities:
+        if c.finetune_text:
             self.token_encoder = TokenEncoder(backbones.text, c.text_pool, c.freeze_layers)
         # Log-mel spectrograms through the CNN, or with speech_layers > 0 a speech model's pooled layers.
         if "audio" in c.modalities:
@@ -259,10 +258,20 @@ class EmotionModel(nn.Module):
             state_dict.setdefault(prefix + name, value)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _live_slots(self, slots: torch.Tensor, wave_slots: torch.Tensor, n_cached: int) -> torch.Tensor:
+        """`slots` pointing at the live rows (after the `n_cached` cached ones) of the utterances `wave_slots`: the
+        targets' with finetune_context "cache" (every target has one), every step's with "encoder"."""
+        live_row = torch.full((n_cached,), -1, dtype=slots.dtype, device=slots.device)
+        live_row[wave_slots] = n_cached + torch.arange(len(wave_slots), device=slots.device)
+        if self.config.finetune_context == "encoder":
+            return torch.where(slots >= 0, live_row[slots.clamp(min=0)], slots)
+        return torch.cat([slots[:, :-1], live_row[slots[:, -1:]]], dim=1)
+
     def forward(self, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor, slots: torch.Tensor,
                 waves: torch.Tensor | None = None, wave_lengths: torch.Tensor | None = None,
                 wave_slots: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
-                token_mask: torch.Tensor | None = None, bio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                token_mask: torch.Tensor | None = None,
+                bio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """spec: packed frames of the batch's distinct utterances (see AudioEncoder), text: their
         embeddings; slots (B, ws): index into them, -1 = padding. The last slot is the target.
         Fine-tuned encoders also read waves (W, T) at 16 kHz with their lengths (W,) for the utterances
@@ -272,14 +281,19 @@ class EmotionModel(nn.Module):
         Returns emotion logits (B, classes) and arousal/valence (B, 2) in [1, 5].
         """
         c, parts = self.config, []
+        # Fine-tuned speech: the utterances `wave_slots` get a second, live row after the U cached ones; the
+        # targets (finetune_context "cache") or all steps ("encoder") read it. Without waves (predict.py puts the
+        # fine-tuned encoder's features in `spec`) the cached rows are all there is.
+        live = self.waveform(waves, wave_lengths) if c.finetune_speech and waves is not None else None
         if "audio" in c.modalities:
-            live = self.waveform(waves, wave_lengths) if c.finetune_speech else None
-            parts.append(self.audio(spec, spec_lengths, live, wave_slots) if live is not None
-                         else self.audio(spec, spec_lengths))
+            parts.append(self.audio(spec, spec_lengths, live) if live is not None else self.audio(spec, spec_lengths))
         if "text" in c.modalities:
-            parts.append(self.text_norm(self.token_encoder(tokens, token_mask) if c.finetune_text else text))
+            text = self.text_norm(self.token_encoder(tokens, token_mask) if c.finetune_text else text)
+            parts.append(torch.cat([text, text[wave_slots]]) if live is not None else text)
         if "bio" in c.modalities:
-            parts.append(self.bio(bio))
+            parts.append(self.bio(torch.cat([bio, bio[wave_slots]]) if live is not None else bio))
+        if live is not None:
+            slots = self._live_slots(slots, wave_slots, len(spec_lengths))
         steps = self.fuse(torch.cat(parts, dim=1))
         valid = (slots >= 0).unsqueeze(-1).to(steps.dtype)
         # Gather each utterance's step features into its windows (B, ws, hidden) as a product with a

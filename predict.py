@@ -126,14 +126,14 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
     if not kept:
         raise CorpusError("none of the input files could be read")
     config, live = model.config, {}
-    if config.finetune_speech and "audio" in config.modalities:  # every clip through the run's fine-tuned encoder
-        frames = np.zeros((len(kept) * config.speech_layers, 2 * config.speech_dim), dtype=np.float32)
+    if config.finetune_speech:  # every clip through the run's fine-tuned encoder, in batches of 8
+        clips = [crop(a, int(run_args.max_seconds * SAMPLE_RATE), None) for a in audios]
+        frames = np.concatenate([model.waveform(*(v.to(device) for v in pad_waves(clips[k:k + 8]).values()))
+                                 .flatten(2).flatten(0, 1).cpu().numpy() for k in range(0, len(clips), 8)])
         lengths = np.full(len(kept), config.speech_layers)
-        live.update(pad_waves([crop(a, int(run_args.max_seconds * SAMPLE_RATE), None) for a in audios]),
-                    wave_slots=torch.arange(len(kept)))
     else:
         frames, lengths = audio_features(audios, run_args.speech_model, checkpoint["features"], device)
-    if config.finetune_text and "text" in config.modalities:
+    if config.finetune_text:
         tokens = tokenize(load_tokenizer(str(run_dir / TEXT_DIR)), kept_texts)
         live.update(tokens=tokens["input_ids"], token_mask=tokens["attention_mask"])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])

@@ -116,6 +116,7 @@ def tokenize(tokenizer, texts: list[str], max_length: int = TEXT_MAX_LENGTH) -> 
     if isinstance(tokenizer, KoBertTokenizer):
         batch = tokenizer(texts)
     else:
+        tokenizer.padding_side = "right"  # the token cache keeps lengths: the tokens come first
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     return {k: batch[k] for k in ("input_ids", "attention_mask")}
 

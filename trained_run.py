@@ -106,9 +106,9 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[EmotionModel, 
     if not config.speech_layers and checkpoint.get("features", feature_settings()) != feature_settings():
         raise RunFolderError(f"{path} was trained on features {checkpoint['features']}, this code computes "
                              f"{feature_settings()}")
-    speech = config.finetune_speech and "audio" in config.modalities
-    text = config.finetune_text and "text" in config.modalities
-    model = EmotionModel(config, run_backbones(path.parent, speech, text) if speech or text else None).to(device)
+    finetuned = config.finetune_speech or config.finetune_text
+    model = EmotionModel(config, run_backbones(path.parent, config.finetune_speech, config.finetune_text)
+                         if finetuned else None).to(device)
     model.load_state_dict(checkpoint["model"])
     return model.eval(), args, checkpoint
 

@@ -174,3 +174,22 @@ def test_unloadable_encoder_id_fails_fast_with_one_line(tiny, tmp_path):
                      env={"HF_HUB_OFFLINE": "1"})
     assert_one_line_error(result, "cannot load text encoder 'no-such/text-encoder'", "--text_encoder DIR")
     assert not list(tmp_path.iterdir())  # no run folder left behind
+
+
+def test_waveform_encoder_freezes_what_lies_below_and_loads_fp16_weights_as_fp32(tmp_path):
+    from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
+    from finetune import WaveformEncoder, pretrained_backbones
+    folder = tmp_path / "tiny-hubert-fp16"  # saved in half precision, without time masking (no mask embedding)
+    HubertModel(HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                             mask_time_prob=0.0)).half().save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(folder)
+    backbones = pretrained_backbones(str(folder), None)
+    assert {p.dtype for p in backbones.speech.parameters()} == {torch.float32}
+    encoder = WaveformEncoder(backbones.speech, backbones.masked, backbones.normalize, freeze_layers=1,
+                              time_mask=0.5).train()
+    waves = torch.randn(3, 16000)
+    encoder(waves, torch.tensor([16000, 12000, 8000])).sum().backward()
+    trained = {n for n, p in encoder.backbone.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert trained and all(n.startswith("encoder.layers.1.") for n in trained), sorted(trained)
+    assert encoder.backbone.masked_spec_embed.shape == (32,)
