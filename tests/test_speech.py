@@ -28,6 +28,7 @@ def save_tiny(folder, family: str):
     """A randomly initialised model of `family` with its feature extractor, as a hub folder would hold it."""
     from transformers import (HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model,
                               WavLMConfig, WavLMModel)
+    torch.manual_seed(0)  # the same weights whichever tests ran before (tolerances below depend on them)
     shape = dict(hidden_size=32, num_hidden_layers=TINY_LAYERS, num_attention_heads=2, intermediate_size=64,
                  conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=10)
     if family == "wav2vec2":  # group-norm CNN: the extractor gives no attention mask (like wav2vec2-base)
