@@ -1,6 +1,6 @@
 """Bio-signals of the KEMDy wearables (Empatica E4: EDA in µS and skin temperature in °C at 4 Hz in both corpora,
-inter-beat intervals in KEMDy20) as per-utterance features, cached like the spectrograms. `../shared/
-KEMDY_BIOSIGNALS.md` describes the files, measured on real ones; the section numbers below are its.
+inter-beat intervals in KEMDy20) as per-utterance features, cached like the spectrograms. The readers follow a
+format note measured on real files of both corpora (KEMDY_BIOSIGNALS.md; the section numbers below are its).
 
 KEMDy19 (`EDA|TEMP/SessionNN/Original/SessNN{F,M}.csv`, one file per session and wearer, no header, rows
 `value,t,clock[,SegmentID]`): a file joins two recordings (`t` restarts) and has forward gaps after which the
