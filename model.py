@@ -152,7 +152,7 @@ def _identity_av_map() -> dict[str, torch.Tensor]:
 class ModelConfig:
     """The model's shape and its training-time augmentation. The defaults are the recipe's (the CLI takes
     them from here); the published model is hidden_size=512, num_layers=4, audio_dim=256, audio_pool="mean",
-    direct=False, freq_mask=0, time_mask=0 (`$PUBLISHED` in the README)."""
+    direct=False, freq_mask=0, time_mask=0 (`$PUBLISHED` in docs/reproducing.md)."""
     text_dim: int = DEFAULT_TEXT_DIM  # sentence embedding size
     audio_dim: int = 128  # audio encoder output; conv widths are audio_dim/8 .. audio_dim
     hidden_size: int = 128  # fusion and recurrent width
