@@ -18,6 +18,7 @@ import runtime  # noqa: F401  (process settings that must precede `import torch`
 import argparse
 import json
 import multiprocessing
+from queue import SimpleQueue
 import resource
 import tempfile
 import time
@@ -110,8 +111,14 @@ def _train_child(data_dir: str, model_flags: list[str], argv: list[str], max_win
     queue.put(result)
 
 
-def in_fresh_process(target, *args) -> dict:
-    """target(*args, queue) in a spawned process, so that its peak memory is its own -> what it put."""
+def in_child(target, *args, fresh: bool = True) -> dict:
+    """target(*args, queue) in a spawned process, so that its peak memory is its own -> what it put. With
+    fresh=False (--quick, a smoke test) in this process: no interpreter start-up, and the peak-memory figures
+    are this process's so far."""
+    if not fresh:
+        queue = SimpleQueue()
+        target(*args, queue)
+        return queue.get()
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=target, args=(*args, queue))
@@ -235,11 +242,12 @@ def finetune_figures(args: argparse.Namespace, work: Path) -> dict:
              for name, encoder, context in (("speech_cache", "speech", "cache"),
                                             ("speech_encoder", "speech", "encoder"), ("text", "text", "cache"))
              for suffix, amp, checkpointing in variants}
-    # A process per task, so that each peak memory is its own; --quick runs them all in one (a smoke test).
+    # A process per task, so that each peak memory is its own; --quick runs them all in this one (a smoke test).
     groups = [list(tasks)] if args.quick else [[key] for key in tasks]
     figures = {}
     for group in groups:
-        for key, result in zip(group, in_fresh_process(_finetune_child, [tasks[k] for k in group], args.device)):
+        results = in_child(_finetune_child, [tasks[k] for k in group], args.device, fresh=not args.quick)
+        for key, result in zip(group, results):
             figures.update({f"{key}_{k}": v for k, v in result.items()})
             figures[f"{key}_kemdy19_epoch_hours"] = KEMDY19_TRAIN_WINDOWS / result["samples_per_s"] / 3600
             figures[f"{key}_kemdy20_epoch_hours"] = KEMDY20_TRAIN_WINDOWS / result["samples_per_s"] / 3600
@@ -287,7 +295,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     if args.device == "cuda":  # fp32 vs mixed precision
         models.update({f"{name}_amp": flags + ["--amp"] for name, flags in models.items()})
     for name, model_flags in models.items():
-        result = in_fresh_process(_train_child, str(data_dir), model_flags, common, args.train_windows, args.device)
+        result = in_child(_train_child, str(data_dir), model_flags, common, args.train_windows, args.device,
+                          fresh=not args.quick)
         figures[f"{name}_train_windows_per_s"] = result["windows_per_s"]
         figures[f"{name}_seconds_per_epoch_kemdy19"] = KEMDY19_TRAIN_WINDOWS / result["windows_per_s"]
         figures[f"{name}_data_wait_share"] = result["data_wait_share"]
@@ -312,8 +321,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     figures["predict_s_per_utterance"] = (time.perf_counter() - start) / len(wavs)
 
     model_dir = save_random_speech_model(work / f"wav2vec2-{args.speech_size}", args.speech_size)
-    extraction = in_fresh_process(_extract_child, str(model_dir), str(data_dir), str(cache),
-                                  corpus.table["Segment ID"][:args.speech_utterances].tolist(), args.device)
+    extraction = in_child(_extract_child, str(model_dir), str(data_dir), str(cache),
+                          corpus.table["Segment ID"][:args.speech_utterances].tolist(), args.device, fresh=not args.quick)
     figures["speech_extract_utt_per_s"] = extraction["utt_per_s"]
     figures["speech_extract_real_time"] = extraction["real_time"]
     figures["speech_extract_peak_rss_gb"] = extraction["peak_rss_gb"]
@@ -322,10 +331,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     row_bytes = (config["num_hidden_layers"] + 1) * 2 * config["hidden_size"] * 2  # float16 mean and std per layer
     figures["speech_cache_mb_per_10k_utterances"] = row_bytes * 10_000 / 1e6
     # Chunking bounds memory: a 120 s clip needs what a 20 s piece needs. A process per length, so that each peak
-    # is its own; --quick encodes them in one (a smoke test).
+    # is its own; --quick encodes them all in this one (a smoke test).
     lengths = [10.0, 30.0, 120.0]
     for group in ([lengths] if args.quick else [[seconds] for seconds in lengths]):
-        for seconds, peak in zip(group, in_fresh_process(_clip_child, str(model_dir), group, args.device)):
+        peaks = in_child(_clip_child, str(model_dir), group, args.device, fresh=not args.quick)
+        for seconds, peak in zip(group, peaks):
             figures[f"speech_peak_rss_gb_{seconds:.0f}s_clip"] = peak
     figures.update(finetune_figures(args, work))
     return figures

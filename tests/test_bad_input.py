@@ -45,6 +45,18 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in last, (fragment, last)
 
 
+def one_line_error_here(cli, argv: list[str], *fragments: str) -> None:
+    """`cli(argv)` (a CLI's main) in this process, as `assert_one_line_error` checks it in a subprocess, without
+    the seconds an interpreter start costs: it stops with one `error: ...` line holding every fragment; any
+    other exception (a traceback) fails the test."""
+    with pytest.raises(SystemExit) as stop:
+        cli(argv)
+    message = str(stop.value)
+    assert message.startswith("error: ") and "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
 def snapshot(folder) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
@@ -198,10 +210,9 @@ def test_unfinished_runs_and_damaged_files(demo_dir, tmp_path):
     assert_one_line_error(run_cli("main.py", ["--test_only", str(run)]), "best.pth is damaged")
     (run / "results.json").unlink()
     (run / "results_test_only.json").write_text("{}")
-    assert_one_line_error(run_cli("main.py", ["--test_only", str(run)]), "did not finish training",
-                          f"python main.py --resume {run}")
+    one_line_error_here(main, ["--test_only", str(run)], "did not finish training", f"python main.py --resume {run}")
     (run / "checkpoint.pth").write_bytes(b"PK\x03\x04 truncated")
-    assert_one_line_error(run_cli("main.py", ["--resume", str(run)]), "checkpoint.pth is damaged")
+    one_line_error_here(main, ["--resume", str(run)], "checkpoint.pth is damaged")
     assert not (run / "results_test_only.json").exists()  # stale: removed when the run is resumed
 
     other = train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(tmp_path)] + ONE_EPOCH))
@@ -231,8 +242,7 @@ def test_ctrl_c_prints_the_resume_command(demo_dir, tmp_path):
 @pytest.mark.parametrize("flag, value", [("--num_layers", "0"), ("--hidden_size", "0"), ("--dropout", "1.5"),
                                          ("--num_workers", "-1"), ("--seed", "-1"), ("--text_dim", "0")])
 def test_bad_model_flags_are_one_line_and_leave_no_folder(flag, value, tmp_path):
-    result = run_cli("main.py", [flag, value, "--save_path", str(tmp_path / "exp")])
-    assert_one_line_error(result, flag)
+    one_line_error_here(main, [flag, value, "--save_path", str(tmp_path / "exp")], flag)
     assert not (tmp_path / "exp").exists()
 
 
@@ -246,16 +256,13 @@ def test_bad_data_leaves_no_run_folder(demo_dir, tmp_path):
 
 def test_predict_input_errors_are_one_line(moved_run, tmp_path):
     wav = next(iter(sorted(moved_run.parent.parent.glob("corpora/*/wav/*/*/*.wav"))))
-    cases = [
-        (["--run", str(moved_run)], "one of the arguments --wav --input_dir --dialogue is required"),
-        (["--run", str(moved_run), "--wav", str(wav), "--txt", str(tmp_path / "missing.txt")],
-         "--txt " + str(tmp_path / "missing.txt") + " does not exist"),
-        (["--run", str(moved_run), "--wav", str(wav), "--out", str(tmp_path / "no" / "p.csv")],
-         "the folder " + str(tmp_path / "no") + " does not exist"),
-    ]
-    for argv, message in cases:
-        assert_one_line_error(run_cli("predict.py", argv), message)
+    assert_one_line_error(run_cli("predict.py", ["--run", str(moved_run)]),
+                          "one of the arguments --wav --input_dir --dialogue is required")
     for argv, message in [  # the same path to the one-line error, in this process (each CLI start costs seconds)
+            (["--wav", str(wav), "--txt", str(tmp_path / "missing.txt")],
+             f"error: --txt {tmp_path / 'missing.txt'} does not exist"),
+            (["--wav", str(wav), "--out", str(tmp_path / "no" / "p.csv")],
+             f"error: --out {tmp_path / 'no' / 'p.csv'}: the folder {tmp_path / 'no'} does not exist"),
             (["--wav", str(tmp_path / "missing.wav")], f"error: --wav {tmp_path / 'missing.wav'}: no such file"),
             (["--wav", str(wav), "--txt", str(tmp_path)], f"error: --txt {tmp_path} is a folder, not a transcript file"),
             (["--wav", str(wav), "--out", str(tmp_path)], f"error: --out {tmp_path} is a folder; name a .csv or .json file")]:

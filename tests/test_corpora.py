@@ -17,7 +17,7 @@ from main import main
 from options import get_parser
 from preprocess import preprocess
 from protocol import resolve_data
-from test_bad_input import assert_one_line_error, run_cli
+from test_bad_input import assert_one_line_error, one_line_error_here, run_cli
 
 TINY = ["--text_dim", "8", "--hidden_size", "8", "--num_layers", "1", "--audio_dim", "8", "--batch_size", "16",
         "--epochs", "1", "--ws", "1"]
@@ -160,8 +160,8 @@ def test_emodb_speakers_labels_and_no_text(tmp_path):
     assert saved["test_split"] == "16" and resolve_data(argparse.Namespace(**saved)).test == (10,)
     folds = resolve_data(get_parser().parse_args(["--data_dir", str(emodb), "--cv"]))
     assert [folds.format(f) for f in folds.cv_folds] == ["03", "08", "09", "10", "11", "12", "13", "14", "15", "16"]
-    assert_one_line_error(run_cli("main.py", ["--data_dir", str(emodb), "--modalities", "text"]),
-                          "--modalities text: the corpus has no transcripts")
+    one_line_error_here(main, ["--data_dir", str(emodb), "--modalities", "text"],
+                        "--modalities text: the corpus has no transcripts")
 
 
 def torch_load_config(run) -> dict:
@@ -232,4 +232,4 @@ def test_label_map_errors_are_one_line(ravdess):
                            (["--label_map", ",".join(f"{c}:" for c in ("neutral", "calm", "happy", "sad", "angry",
                                                                          "fearful", "disgust", "surprised"))],
                             "drops every class")]:
-        assert_one_line_error(run_cli("main.py", ["--data_dir", str(ravdess)] + flags + TINY), message)
+        one_line_error_here(main, ["--data_dir", str(ravdess)] + flags + TINY, message)

@@ -17,7 +17,7 @@ from errors import CorpusError
 from preprocess import preprocess
 from corpora import detect_corpus
 from readers import FileIndex, ReadReport, read_annotation_file, read_corpus, segment_path
-from test_bad_input import assert_one_line_error, run_cli
+from test_bad_input import one_line_error_here
 from test_train import TINY
 
 HEADER = ("Numb,WAV, ,Segment ID,Total Evaluation, , ," + ",".join(f"Eval{i:02d}{'FM'[i % 2 == 0]}, , "
@@ -101,10 +101,10 @@ def test_kemdy20_splits_training_and_errors(kemdy20_demo, tmp_path):
     runs = json.loads(next((tmp_path / "cv").glob("cv_*/runs.json")).read_text())["runs"]
     assert [r["test_split"] for r in runs] == [",".join(str(s) for s in range(8 * k + 1, 8 * k + 9))
                                                for k in range(5)]
-    assert_one_line_error(run_cli("main.py", ["--data_dir", str(kemdy20_demo), "--SorL", "listener"]),
-                          "KEMDy20", "annotates only the speaker")
-    assert_one_line_error(run_cli("main.py", ["--data_dir", str(kemdy20_demo), "--corpus", "kemdy19"]),
-                          "--corpus kemdy19", "KEMDY20")
+    one_line_error_here(main_cli.main, ["--data_dir", str(kemdy20_demo), "--SorL", "listener"],
+                        "KEMDy20", "annotates only the speaker")
+    one_line_error_here(main_cli.main, ["--data_dir", str(kemdy20_demo), "--corpus", "kemdy19"],
+                        "--corpus kemdy19", "KEMDY20")
 
 
 def test_a_folder_with_both_layouts_is_refused(kemdy20_demo, raw_demo, tmp_path):
