@@ -18,11 +18,11 @@ import runtime  # noqa: F401  (process settings that must precede `import torch`
 import argparse
 import json
 import multiprocessing
-from queue import SimpleQueue
 import resource
 import tempfile
 import time
 from pathlib import Path
+from queue import SimpleQueue
 
 import numpy as np
 import soundfile as sf
