@@ -20,6 +20,7 @@ import csv
 import io
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +80,14 @@ def _utterance(seg_id: str, emotion: str, speaker: str, session: int, text: str,
             "script": script, "sequence": sequence, "dialogue": dialogue or seg_id}
 
 
+def _wav_files(wavs: FileIndex) -> Iterator[tuple[str, Path]]:
+    """(path relative to the corpus, path) of every .wav of the index, in the order of the relative paths."""
+    return ((rel, path) for rel, path in sorted(wavs.files.items()) if rel.lower().endswith(".wav"))
+
+
 def read_ravdess(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list[dict], dict[str, Path]]:
     records, paths = [], {}
-    for rel, path in sorted(wavs.files.items()):
-        if not rel.lower().endswith(".wav"):
-            continue
+    for rel, path in _wav_files(wavs):
         parts = RAVDESS_NAME.match(path.stem)
         if not parts:
             report.dropped["not a RAVDESS file name"].append(printable(rel))
@@ -110,9 +114,7 @@ def read_ravdess(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[l
 
 def read_tess(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list[dict], dict[str, Path]]:
     found = []
-    for rel, path in sorted(wavs.files.items()):
-        if not rel.lower().endswith(".wav"):
-            continue
+    for rel, path in _wav_files(wavs):
         name = path.stem.split("_")
         speaker = next((s for s in TESS_SPEAKERS if Path(rel).parent.name.upper().startswith(s)), None)
         emotion = TESS_EMOTIONS.get(name[-1].lower()) if len(name) >= 3 else None
@@ -138,9 +140,7 @@ def read_tess(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list
 
 def read_emodb(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list[dict], dict[str, Path]]:
     records, paths = [], {}
-    for rel, path in sorted(wavs.files.items()):
-        if not rel.lower().endswith(".wav"):
-            continue
+    for rel, path in _wav_files(wavs):
         parts = EMODB_NAME.match(path.stem)
         if not parts or parts.group(1) not in EMODB_SPEAKERS:
             report.dropped["not an EmoDB file name (SSTTTEV.wav)"].append(printable(rel))
