@@ -2,7 +2,6 @@
 from dataclasses import dataclass
 
 EMOTIONS = ["neutral", "happy", "surprise", "angry", "sad", "disgust", "fear"]
-EMOTION_INDEX = {name: i for i, name in enumerate(EMOTIONS)}
 # What preprocessing records of a KEMDy corpus (other corpora: corpora.read_labelled): its classes, whether it has
 # transcripts, the modalities a run uses by default, and whether it has arousal/valence ratings.
 KEMDY_FACTS = {"classes": EMOTIONS, "text": True, "modalities": ["audio", "text"], "arousal_valence": True}

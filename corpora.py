@@ -21,6 +21,7 @@ import io
 import os
 import re
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def detect_layout(data_dir: Path) -> str | None:
     """'csv', 'ravdess', 'tess' or 'emodb' from what the folder holds, or None."""
     if (data_dir / MANIFEST_FILE).is_file():
         return "csv"
-    stems = [p.stem for p in data_dir.glob("**/*.wav")][:200] if data_dir.is_dir() else []
+    stems = [p.stem for p in islice(data_dir.glob("**/*.wav"), 200)] if data_dir.is_dir() else []
     if stems and sum(bool(RAVDESS_NAME.match(s)) for s in stems) > len(stems) / 2:
         return "ravdess"
     if stems and sum(s.split("_")[-1].lower() in TESS_EMOTIONS and s[:2] in ("OA", "YA") for s in stems) > len(stems) / 2:

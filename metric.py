@@ -61,9 +61,7 @@ def emotion_metrics(probs: np.ndarray, av_pred: np.ndarray, labels: np.ndarray, 
         "instance_precision": instance_p, "instance_recall": instance_r, "instance_f1": instance_f,
         "accuracy": float(accuracy_score(true, pred)),
         "ua": float(recall_score(true, pred, labels=np.unique(true), average="macro", zero_division=0)),
-        # Over the classes in the truth or the predictions (scikit-learn's default): a class absent from both
-        # has no F1 to average (a fold without a single fear utterance is not a fear F1 of 0).
-        "macro_f1": float(f1_score(true, pred, labels=np.union1d(true, pred), average="macro", zero_division=0)),
+        "macro_f1": macro_f1(true, pred),
         "weighted_f1": float(f1_score(true, pred, labels=index, average="weighted", zero_division=0)),
         "ccc_arousal": masked_ccc(av_true[:, 0], av_pred[:, 0]), "ccc_valence": masked_ccc(av_true[:, 1], av_pred[:, 1]),
         # A class absent from the truth and never predicted has no precision, recall or F1 (None; macro-F1
@@ -76,6 +74,12 @@ def emotion_metrics(probs: np.ndarray, av_pred: np.ndarray, labels: np.ndarray, 
     }
 
 
+def macro_f1(true: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over the classes in the truth or the predictions (scikit-learn's default): a class absent from
+    both has no F1 to average (a fold without a single fear utterance is not a fear F1 of 0)."""
+    return float(f1_score(true, pred, labels=np.union1d(true, pred), average="macro", zero_division=0))
+
+
 def decision_bias(logits: np.ndarray, labels: np.ndarray, first_label: np.ndarray,
                   grid: np.ndarray = np.arange(-3.0, 3.01, 0.25), passes: int = 2) -> np.ndarray:
     """A per-class bias to add to the logits that maximises macro-F1 on the given (validation) rows: coordinate
@@ -86,8 +90,7 @@ def decision_bias(logits: np.ndarray, labels: np.ndarray, first_label: np.ndarra
 
     def score(b: np.ndarray) -> float:
         pred = (logits + b).argmax(1)
-        true = resolve_ties(pred, labels, first_label)
-        return f1_score(true, pred, labels=np.union1d(true, pred), average="macro", zero_division=0)
+        return macro_f1(resolve_ties(pred, labels, first_label), pred)
 
     best = score(bias)
     for _ in range(passes):
