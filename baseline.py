@@ -15,7 +15,6 @@ validation sessions (never the test sessions). The run folder has the same resul
 predictions.csv schema as main.py, so report.py lists both in one table.
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +22,17 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
-from tqdm import tqdm
 
 from constants import MAX_FRAMES, RATING_RANGE, SAMPLE_RATE
-from dataset import Corpus
+from audio import load_audio
+from dataset import Corpus, corpus_wavs
 from errors import CorpusError, FlagError, one_line_errors
 from experiment import is_experiment, run_experiment
 from metric import ccc, emotion_metrics
-from options import add_data_args, parse_modalities
-from preprocess import corpus_wavs, load_audio, save_npy
+from options import Parser, add_data_args, parse_modalities
 from protocol import DataSpec, prepare_data, resolve_data
 from trained_run import write_run_args, write_test_outputs
-from utils import make_run_dir, summary_table, write_text
+from utils import cached_meta, make_run_dir, progress_bar, summary_table, write_array_cache
 
 OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
 AUDIO_FEATURES = [*OPENSMILE_SETS, "logmel", "speech"]
@@ -44,7 +42,7 @@ VOICED_RANGE_DB = 40.0  # frames within 40 dB of the loudest frame of the clip c
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__)
     add_data_args(p)
     p.add_argument("--audio_features", default=None,
                    help=f"comma list of {', '.join(AUDIO_FEATURES)} (speech = the --speech_model's layers, "
@@ -88,18 +86,15 @@ def opensmile_functionals(data_dir: Path, cache: Path, seg_ids: list[str], featu
 
     npy_path = cache / "features" / f"opensmile_{feature_set}.npy"
     meta_path = npy_path.with_suffix(".json")
-    cached: dict[str, np.ndarray] = {}
-    if npy_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("opensmile") == opensmile.__version__:
-            cached = dict(zip(meta["ids"], np.load(npy_path)))
+    meta = cached_meta(npy_path, meta_path, {"opensmile": opensmile.__version__})
+    cached: dict[str, np.ndarray] = dict(zip(meta["ids"], np.load(npy_path))) if meta is not None else {}
     todo = [s for s in dict.fromkeys(seg_ids) if s not in cached]
     if todo:
         wav_paths = corpus_wavs(cache, data_dir)
         smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
                                 feature_level=opensmile.FeatureLevel.Functionals)
         width = len(smile.feature_names)
-        for seg_id in tqdm(todo, desc=f"openSMILE {feature_set}", unit="utt"):
+        for seg_id in progress_bar(todo, desc=f"openSMILE {feature_set}", unit="utt"):
             path = wav_paths[seg_id]
             try:
                 cached[seg_id] = smile.process_signal(load_audio(path), SAMPLE_RATE).to_numpy(np.float32)[0]
@@ -107,9 +102,9 @@ def opensmile_functionals(data_dir: Path, cache: Path, seg_ids: list[str], featu
                 print(f"skipped by openSMILE: {path} ({error})")
                 cached[seg_id] = np.full(width, np.nan, np.float32)
         ids = sorted(cached)
-        save_npy(npy_path, np.stack([cached[s] for s in ids]))
-        write_text(meta_path, json.dumps({"opensmile": opensmile.__version__, "feature_set": feature_set,
-                                          "names": smile.feature_names, "ids": ids}))
+        write_array_cache(npy_path, meta_path, np.stack([cached[s] for s in ids]),
+                          {"opensmile": opensmile.__version__, "feature_set": feature_set,
+                           "names": smile.feature_names, "ids": ids})
     return np.stack([cached[s] for s in seg_ids])
 
 

@@ -29,6 +29,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from audio import load_audio, log_mel
 from constants import HOP_LENGTH, MAX_FRAMES, N_MELS, SAMPLE_RATE
 from dataset import Corpus, make_loader
 from demo_corpus import make_demo_corpus
@@ -36,13 +37,13 @@ from engine import evaluate, run_config, setup, train, train_one_epoch
 from errors import KemdyError, one_line_errors
 from finetune import pretrained_backbones
 from model import EmotionModel, ModelConfig
-from options import get_parser
+from options import TrainSpec, get_parser, parse_args
 from predict import predict
-from preprocess import fingerprint, load_audio, log_mel, preprocess
+from preprocess import preprocess
 from protocol import resolve_data
 from readers import segment_path
 from speech_features import build_speech_cache, encode_clips, load_speech_model
-from utils import amp_dtype, autocast, cache_folder
+from utils import amp_dtype, autocast, cache_folder, fingerprint
 
 KEMDY19_UTTERANCES = 10280  # per role
 KEMDY19_TRAIN_WINDOWS = KEMDY19_UTTERANCES * 14 // 20  # default split: 14 training sessions of 20
@@ -85,21 +86,20 @@ def _windows_per_second(loader, limit_batches: int) -> float:
 def _train_child(data_dir: str, model_flags: list[str], argv: list[str], max_windows: int, device: str,
                  queue) -> None:
     """Training of one model in a fresh process, so its peak memory is its own."""
-    args = get_parser().parse_args(argv + ["--data_dir", data_dir] + model_flags)
-    dev = torch.device(device)
-    spec = resolve_data(args)
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim)
+    args = parse_args(argv + ["--data_dir", data_dir] + model_flags)
+    dev, spec, data = torch.device(device), TrainSpec.from_args(args), resolve_data(args)
+    corpus = Corpus(data.caches, data.role, data.text_dim)
     pin = dev.type == "cuda"
-    loader = make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers, pin)
+    loader = make_loader(corpus, data.train, spec.ws, spec.batch_size, True, spec.seed, spec.num_workers, pin)
     loader.dataset.windows = loader.dataset.windows[:max_windows]
     loader.sampler.n = len(loader.dataset.windows)
     # The training objects exactly as main.py makes them (engine.setup): model, loss, optimizer, EMA, scaler.
-    t = setup(run_config(args, corpus), args, corpus, np.flatnonzero(np.isin(corpus.sessions, spec.train)), dev)
+    t = setup(run_config(args, corpus), spec, corpus, np.flatnonzero(np.isin(corpus.sessions, data.train)), dev)
     train_one_epoch(t.model, loader, t.loss_fn, t.optimizer, dev, 0, t.dtype, t.scaler)  # warm-up: allocator
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     stats = train_one_epoch(t.model, loader, t.loss_fn, t.optimizer, dev, 1, t.dtype, t.scaler)
-    eval_loader = make_loader(corpus, spec.test, args.ws, args.batch_size, False, args.seed, args.num_workers, pin)
+    eval_loader = make_loader(corpus, data.test, spec.ws, spec.batch_size, False, spec.seed, spec.num_workers, pin)
     start = time.perf_counter()
     evaluate(t.model, eval_loader, dev, dtype=t.dtype)
     eval_rate = len(eval_loader.dataset) / (time.perf_counter() - start)
@@ -309,7 +309,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         figures[f"{name}_peak_rss_gb_kemdy19"] = result["peak_rss_gb"] + (
             cache_bytes / n_utts * max(0, KEMDY19_UTTERANCES - n_utts)) / 1e9
 
-    run_dir = train(get_parser().parse_args(common + ["--data_dir", str(data_dir), "--save_path", str(work / "exp"),
+    run_dir = train(parse_args(common + ["--data_dir", str(data_dir), "--save_path", str(work / "exp"),
                                                       "--epochs", "1", "--hidden_size", "32", "--num_layers", "1",
                                                       "--audio_dim", "32"]))
     wavs = [segment_path(data_dir, seg, ".wav") for seg in corpus.table["Segment ID"][:args.predict_files]]

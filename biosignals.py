@@ -23,7 +23,6 @@ over the whole recording, then the tonic mean and the peak count in the segment:
 are too short to decompose alone); IBI mean and RMSSD where beats exist; a presence mask per signal. A missing
 file, a 0-byte IBI file, a file cut short or a segment in a gap gives zeros and a 0 mask, never a dropped utterance.
 """
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -32,16 +31,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils import atomic_path, write_text
+from utils import cached_meta, fingerprint, write_array_cache
 
 RATE = 4.0  # Hz, EDA and TEMP in both corpora
 SIGNALS = ("EDA", "TEMP", "IBI")
 FEATURES = ("EDA_mean", "EDA_std", "EDA_min", "EDA_max", "EDA_slope", "EDA_tonic", "EDA_scr",
             "TEMP_mean", "TEMP_std", "TEMP_min", "TEMP_max", "TEMP_slope", "IBI_mean", "IBI_rmssd",
             "EDA_present", "TEMP_present", "IBI_present")
-ALIGNMENTS = ("clock", "ids")
-ALIGNMENT_HELP = ("KEMDy bio-signals: clock = the clock-consistent alignment (KEMDy19's shipped Segment IDs drift after "
-                  "its files' time gaps), ids = the rows carrying each Segment ID as shipped (default: %(default)s)")
 BIO_FORMAT = "kemdy-bio/1"
 K20_FILE = re.compile(r"^(Sess\d{2}_script\d{2})_(User\d{3}[FM])\.csv$")
 
@@ -386,24 +382,16 @@ def build_bio_cache(out: Path, data_dir: Path, kind: str, table: pd.DataFrame, a
     if not files:
         return None
     npy_path, meta_path = bio_cache_paths(out, alignment)
-    digest = hashlib.sha1(json.dumps(_row_keys(table)).encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(data_dir)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    wanted = {"format": BIO_FORMAT, "alignment": alignment, "sources": digest.hexdigest()}
-    if meta_path.exists() and npy_path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if {k: meta.get(k) for k in wanted} == wanted:
-            print(f"{npy_path.name} (bio-signal features) is up to date")
-            return meta["report"]
+    wanted = {"format": BIO_FORMAT, "alignment": alignment, "sources": fingerprint(data_dir, files),
+              "rows": _row_keys(table)}
+    meta = cached_meta(npy_path, meta_path, wanted)
+    if meta is not None:
+        print(f"{npy_path.name} (bio-signal features) is up to date")
+        return meta["report"]
     if may_write is not None:
         may_write("bio-signal features")
     features, report = corpus_features(data_dir, kind, table, alignment)
-    npy_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(npy_path) as tmp, open(tmp, "wb") as f:
-        np.save(f, features)
-    write_text(meta_path, json.dumps({**wanted, "features": list(FEATURES), "rows": _row_keys(table),
-                                      "report": report}))
+    write_array_cache(npy_path, meta_path, features, {**wanted, "features": list(FEATURES), "report": report})
     return report
 
 

@@ -1,4 +1,5 @@
-"""Fixed facts of KEMDy19 and KEMDy20 and the published feature settings (shared by every module)."""
+"""Fixed facts of the corpora (KEMDy19, KEMDy20, RAVDESS, TESS, EmoDB, manifest corpora): their classes, sessions and
+splits, and the published feature settings, shared by every module."""
 from dataclasses import dataclass
 
 EMOTIONS = ["neutral", "happy", "surprise", "angry", "sad", "disgust", "fear"]
@@ -32,6 +33,7 @@ DEMO_MARKER_FILE = "DEMO_CORPUS.txt"  # written by the demo generator so every t
 # and every repaired, dropped or remarked row.
 MANIFEST, SUMMARY = "preprocess_manifest.json", "preprocess_summary.json"
 WAVS = "wavs.json"  # Segment ID -> its wav, relative to the corpus folder
+BIO_ALIGNMENTS = ("clock", "ids")  # how KEMDy bio-signals are aligned to the utterances (biosignals.py)
 
 # KEMDy20's single-label utterances per class over the whole corpus (KEMDY20_FORMAT.md): non-actors speak mostly
 # neutrally. The demo generator can draw its emotions with these shares (--class_shares kemdy20).

@@ -30,7 +30,7 @@ import pandas as pd
 from constants import KEMDY, KEMDY_FACTS
 from errors import CorpusError
 from readers import (TABLE_COLUMNS, FileIndex, ReadReport, annotation_files, annotation_kind, clean_transcript,
-                     decode_text, nfc, printable, read_corpus)
+                     decode_text, nfc, parse_rating, printable, read_corpus)
 
 MANIFEST_FILE = "manifest.csv"
 RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
@@ -156,13 +156,6 @@ def read_emodb(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[lis
     return records, paths
 
 
-def _rating(cell: str) -> float:
-    value = float(cell)  # ValueError: not a number
-    if not 1 <= value <= 5:
-        raise ValueError
-    return value
-
-
 def manifest_rows(data_dir: Path) -> list[dict]:
     """manifest.csv's rows as dicts of its (lower-cased) columns (a quoted cell may span lines); CorpusError if it
     lacks `path`, `emotion`, or both `speaker` and `session`."""
@@ -212,7 +205,7 @@ def read_manifest(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[
                    "no speaker or session" if not session else
                    f"a second row for one wav (line {seen[wav]})" if wav in seen else None)
         try:
-            ratings = {k: _rating(row[k]) if row.get(k) else np.nan for k in ("valence", "arousal")}
+            ratings = {k: parse_rating(row[k]) if row.get(k) else np.nan for k in ("valence", "arousal")}
             start = float(row["start"]) if row.get("start") else float(line)
         except ValueError:
             problem = problem or "rating not a number from 1 to 5, or start not a number"

@@ -1,11 +1,14 @@
-"""Context windows of utterances over the preprocessing cache (no audio decoding while training).
+"""The corpus arrays of a run, context windows of utterances over the preprocessing cache (no audio decoding while
+training), batches and loaders, and the inputs of fine-tuned encoders (waveforms, token ids).
 
 A sample is the last utterance of a dialogue window plus the `ws - 1` utterances before it (the
 dialogue start is padded); its targets are the last utterance's labels. Batches are built whole
 (`__getitem__` takes a list of window indices): the distinct utterances of a batch are cropped
 from the memory-mapped spectrogram array once, and the windows refer to them by index, since
-neighbouring windows share `ws - 1` utterances.
+neighbouring windows share `ws - 1` utterances. A fine-tuning run also gets each batch's waveforms and token
+ids (`LiveInputs`), read from the corpus folder as it trains.
 """
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,12 +17,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from constants import CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, KEMDY_FACTS, MANIFEST, MAX_FRAMES, NUM_RATERS
+from audio import load_audio
 from biosignals import FEATURES as BIO_FEATURES, load_bio
+from constants import (CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, KEMDY_FACTS, MANIFEST, MAX_FRAMES, NUM_RATERS,
+                       SAMPLE_RATE, TEXT_MAX_LENGTH, WAVS)
 from errors import CorpusError, FlagError
-from speech_features import speech_cache_paths
-from text_encoder import embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings
-from utils import split_data_dir
+from speech_features import MIN_SAMPLES, speech_cache_paths
+from text_encoder import KoBertTokenizer, embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings, tokenize
+from utils import atomic_path, read_json, split_data_dir
 
 
 def _labels_to_multi_hot(cells: pd.Series, classes: list[str]) -> np.ndarray:
@@ -220,7 +225,7 @@ class WindowDataset(Dataset):
     def __init__(self, corpus: Corpus, sessions: list[int], ws: int, train: bool, seed: int = 0,
                  split: str = "split", live=None):
         """`live`: for fine-tuned encoders, what adds their inputs (waveforms, token ids) to a batch
-        (finetune.LiveInputs)."""
+        (`LiveInputs`)."""
         self.corpus, self.train, self.seed, self.epoch, self.live = corpus, train, seed, 0, live
         self.windows = context_windows(corpus.dialogues, ws)[np.isin(corpus.sessions, sessions)]
         if len(self.windows) == 0:
@@ -323,3 +328,112 @@ def make_loader(corpus: Corpus, sessions: list[int] | tuple[int, ...], ws: int, 
     sampler = ChunkBatchSampler(len(dataset), batch_size, chunk=ws, shuffle=train, seed=seed,
                                 num_replicas=num_replicas, rank=rank, weights=weights)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What decides a tokenizer's ids, without file paths: KoBERT's sentencepiece model, a fast tokenizer's full
+    description (normaliser, pre-tokeniser, vocabulary), else its class and vocabulary."""
+    if isinstance(tokenizer, KoBertTokenizer):
+        return hashlib.sha1(tokenizer.model_file.read_bytes()).hexdigest()
+    if getattr(tokenizer, "is_fast", False):
+        return hashlib.sha1(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+    return hashlib.sha1(json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())]).encode()) \
+        .hexdigest()
+
+
+def token_ids(cache: Path, tokenizer, seg_ids: list[str], texts: list[str],
+              max_length: int = TEXT_MAX_LENGTH) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (N, max_length) int64 zero-padded, lengths (N,)) of every transcript under `tokenizer`
+    (text_encoder.load_tokenizer's), cached once per corpus in its cache folder: features/tokens_<hash>.npz, keyed by
+    the tokenizer's fingerprint and the texts, so that runs with the same tokenizer share it (not written where
+    the folder is read-only)."""
+    key = json.dumps([tokenizer_fingerprint(tokenizer), max_length, seg_ids, texts])
+    path = Path(cache) / "features" / f"tokens_{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as cached:
+            return cached["ids"], cached["lengths"]
+    ids, lengths = np.zeros((len(texts), max_length), dtype=np.int64), np.zeros(len(texts), dtype=np.int64)
+    for start in range(0, len(texts), 1024):
+        batch = tokenize(tokenizer, texts[start:start + 1024], max_length)
+        width = batch["input_ids"].shape[1]
+        ids[start:start + 1024, :width] = batch["input_ids"].numpy()
+        lengths[start:start + 1024] = batch["attention_mask"].sum(1).numpy()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, ids=ids, lengths=lengths)
+    except OSError:  # read-only storage: tokenising again next time is cheap
+        pass
+    return ids, lengths
+
+
+def crop(audio: np.ndarray, max_samples: int, rng: np.random.Generator | None) -> np.ndarray:
+    """At most `max_samples` of a clip: a random stretch in training (`rng`), else its start (as evaluation crops
+    log-mel spectrograms)."""
+    if len(audio) <= max_samples:
+        return audio
+    start = int(rng.integers(0, len(audio) - max_samples + 1)) if rng is not None else 0
+    return audio[start:start + max_samples]
+
+
+def pad_waves(audios: list[np.ndarray], min_samples: int = MIN_SAMPLES) -> dict[str, torch.Tensor]:
+    """Clips -> {"waves": (U, T) zero-padded float32, "wave_lengths": (U,)}: T is at least `min_samples`, and a
+    clip shorter than the CNN's receptive field (MIN_SAMPLES) counts as that long (zero-padded, as in the cache)."""
+    lengths = np.maximum([len(a) for a in audios], MIN_SAMPLES)
+    waves = np.zeros((len(audios), max(int(lengths.max()), min_samples)), dtype=np.float32)
+    for i, audio in enumerate(audios):
+        waves[i, :len(audio)] = audio
+    return {"waves": torch.from_numpy(waves), "wave_lengths": torch.from_numpy(lengths.astype(np.int64))}
+
+
+class LiveInputs:
+    """What the fine-tuned encoders read for a batch, besides the cached features: the waveforms of its target
+    utterances (or of all its utterances, `context="encoder"`), cropped to `max_seconds`, and every utterance's
+    token ids. `wavs[row]` is a table row's wav (None: no speech is fine-tuned), `tokens` (ids, lengths) per row
+    (None: no text is); training batches (given an `rng`) are padded to at least `min_samples` (`wave_floor`).
+    Picklable, for DataLoader workers."""
+
+    def __init__(self, wavs: list[Path] | None, max_seconds: float, min_samples: int = MIN_SAMPLES,
+                 context: str = "cache", tokens: tuple[np.ndarray, np.ndarray] | None = None):
+        self.wavs, self.max_samples, self.min_samples = wavs, int(max_seconds * SAMPLE_RATE), min_samples
+        self.context, self.tokens = context, tokens
+
+    def __call__(self, windows: np.ndarray, slots: np.ndarray, rng: np.random.Generator | None) -> dict:
+        utterances = np.unique(windows[windows >= 0])  # the order of assemble_batch's distinct utterances
+        out = {}
+        if self.wavs is not None:
+            chosen = np.arange(len(utterances)) if self.context == "encoder" else np.unique(slots[:, -1])
+            audios = [crop(load_audio(self.wavs[utterances[k]]), self.max_samples, rng) for k in chosen]
+            out.update(pad_waves(audios, self.min_samples if rng is not None else MIN_SAMPLES),
+                       wave_slots=torch.from_numpy(chosen))
+        if self.tokens is not None:
+            ids, lengths = self.tokens[0][utterances], self.tokens[1][utterances]
+            width = max(int(lengths.max()), 1)
+            out.update(tokens=torch.from_numpy(np.ascontiguousarray(ids[:, :width])),
+                       token_mask=torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)))
+        return out
+
+
+def corpus_wavs(cache: Path, data_dir: Path) -> dict[str, Path]:
+    """Segment ID -> its wav, from a cache folder's record (wavs.json) of the corpus at `data_dir`."""
+    return {seg_id: Path(data_dir) / rel for seg_id, rel in read_json(Path(cache) / WAVS).items()}
+
+
+def row_wavs(corpus: Corpus, data_dirs: list[Path]) -> list[Path]:
+    """The wav of every row of `corpus` read from the corpus folders `data_dirs` (in its order)."""
+    maps = [corpus_wavs(cache, folder) for cache, folder in zip(corpus.folders, data_dirs)]
+    return [maps[source][seg] for source, seg in zip(corpus.source, corpus.table["Segment ID"])]
+
+
+def live_inputs(config, corpus: Corpus, data_dirs: tuple[Path, ...], max_seconds: float, tokenizer=None,
+                min_samples: int = MIN_SAMPLES) -> LiveInputs | None:
+    """What adds the fine-tuned encoders' inputs to the batches of `corpus`, read from the corpus folders
+    `data_dirs`, for a model.ModelConfig `config` (None for one that fine-tunes nothing): its wavs, and the token
+    ids of `tokenizer` (text_encoder.load_tokenizer's) cached in the corpus's cache folder."""
+    speech, text = config.finetune_speech, config.finetune_text
+    if not (speech or text):
+        return None
+    tokens = token_ids(corpus.folders[0], tokenizer, corpus.table["Segment ID"].tolist(),
+                       corpus.table["text"].tolist()) if text else None
+    return LiveInputs(row_wavs(corpus, list(data_dirs)) if speech else None, max_seconds, min_samples,
+                      config.finetune_context, tokens)

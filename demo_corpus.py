@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
 from constants import DEMO_MARKER_FILE, EMOTIONS, NUM_RATERS, PROTOCOLS, SAMPLE_RATE
 from errors import CorpusError
+from utils import progress_bar
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ def make_demo_corpus(root: str | Path, seed: int = 0, n_sessions: int | None = N
         f"Synthetic demo corpus in the {name} layout (seed {seed}); not {name}.\n", encoding="utf-8")
     rng = np.random.default_rng(seed)
     session_seeds = rng.integers(0, 2**31, size=n_sessions)
-    for s in tqdm(range(1, n_sessions + 1), desc="demo corpus", unit="session"):
+    for s in progress_bar(range(1, n_sessions + 1), desc="demo corpus", unit="session"):
         srng = np.random.default_rng(session_seeds[s - 1])
         voices = {
             "F": {"f0": srng.uniform(180, 250), "formants": srng.uniform([600, 1600, 2700], [900, 2300, 3200]),

@@ -15,22 +15,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from constants import KEMDY
-from dataset import Corpus, make_loader
+from dataset import Corpus, live_inputs, make_loader
 from errors import FlagError, TrainingError
-from finetune import TEXT_DIR, Backbones, finetune_inputs, live_inputs, save_backbones
+from finetune import finetune_inputs, run_tokenizer, save_backbones
 from loss import EmotionLoss, class_balanced_weights, inverse_frequency_weights
 from metric import av_calibration, decision_bias, emotion_metrics, selection_score
-from model import EmotionModel, ModelConfig, model_inputs
-from options import parse_imbalance, parse_modalities
+from model import Backbones, EmotionModel, ModelConfig, model_inputs
+from options import RECIPE_COPY, TrainSpec, check_args, parse_modalities, recipe_path
 from protocol import DataSpec, prepare_data, resolve_data
-from trained_run import (Progress, check_corpus_unchanged, checkpoint_config, find_run, load_checkpoint,
-                         load_trained_model, restore_training, save_checkpoint, save_corpus_record, write_run_args,
-                         write_test_outputs)
+from trained_run import (Progress, ResumeState, check_corpus_unchanged, checkpoint_config, find_run, load_checkpoint,
+                         load_trained_model, restore_training, resume_state, run_arguments, save_checkpoint,
+                         save_corpus_record, write_run_args, write_test_outputs)
 from utils import (amp_dtype, append_jsonl, atomic_torch_save, autocast, broadcast, check_save_path, init_distributed,
-                   make_run_dir, plot_curves, restore_rng_states, set_seed, summary_table, write_text)
+                   make_run_dir, plot_curves, progress_bar, restore_rng_states, set_seed, summary_table, write_text)
+
 
 @dataclass
 class Training:
@@ -96,20 +96,27 @@ def encoder_parameters(model: EmotionModel) -> list[torch.nn.Parameter]:
     return [p for encoder in encoders for p in encoder.parameters() if p.requires_grad]
 
 
-def finetune_schedule(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
+def finetune_schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec,
                       steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per optimizer step: --lr_decay once per epoch for both groups, and for the encoders' group a linear warm-up
     over the first --warmup_steps steps (their pretrained weights are not pulled about by the random heads'
     first gradients; the warm-up of wav2vec 2.0's and BERT's fine-tuning recipes)."""
     def decay(step: int) -> float:
-        return args.lr_decay ** (step // steps_per_epoch)
+        return spec.lr_decay ** (step // steps_per_epoch)
 
     def warm(step: int) -> float:
-        return min(1.0, (step + 1) / max(1, args.warmup_steps)) * decay(step)
+        return min(1.0, (step + 1) / max(1, spec.warmup_steps)) * decay(step)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [decay, warm])
 
 
-def setup(config: ModelConfig, args: argparse.Namespace, corpus: Corpus, train_rows: np.ndarray,
+def seed_process(seed: int, offset: int) -> None:
+    """Data parallel: each process its own dropout and SpecAugment draws (a fine-tuned speech encoder draws its
+    time masks from numpy), `offset` apart."""
+    torch.manual_seed(seed + offset)
+    np.random.seed(seed + offset)
+
+
+def setup(config: ModelConfig, spec: TrainSpec, corpus: Corpus, train_rows: np.ndarray,
           device: torch.device, rank: int = 0, world_size: int = 1, backbones: Backbones | None = None,
           steps_per_epoch: int = 1) -> Training:
     """Model (log-mel bands standardised with the training rows' statistics; fine-tuned `backbones` with their
@@ -121,43 +128,41 @@ def setup(config: ModelConfig, args: argparse.Namespace, corpus: Corpus, train_r
         model.audio.mel_mean.copy_(torch.from_numpy(mean))
         model.audio.mel_std.copy_(torch.from_numpy(std))
     encoder = encoder_parameters(model)
-    if encoder and getattr(args, "grad_checkpointing", False):  # activations recomputed in the backward pass
+    if encoder and spec.grad_checkpointing:  # activations recomputed in the backward pass
         for backbone in (b for b in (backbones.speech, backbones.text) if b is not None):
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.to(device)
     train_model = model
-    if world_size > 1:  # DDP gives every process rank 0's initial weights; dropout and SpecAugment draw per process
-        torch.manual_seed(args.seed + rank)
-        np.random.seed(args.seed + rank)  # (a fine-tuned speech encoder draws its time masks from numpy)
+    if world_size > 1:  # DDP gives every process rank 0's initial weights
+        seed_process(spec.seed, rank)
         # A fine-tuned backbone may leave parameters without a gradient in a step (layer drop, no masked span).
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=bool(encoder))
-    dtype = amp_dtype(device, args.amp)
+    dtype = amp_dtype(device, spec.amp)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     counts = corpus.labels[train_rows].sum(0)
     class_weights, adjustment = None, None
-    imbalance = parse_imbalance(getattr(args, "imbalance", "none"))
-    if args.loss == "cbloss" or "weight" in imbalance:
-        class_weights = (class_balanced_weights(counts, args.beta) if args.loss == "cbloss"
+    if spec.class_weights is not None:
+        class_weights = (class_balanced_weights(counts, spec.beta) if spec.class_weights == "cbloss"
                          else inverse_frequency_weights(counts))
         print("class weights:", {c: round(w, 3) for c, w in zip(corpus.classes, class_weights.tolist())})
-    if "logit_adjust" in imbalance:
+    if spec.logit_adjust:
         adjustment = torch.log(torch.from_numpy(np.maximum(counts, 1) / np.maximum(counts, 1).sum()).float())
-    loss_fn = EmotionLoss(args.lam, class_weights, args.av_loss, adjustment).to(device)
+    loss_fn = EmotionLoss(spec.lam, class_weights, spec.av_loss, adjustment).to(device)
     if encoder:
         taken = {id(p) for p in encoder}
         head = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-        optimizer = make_optimizer([{"params": head}, {"params": encoder, "lr": args.encoder_lr}], args.optim,
-                                   args.lr, args.weight_decay)
-        scheduler = finetune_schedule(optimizer, args, steps_per_epoch)
+        optimizer = make_optimizer([{"params": head}, {"params": encoder, "lr": spec.encoder_lr}], spec.optim,
+                                   spec.lr, spec.weight_decay)
+        scheduler = finetune_schedule(optimizer, spec, steps_per_epoch)
     else:
-        optimizer = make_optimizer(model.parameters(), args.optim, args.lr, args.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=args.lr_decay)
+        optimizer = make_optimizer(model.parameters(), spec.optim, spec.lr, spec.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=spec.lr_decay)
     # Weights averaged over epochs (buffers included) smooth the epoch-to-epoch swings of a model trained on a
     # small corpus.
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(spec.ema), use_buffers=True) if spec.ema else None
     return Training(model, train_model, ema, optimizer, scheduler, scaler, bool(encoder), loss_fn, device, dtype,
-                    rank, world_size, getattr(args, "accum_steps", 1))
+                    rank, world_size, spec.accum_steps)
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -175,7 +180,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: Emotion
     sums = {"loss": 0.0, "emotion": 0.0, "arousal": 0.0, "valence": 0.0}
     n, data_wait, start = 0, 0.0, time.perf_counter()
     fetch_start = time.perf_counter()
-    for step, batch in enumerate(tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False), 1):
+    for step, batch in enumerate(progress_bar(loader, desc=f"epoch {epoch} train", unit="batch", leave=False), 1):
         data_wait += time.perf_counter() - fetch_start
         batch = _to(batch, device)
         stepping = step % accum_steps == 0 or step == len(loader)
@@ -217,7 +222,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, d
     """Metrics over the whole split and the per-utterance outputs (rows, probabilities, arousal/valence)."""
     model.eval()
     outputs = {k: [] for k in ("rows", "probs", "av", "labels", "first_label", "av_true")}
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for batch in progress_bar(loader, desc=desc, unit="batch", leave=False):
         batch = _to(batch, device)
         with autocast(device, dtype):
             logits, av = model(**model_inputs(batch))
@@ -233,12 +238,9 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, d
     return metrics, out
 
 
-def calibrate_av(model: EmotionModel, val_loader: DataLoader, device: torch.device,
-                 dtype: torch.dtype | None) -> dict:
-    """Fit the model's arousal/valence scale and shift on the validation sessions' raw outputs (from the
-    identity map, so that fitting again, e.g. on a resumed run, gives the same map); -> its record."""
-    model.reset_av_calibration()
-    _, outputs = evaluate(model, val_loader, device, desc="calibrate", dtype=dtype)
+def calibrate_av(model: EmotionModel, outputs: dict[str, np.ndarray]) -> dict:
+    """Fit the model's arousal/valence scale and shift on the validation sessions' raw `outputs` (`evaluate`'s, under
+    the identity map) -> its record."""
     rated = np.isfinite(outputs["av_true"]).all(1)
     if not rated.any():  # a corpus without arousal/valence: nothing to fit
         return {}
@@ -246,6 +248,28 @@ def calibrate_av(model: EmotionModel, val_loader: DataLoader, device: torch.devi
     model.set_av_calibration(torch.from_numpy(scale).float(), torch.from_numpy(shift).float())
     return {"av_calibration": {name: {"scale": round(float(scale[k]), 4), "shift": round(float(shift[k]), 4)}
                                for k, name in enumerate(("arousal", "valence"))}}
+
+
+def fit_decision_bias(model: EmotionModel, outputs: dict[str, np.ndarray]) -> dict:
+    """--imbalance val_bias: the per-class logit bias that maximises the validation sessions' macro-F1 of `outputs`
+    (`evaluate`'s, without a bias), kept in the model -> its record."""
+    bias = decision_bias(np.log(np.maximum(outputs["probs"], 1e-12)), outputs["labels"], outputs["first_label"])
+    model.logit_bias.copy_(torch.from_numpy(bias).float())
+    return {"decision_bias": {name: float(b) for name, b in zip(model.config.classes, bias)}}
+
+
+def calibrate(model: EmotionModel, val_loader: DataLoader, spec: TrainSpec, device: torch.device,
+              dtype: torch.dtype | None) -> dict:
+    """The post-training maps fitted on one pass over the validation sessions: arousal/valence (--av_calibration
+    val) and the decision bias (--imbalance val_bias), both from the identity (so that fitting again, e.g. on a
+    resumed run, gives the same) and kept in the model -> their record."""
+    if spec.av_calibration != "val" and not spec.val_bias:
+        return {}
+    model.reset_av_calibration()
+    model.logit_bias.zero_()
+    _, outputs = evaluate(model, val_loader, device, desc="calibrate", dtype=dtype)
+    return {**(calibrate_av(model, outputs) if spec.av_calibration == "val" else {}),
+            **(fit_decision_bias(model, outputs) if spec.val_bias else {})}
 
 
 def speech_record(model: EmotionModel, corpus: Corpus) -> dict:
@@ -324,20 +348,20 @@ def fit(t: Training, loaders: dict, run_dir: Path, progress: Progress, log: list
     return progress
 
 
-def _resume(t: Training, run_dir: Path, args: argparse.Namespace, overrides: dict) -> tuple[Progress, list[dict]]:
-    """The progress and log of an interrupted run, its training state loaded into `t` (same model, optimizer,
-    scheduler, best-so-far and RNG states); epochs logged after the last checkpoint are trained again."""
+def _resume(t: Training, run_dir: Path, checkpoint: dict | None, spec: TrainSpec,
+            overrides: dict) -> tuple[Progress, list[dict]]:
+    """The progress and log of an interrupted run, its training state loaded into `t` from its last `checkpoint`
+    (same model, optimizer, scheduler, best-so-far and RNG states; None: stopped before the first); epochs logged
+    after the last checkpoint are trained again."""
     progress = Progress()
-    if (run_dir / "checkpoint.pth").exists():
-        checkpoint = load_checkpoint(run_dir / "checkpoint.pth", t.device)
+    if checkpoint is not None:
         progress = restore_training(checkpoint, **t.parts())
         restore_rng_states(checkpoint["rng"])  # rank 0's states
-        if t.world_size > 1:  # each process its own dropout and SpecAugment draws again
-            torch.manual_seed(args.seed + t.rank + t.world_size * checkpoint["epoch"])
-            np.random.seed(args.seed + t.rank + t.world_size * checkpoint["epoch"])
+        if t.world_size > 1:
+            seed_process(spec.seed, t.rank + t.world_size * checkpoint["epoch"])
         if "lr" in overrides:  # e.g. after a divergence: continue with a lower learning rate
-            factor = args.lr / t.optimizer.param_groups[0]["lr"]
-            t.optimizer.param_groups[0]["lr"] = args.lr
+            factor = spec.lr / t.optimizer.param_groups[0]["lr"]
+            t.optimizer.param_groups[0]["lr"] = spec.lr
             for group in t.optimizer.param_groups[1:]:  # the encoders' rate (fine-tuning) keeps its ratio to --lr
                 group["lr"] *= factor
             if t.step_schedule:  # a per-step schedule recomputes the rates from its base rates
@@ -351,33 +375,18 @@ def _resume(t: Training, run_dir: Path, args: argparse.Namespace, overrides: dic
     return progress, log
 
 
-def fit_decision_bias(model: EmotionModel, val_loader: DataLoader, device: torch.device,
-                      dtype: torch.dtype | None) -> dict:
-    """--imbalance val_bias: the per-class logit bias that maximises the validation sessions' macro-F1, fitted from
-    zero (so fitting again gives the same) and kept in the model; -> its record."""
-    model.logit_bias.zero_()
-    _, outputs = evaluate(model, val_loader, device, desc="decision bias", dtype=dtype)
-    bias = decision_bias(np.log(np.maximum(outputs["probs"], 1e-12)), outputs["labels"], outputs["first_label"])
-    model.logit_bias.copy_(torch.from_numpy(bias).float())
-    return {"decision_bias": {name: float(b) for name, b in zip(model.config.classes, bias)}}
-
-
-def _finish(t: Training, loaders: dict, run_dir: Path, corpus: Corpus, spec: DataSpec, progress: Progress,
-            log: list[dict], args: argparse.Namespace) -> None:
-    """Rank 0 after the last epoch: curves, the selected model calibrated on validation (arousal/valence, and the
-    decision bias with --imbalance val_bias) and tested; results."""
+def _finish(t: Training, loaders: dict, run_dir: Path, corpus: Corpus, data: DataSpec, spec: TrainSpec,
+            progress: Progress, log: list[dict]) -> None:
+    """Rank 0 after the last epoch: curves, the selected model calibrated on one pass over the validation sessions
+    (arousal/valence, and the decision bias with --imbalance val_bias) and tested; results."""
     plot_curves(log, run_dir / "curves.png", progress.best_epoch)
     best = load_checkpoint(run_dir / "best.pth", t.device)
     t.model.load_state_dict(best["model"])
-    calibration = {}
-    if args.av_calibration == "val" and loaders["val"] is not None:
-        calibration = calibrate_av(t.model, loaders["val"], t.device, t.dtype)
-    if "val_bias" in parse_imbalance(getattr(args, "imbalance", "none")) and loaders["val"] is not None:
-        calibration.update(fit_decision_bias(t.model, loaders["val"], t.device, t.dtype))
+    calibration = calibrate(t.model, loaders["val"], spec, t.device, t.dtype) if loaders["val"] is not None else {}
     if calibration:
         atomic_torch_save({**best, "model": t.model.state_dict()}, run_dir / "best.pth")
     metrics, outputs = evaluate(t.model, loaders["test"], t.device, desc="test", dtype=t.dtype)
-    shown = spec.record()
+    shown = data.record()
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics, "results.json",
                        {"model": "neural", "best_epoch": progress.best_epoch, "val": progress.best_val,
                         "sessions": shown, "processes": t.world_size, **calibration, **speech_record(t.model, corpus)})
@@ -386,57 +395,70 @@ def _finish(t: Training, loaders: dict, run_dir: Path, corpus: Corpus, spec: Dat
     print(f"results: {run_dir / 'results.json'}")
 
 
-def train(args: argparse.Namespace, run_dir: Path | None = None, resume_overrides: dict | None = None) -> Path:
-    """Train a new run (in a new folder unless `run_dir` is given) or, given `resume_overrides` (the flags given
-    with --resume, possibly none), continue the run in `run_dir` from its last checkpoint. Under torchrun
-    (WORLD_SIZE > 1) one process per GPU (or CPU process with gloo) trains on its share of the batches, gradients
-    averaged (DDP); rank 0 alone prepares the data, validates, tests and writes files."""
+def train(args: argparse.Namespace, run_dir: Path | None = None, resume: ResumeState | None = None,
+          overrides: dict | None = None) -> Path:
+    """Train a new run from its checked flags `args` (in a new folder unless `run_dir` is given) or, given the
+    `resume` state of the run in `run_dir` (trained_run.resume_state), continue it from its last checkpoint with
+    the `overrides` given with --resume. Under torchrun (WORLD_SIZE > 1) one process per GPU (or CPU process with
+    gloo) trains on its share of the batches, gradients averaged (DDP); rank 0 alone prepares the data, validates,
+    tests and writes files."""
+    spec = TrainSpec.from_args(args)
     device = resolve_device(args.device, args.gpu_id)
     rank, world_size, local_rank = init_distributed(device.type)
     if world_size > 1 and device.type == "cuda":
         device = torch.device(f"cuda:{local_rank}")
-    set_seed(args.seed)
-    spec = resolve_data(args)
+    set_seed(spec.seed)
+    data = resolve_data(args)
     if run_dir is None and rank == 0:
         check_save_path(args.save_path)  # before any data is prepared
     # Data first: bad data stops the start before a run folder exists, so none is left behind.
-    broadcast(prepare_data(spec) if rank == 0 else None, world_size)  # the others wait for rank 0
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model, spec.label_map, spec.bio_alignment)
-    resumed = run_dir / "checkpoint.pth" if run_dir is not None and resume_overrides is not None else None
-    config = (checkpoint_config(load_checkpoint(resumed), resumed) if resumed is not None and resumed.exists()
+    broadcast(prepare_data(data) if rank == 0 else None, world_size)  # the others wait for rank 0
+    corpus = Corpus(data.caches, data.role, data.text_dim, data.speech_model, data.label_map, data.bio_alignment)
+    checkpoint = resume.checkpoint if resume is not None else None
+    config = (checkpoint_config(checkpoint, run_dir / "checkpoint.pth") if checkpoint is not None
               else run_config(args, corpus))  # a resumed run: its own model
-    from_pretrained = resumed is None or not resumed.exists()  # no fine-tuned weights yet
-    backbones, live = finetune_inputs(config, corpus, spec.folders, spec.speech_model, args.max_seconds,
-                                      None if from_pretrained else run_dir)
+    backbones, live = finetune_inputs(config, corpus, data.folders, data.speech_model, spec.max_seconds,
+                                      None if checkpoint is None else run_dir)  # fine-tuned weights: the checkpoint's
     pin = device.type == "cuda"
-    loaders = {"train": make_loader(corpus, spec.train, args.ws, args.batch_size, True, args.seed, args.num_workers,
-                                    pin, num_replicas=world_size, rank=rank,
-                                    class_balanced="sampler" in parse_imbalance(getattr(args, "imbalance", "none")),
-                                    live=live),
-               "val": make_loader(corpus, spec.val, args.ws, args.batch_size, False, args.seed, args.num_workers, pin,
-                                  "--val_split", live=live) if spec.val else None,
-               "test": make_loader(corpus, spec.test, args.ws, args.batch_size, False, args.seed, args.num_workers,
+    loaders = {"train": make_loader(corpus, data.train, spec.ws, spec.batch_size, True, spec.seed, spec.num_workers,
+                                    pin, num_replicas=world_size, rank=rank, class_balanced=spec.sampler, live=live),
+               "val": make_loader(corpus, data.val, spec.ws, spec.batch_size, False, spec.seed, spec.num_workers, pin,
+                                  "--val_split", live=live) if data.val else None,
+               "test": make_loader(corpus, data.test, spec.ws, spec.batch_size, False, spec.seed, spec.num_workers,
                                    pin, "--test_split", live=live)}
     run_dir = broadcast(run_dir or (make_run_dir(args.save_path, run_name(args)) if rank == 0 else None), world_size)
-    run_args = {**vars(args), **spec.flags()}  # what the run records: the flags, the data ones resolved
-    if resume_overrides is None and rank == 0:  # a resumed run keeps its args.json; checkpoints carry overrides
+    run_args = {**vars(args), **data.flags()}  # what the run records: the flags, the data ones resolved
+    if resume is None and rank == 0:  # a resumed run keeps its args.json; checkpoints carry overrides
         write_run_args(run_dir, run_args)
-        save_corpus_record(run_dir, corpus, spec)
-    if backbones is not None and from_pretrained and rank == 0:  # (again for a run stopped before its first epoch)
-        save_backbones(run_dir, spec.speech_model if backbones.speech is not None else None,
-                       corpus.text_encoder if backbones.text is not None else None)
-    shown = spec.record()
+        save_corpus_record(run_dir, corpus, data)
+        if args.recipe:
+            write_text(run_dir / RECIPE_COPY, recipe_path(args.recipe).read_text(encoding="utf-8"))
+    if backbones is not None and checkpoint is None and rank == 0:  # (again for a run stopped before its first epoch)
+        save_backbones(run_dir, backbones)
+    shown = data.record()
     print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
     if world_size > 1:
-        print(f"data-parallel over {world_size} processes: {world_size} x {args.batch_size} windows per step")
-    t = setup(config, args, corpus, np.flatnonzero(np.isin(corpus.sessions, spec.train)), device, rank, world_size,
-              backbones, -(-len(loaders["train"]) // getattr(args, "accum_steps", 1)))
-    progress, log = _resume(t, run_dir, args, resume_overrides) if resume_overrides is not None else (Progress(), [])
+        print(f"data-parallel over {world_size} processes: {world_size} x {spec.batch_size} windows per step")
+    t = setup(config, spec, corpus, np.flatnonzero(np.isin(corpus.sessions, data.train)), device, rank, world_size,
+              backbones, -(-len(loaders["train"]) // spec.accum_steps))
+    progress, log = (_resume(t, run_dir, checkpoint, spec, overrides or {}) if resume is not None
+                     else (Progress(), []))
     save = {"config": config, "run_args": run_args, "features": corpus.audio_settings}
-    fit(t, loaders, run_dir, progress, log, args.epochs, args.patience, save)
+    fit(t, loaders, run_dir, progress, log, spec.epochs, spec.patience, save)
     if rank == 0:
-        _finish(t, loaders, run_dir, corpus, spec, progress, log, args)
+        _finish(t, loaders, run_dir, corpus, data, spec, progress, log)
     return run_dir
+
+
+def resume_run(run_dir: Path, overrides: dict) -> Path:
+    """Continue an interrupted run with its saved arguments and the allowed `overrides` (its checkpoint read
+    once); a finished run is left as it is."""
+    state = resume_state(run_dir)
+    if state is None:
+        return run_dir
+    args = run_arguments(state.args, {**overrides, "resume": str(run_dir)})
+    check_args(args)
+    return train(args, run_dir, state, overrides)
 
 
 def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_change: bool) -> dict:
@@ -444,22 +466,23 @@ def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_c
     `allow_corpus_change`); writes results_test_only.json, predictions_test_only.csv, confusion_test_only.png."""
     run_dir = find_run(name, save_path)
     model, saved, checkpoint = load_trained_model(run_dir / "best.pth", device)
-    spec = resolve_data(saved)
-    missing = [folder for folder, kind in zip(spec.folders, spec.kinds)
+    spec, data = TrainSpec.from_args(saved), resolve_data(saved)
+    missing = [folder for folder, kind in zip(data.folders, data.kinds)
                if not (folder / "annotation" if kind in KEMDY else folder).is_dir()]
     if missing:
         raise FlagError(f"the corpus of {run_dir.name} is not at {missing[0]} any more; --test_only needs it "
                         "(predict.py needs only the run folder)")
-    prepare_data(spec)
-    check_corpus_unchanged(run_dir, spec, allow_corpus_change)
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model, spec.label_map, spec.bio_alignment)
-    live = live_inputs(model.config, corpus, spec.folders, saved.max_seconds, str(run_dir / TEXT_DIR))
-    test_loader = make_loader(corpus, spec.test, saved.ws, saved.batch_size, False, saved.seed, saved.num_workers,
+    prepare_data(data)
+    check_corpus_unchanged(run_dir, data, allow_corpus_change)
+    corpus = Corpus(data.caches, data.role, data.text_dim, data.speech_model, data.label_map, data.bio_alignment)
+    live = live_inputs(model.config, corpus, data.folders, spec.max_seconds,
+                       run_tokenizer(run_dir) if model.config.finetune_text else None)
+    test_loader = make_loader(corpus, data.test, spec.ws, spec.batch_size, False, spec.seed, spec.num_workers,
                               device.type == "cuda", "--test_split", live=live)
-    metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=amp_dtype(device, saved.amp))
+    metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=amp_dtype(device, spec.amp))
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics,
                        "results_test_only.json", {"model": "neural", "best_epoch": checkpoint["best_epoch"],
                                                   **speech_record(model, corpus)})
-    print(summary_table(metrics, f"test {list(spec.test)} ({run_dir.name})"))
+    print(summary_table(metrics, f"test {list(data.test)} ({run_dir.name})"))
     print(f"results: {run_dir / 'results_test_only.json'}")
     return metrics

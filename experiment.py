@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from errors import FlagError, RunFolderError
+from options import run_arguments
 from protocol import prepare_data, resolve_data
 from utils import SUMMARY_METRICS, figure, make_run_dir, write_json, write_text
 
@@ -73,7 +74,7 @@ def _plan(args: argparse.Namespace, name: str) -> tuple[Path, argparse.Namespace
         if not (folder / "runs.json").exists():
             raise RunFolderError(f"--resume {folder} is not an experiment folder (no runs.json)")
         saved = json.loads((folder / "runs.json").read_text(encoding="utf-8"))
-        return folder, argparse.Namespace(**{**vars(args), **saved["args"], "resume": str(folder)}), saved["runs"]
+        return folder, run_arguments(saved["args"], {"resume": str(folder)}, defaults=args), saved["runs"]
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     spec = resolve_data(args)
     folds = spec.cv_folds if args.cv else [spec.test]
@@ -119,7 +120,7 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
     """
     folder, args, runs = _plan(args, name)
     args = argparse.Namespace(**{**vars(args), **(overrides or {})})
-    if getattr(args, "plan_only", False):
+    if getattr(args, "plan_only", False):  # (main.py's flag; baseline.py has none)
         gpus = " ".join(str(g) for g in range(min(len(runs), 4)))
         print(f"plan of {len(runs)} runs written to {folder}; train them with one job per GPU, e.g. on "
               f"{min(len(runs), 4)} GPUs\n  for g in {gpus}; do python main.py --resume {folder} --gpu_id $g & done; "

@@ -61,6 +61,6 @@ class EmotionLoss(nn.Module):
     def _rated(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The arousal/valence loss over the rows that are rated (targets not NaN); 0 where none is."""
         rated = torch.isfinite(target)
-        if bool(rated.all()):  # every KEMDy row: the loss as it always was
+        if bool(rated.all()):  # every row rated (KEMDy): no selection
             return self.av_loss(pred, target)
         return self.av_loss(pred[rated], target[rated]) if bool(rated.any()) else pred.sum() * 0.0

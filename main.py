@@ -1,40 +1,25 @@
-"""Train or evaluate the multimodal emotion model on KEMDy19/KEMDy20 (or the synthetic demo corpus).
+"""Train or evaluate the speech emotion model on KEMDy19/KEMDy20, RAVDESS, TESS, EmoDB or a manifest corpus (or the
+synthetic demo corpus).
 
     python main.py --SorL speaker                     # train; a new folder under exp/
+    python main.py --recipe published                 # the 2022 contest entry's configuration (recipes/)
     python main.py --test_only exp/<run folder>       # evaluate a saved run
     python main.py --resume exp/<run folder>          # continue an interrupted run or experiment
     torchrun --nproc_per_node 4 main.py --SorL speaker --amp   # data-parallel on 4 GPUs
 
-This file parses, checks and dispatches; the training engine is engine.py, the flags options.py.
+This file parses, checks and dispatches; the flags are options.py, the training engine engine.py. The flags are
+parsed before torch is imported, so that -h and a mistyped flag answer at once.
 """
-import runtime  # noqa: F401  (process settings that must precede `import torch`)
-
-import argparse
 import os
 import sys
 from contextlib import nullcontext, redirect_stdout
+from functools import partial
 from pathlib import Path
 
-import torch
-
-from engine import evaluate_run, resolve_device, run_name, train
 from errors import FlagError, one_line_errors
-from experiment import is_experiment, run_experiment
-from options import RESUME_OVERRIDES, check_args, explicit_flags, get_parser
-from trained_run import resume_args
+from options import RESUME_OVERRIDES, explicit_flags, parse_args
 
 DEPRECATED = {"test_path": "use --test_only RUN", "sr": "audio is always resampled to 16 kHz; drop the flag"}
-
-
-def resume_run(run_dir: Path, overrides: dict) -> Path:
-    """Continue an interrupted run with its saved arguments (and the allowed `overrides`); flags added since it
-    was saved get their defaults."""
-    saved = resume_args(run_dir)
-    if saved is None:
-        return run_dir
-    args = argparse.Namespace(**{**vars(get_parser().parse_args([])), **saved, **overrides, "resume": str(run_dir)})
-    check_args(args)
-    return train(args, run_dir, resume_overrides=overrides)
 
 
 def check_not_distributed(what: str) -> None:
@@ -44,12 +29,15 @@ def check_not_distributed(what: str) -> None:
 
 
 def dispatch(argv: list[str]) -> None:
-    args = get_parser(__doc__).parse_args(argv)
-    check_args(args)
+    args = parse_args(argv, __doc__)
     given = explicit_flags(argv)
     for flag in DEPRECATED.keys() & given.keys():
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for all processes
             print(f"warning: --{flag} is deprecated: {DEPRECATED[flag]}", file=sys.stderr)
+    import runtime  # noqa: F401  (process settings that must precede `import torch`)
+    from engine import evaluate_run, resolve_device, resume_run, run_name, train
+    from experiment import is_experiment, run_experiment
+
     if args.test_only is not None or args.test_path:
         if not (args.test_only or args.test_path):
             raise FlagError("--test_only needs a run folder: --test_only exp/<run>")
@@ -64,12 +52,12 @@ def dispatch(argv: list[str]) -> None:
         overrides = {k: given[k] for k in RESUME_OVERRIDES if k in given}
         if (Path(args.resume) / "runs.json").exists():
             check_not_distributed("an experiment (--resume of a --cv/--seeds folder)")
-            run_experiment(args, "", train, lambda run_dir: resume_run(run_dir, overrides), overrides)
+            run_experiment(args, "", train, partial(resume_run, overrides=overrides), overrides)
         else:
             resume_run(Path(args.resume), overrides)
     elif is_experiment(args):
         check_not_distributed("--cv/--seeds")
-        run_experiment(args, run_name(args), train, lambda run_dir: resume_run(run_dir, {}))
+        run_experiment(args, run_name(args), train, partial(resume_run, overrides={}))
     else:
         train(args)
 
@@ -86,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(1) from None
         raise
     finally:
-        if torch.distributed.is_initialized():
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 

@@ -1,4 +1,7 @@
-"""Audio + text fusion over a dialogue window, recurrent backbone, emotion and arousal/valence heads.
+"""The network: audio (a log-mel CNN, a frozen speech model's layers with SUPERB layer weights, or a fine-tuned
+speech encoder) + text (sentence embeddings or a fine-tuned text encoder) + bio-signal fusion over a dialogue window,
+a recurrent backbone, emotion and arousal/valence heads. It imports only torch: the data, the pretrained weights
+(finetune.py) and training (engine.py) live elsewhere.
 
 Differs from the published model where it was wrong: one audio encoder is shared by all window
 steps (the published CNN mixed the window's utterances across channels, so step i was not
@@ -14,7 +17,6 @@ import torch.nn.functional as F
 import torchaudio
 
 from constants import DEFAULT_TEXT_DIM, EMOTIONS, N_MELS
-from finetune import Backbones, TokenEncoder, WaveformEncoder
 
 
 MODEL_INPUTS = ("spec", "spec_lengths", "text", "slots")  # the batch entries EmotionModel.forward takes, in order
@@ -135,13 +137,120 @@ class SpeechEncoder(nn.Module):
 
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
         """-> (U + W, dim): the U cached utterances, then the W rows `live` (W, L, 2, D) computed in the step by a
-        fine-tuned encoder (finetune.WaveformEncoder), if given."""
+        fine-tuned encoder (WaveformEncoder), if given."""
         x = spec.view(len(lengths), self.layers, 2, self.speech_dim)
         if live is not None:
             x = torch.cat([x, live.to(x.dtype)])
         x = F.layer_norm(x, (self.speech_dim,))  # each layer's mean and std vectors on one scale
         x = torch.einsum("l,ulsd->usd", self.layer_weights(), x)
         return self.proj(x.flatten(1))
+
+
+def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The stack of transformer layers of a speech (`encoder.layers`) or text (`encoder.layer`) backbone."""
+    encoder = backbone.encoder
+    return encoder.layers if hasattr(encoder, "layers") else encoder.layer
+
+
+def _freeze(module: nn.Module) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+
+
+class WaveformEncoder(nn.Module):
+    """Waveforms (U, T) at 16 kHz and their lengths (U,) -> (U, L, 2, D): per layer (the CNN output and every
+    transformer layer), the mean and standard deviation over the clip's frames of the hidden states.
+
+    `masked`: give the backbone an attention mask (models with a layer-norm CNN; a group-norm CNN, as wav2vec2-base,
+    is given none, as its feature extractor says, and sees a training batch's zero padding, as in its own
+    fine-tuning recipe). `freeze_cnn` keeps the convolutional feature encoder fixed, the usual practice since
+    wav2vec 2.0's fine-tuning (its weights carry little an utterance label can improve and its activations take
+    most of the memory); the bottom `freeze_layers` transformer layers stay fixed too, with what lies below them.
+    `time_mask`: the backbone's own SpecAugment-like masking of its CNN features in training (`mask_time_prob`
+    of its config, spans of `mask_time_length` frames), 0 = off. Layer drop is turned off: the layer weights
+    read every layer's states.
+    """
+
+    def __init__(self, backbone: nn.Module, masked: bool, normalize: bool, freeze_cnn: bool = True,
+                 freeze_layers: int = 0, time_mask: float = 0.0):
+        super().__init__()
+        self.backbone, self.masked, self.normalize = backbone, masked, normalize
+        backbone.config.mask_time_prob, backbone.config.mask_feature_prob = time_mask, 0.0
+        backbone.config.apply_spec_augment = time_mask > 0
+        backbone.config.layerdrop = 0.0  # a dropped layer would leave its hidden states out of the output
+        if time_mask > 0 and getattr(backbone, "masked_spec_embed", None) is None:
+            # A config saved without masking has no mask embedding: add one, initialised as the model does.
+            backbone.masked_spec_embed = nn.Parameter(torch.empty(backbone.config.hidden_size).uniform_())
+        if freeze_cnn:
+            backbone.feature_extractor._freeze_parameters()  # (HuBERT has no freeze_feature_encoder())
+        if freeze_layers:  # what lies below the first trained layer: projection, position embedding, mask vector
+            below = [backbone.feature_projection, backbone.encoder.pos_conv_embed]
+            if not getattr(backbone.config, "do_stable_layer_norm", False):  # post-norm models normalise first
+                below.append(backbone.encoder.layer_norm)
+            for module in below:
+                _freeze(module)
+            if getattr(backbone, "masked_spec_embed", None) is not None:
+                backbone.masked_spec_embed.requires_grad_(False)
+        for layer in list(transformer_layers(backbone))[:freeze_layers]:
+            _freeze(layer)
+
+    def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not self.masked and not self.training and len(waves) > 1:
+            # Without an attention mask the padding is input: in evaluation each clip goes alone, so that its
+            # features do not depend on the clips that share its batch (and predict.py gives the same).
+            return torch.cat([self(waves[i:i + 1, :int(n)], lengths[i:i + 1]) for i, n in enumerate(lengths)])
+        valid = (torch.arange(waves.shape[1], device=waves.device)[None, :] < lengths[:, None]).to(waves.dtype)
+        if self.normalize:  # zero mean, unit variance over each clip's own samples (Wav2Vec2FeatureExtractor)
+            count = lengths[:, None].to(waves.dtype)
+            mean = (waves * valid).sum(1, keepdim=True) / count
+            var = (((waves - mean) * valid) ** 2).sum(1, keepdim=True) / count
+            waves = (waves - mean) / torch.sqrt(var + 1e-7) * valid
+        mask = valid.long() if self.masked else None
+        hidden = self.backbone(waves, attention_mask=mask, output_hidden_states=True).hidden_states
+        states = torch.stack(hidden, 1).float()  # statistics in float32 under autocast too
+        frames = self.backbone._get_feat_extract_output_lengths(lengths)
+        keep = (torch.arange(states.shape[2], device=waves.device)[None, :] < frames[:, None])
+        keep = keep[:, None, :, None].to(states.dtype)
+        count = frames.to(states.dtype)[:, None, None]
+        mean = (states * keep).sum(2) / count
+        std = torch.sqrt(((states - mean[:, :, None]) ** 2 * keep).sum(2) / count + 1e-8)
+        return torch.stack([mean, std], 2)  # (U, L, 2, D)
+
+
+class TokenEncoder(nn.Module):
+    """Token ids (U, N) and their attention mask -> (U, H): the first token's state (`pool="cls"`) or the mean of
+    the token states under the mask (`"mean"`). The bottom `freeze_layers` layers (and the embeddings with them)
+    stay fixed."""
+
+    def __init__(self, backbone: nn.Module, pool: str = "cls", freeze_layers: int = 0):
+        super().__init__()
+        self.backbone, self.pool = backbone, pool
+        if getattr(backbone, "pooler", None) is not None:  # BERT's pooler is not read: keep it out of training
+            _freeze(backbone.pooler)
+        if freeze_layers:
+            _freeze(backbone.embeddings)
+        for layer in list(transformer_layers(backbone))[:freeze_layers]:
+            _freeze(layer)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        states = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        if self.pool == "cls":
+            return states[:, 0]
+        weights = mask[..., None].to(states.dtype)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+@dataclass
+class Backbones:
+    """The pretrained networks a fine-tuning run trains (finetune.py loads them): a speech backbone with its feature
+    extractor and what that says (`masked`: it takes an attention mask; `normalize`: clips are standardised), a
+    text backbone with its tokenizer."""
+    speech: nn.Module | None = None
+    masked: bool = False
+    normalize: bool = True
+    extractor: object = None
+    text: nn.Module | None = None
+    tokenizer: object = None
 
 
 def _identity_av_map() -> dict[str, torch.Tensor]:
@@ -200,7 +309,7 @@ class ModelConfig:
 
 class EmotionModel(nn.Module):
     """The model of a ModelConfig; a fine-tuning config (finetune_speech / finetune_text) also takes the pretrained
-    `backbones` it trains (finetune.pretrained_backbones, or run_backbones for a saved run)."""
+    `backbones` it trains (finetune.pretrained_backbones, or finetune.run_backbones for a saved run)."""
 
     def __init__(self, config: ModelConfig = ModelConfig(), backbones: Backbones | None = None):
         super().__init__()
@@ -275,7 +384,7 @@ class EmotionModel(nn.Module):
         """spec: packed frames of the batch's distinct utterances (see AudioEncoder), text: their
         embeddings; slots (B, ws): index into them, -1 = padding. The last slot is the target.
         Fine-tuned encoders also read waves (W, T) at 16 kHz with their lengths (W,) for the utterances
-        `wave_slots` (W,), and the token ids (U, N) of every utterance with their mask (finetune.LiveInputs).
+        `wave_slots` (W,), and the token ids (U, N) of every utterance with their mask (dataset.LiveInputs).
         bio (U, bio_dim): the utterances' bio-signal features (zeros and 0 masks where absent).
 
         Returns emotion logits (B, classes) and arousal/valence (B, 2) in [1, 5].

@@ -1,28 +1,49 @@
-"""The flags of main.py (and the data flags baseline.py shares): names, help, defaults and checks.
+"""The flags of main.py (and the corpus and split flags that baseline.py and preprocess.py share): names, groups,
+help, defaults, checks, recipes, and the frozen TrainSpec a run's training reads.
 
-The model's defaults are ModelConfig's (the recipe's), so the CLI and the model have one set;
-`ModelConfig.from_args` makes the ModelConfig of a run from its flags, once.
+Nothing here imports torch, so that `-h` and a mistyped flag answer at once. The model flags' defaults are the
+recommended recipe's and equal ModelConfig's (model.py; a test keeps the two equal); `ModelConfig.from_args` makes
+a run's ModelConfig from its flags, `TrainSpec.from_args` its training settings, `protocol.resolve_data` its
+DataSpec, each once.
+
+A recipe (`--recipe NAME_OR_PATH`) is a YAML file of flag values, `recipes/<NAME>.yaml` or any path: its values
+replace the defaults and the flags given on the command line replace its values; the run folder keeps a copy.
 """
 import argparse
+from dataclasses import dataclass
+from pathlib import Path
 
-from biosignals import ALIGNMENT_HELP, ALIGNMENTS
-from constants import CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, MAX_SECONDS, SAMPLE_RATE
+from constants import BIO_ALIGNMENTS, CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, MAX_SECONDS, SAMPLE_RATE
 from errors import FlagError
-from model import ModelConfig
 
 # Flags that may be given with --resume (e.g. a lower --lr after a divergence, more --epochs).
 RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id", "amp")
-DEFAULT = ModelConfig()
+RECIPES = Path(__file__).resolve().parent / "recipes"
+RECIPE_COPY = "recipe.yaml"  # the recipe a run was made with, in its run folder
+IMBALANCE = ("weight", "sampler", "logit_adjust", "val_bias")
+LAYOUTS = ("a KEMDy19 or KEMDy20 folder, RAVDESS, TESS or EmoDB as published, or a folder with a manifest.csv "
+           "(README, Your data)")
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """Flags with the same name and meaning in main.py and baseline.py."""
-    a = p.add_argument
-    a("--save_path", default="exp", help="folder that holds the run folders (default: %(default)s)")
+class Parser(argparse.ArgumentParser):
+    """argparse whose error for a mistyped flag or value is one line, not that line under the whole usage (which
+    `-h` prints)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+def add_corpus_args(p: argparse.ArgumentParser) -> None:
+    """What the corpus is and how it is preprocessed: the same names and meaning in main.py, baseline.py and
+    preprocess.py."""
+    a = p.add_argument_group("corpus").add_argument
     a("--data_dir", default=DEFAULT_DATA_DIR,
-      help="KEMDy19 or KEMDy20 folder, or both separated by a comma to train on their union (sessions then read "
-           "19_03, 20_03); if it is the default and empty, the synthetic demo corpus is made there "
-           "(default: %(default)s)")
+      help=f"the corpus: {LAYOUTS}; KEMDy19 and KEMDy20 together separated by a comma to train on their union "
+           "(sessions then read 19_03, 20_03); if it is the default and empty, the synthetic demo corpus is made "
+           "there (default: %(default)s)")
     a("--corpus", choices=["auto", *CORPUS_NAMES], default="auto",
       help="which corpus --data_dir holds (csv = a folder with a manifest.csv); auto = from its annotation file names "
            "or file layout (default: %(default)s)")
@@ -30,23 +51,33 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
       help="where preprocessing's derived files (tables, embeddings, feature caches) are: DIR/<corpus folder name> "
            "instead of the corpus folder, e.g. for a corpus on read-only storage (default: the corpus folder)")
     a("--text_encoder", default=None, help="sentence encoder for preprocessing: skt/kobert-base-v1 (default for "
-                                           "KEMDy19), a Hugging Face id or folder, or tfidf (default for the demo)")
+                                           "KEMDy), a Hugging Face id or folder, or tfidf (default for the demo and "
+                                           "the other corpora)")
     a("--speech_model", default=None, metavar="ID_OR_DIR",
       help="audio from this pretrained speech encoder's cached layer features (a Hugging Face id or local folder: "
            "wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) instead of log-mel spectrograms (default: log-mel)")
     a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
+    a("--bio_alignment", choices=list(BIO_ALIGNMENTS), default="clock",
+      help="KEMDy bio-signals: clock = the clock-consistent alignment (KEMDy19's shipped Segment IDs drift after its "
+           "files' time gaps), ids = the rows carrying each Segment ID as shipped (default: %(default)s)")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The corpus flags, and what a run reads of it and how it is split: the same in main.py and baseline.py."""
+    add_corpus_args(p)
+    a = p.add_argument_group("data and splits").add_argument
+    a("--save_path", default="exp", help="folder that holds the run folders (default: %(default)s)")
     a("--SorL", choices=["speaker", "listener"], default="speaker", help="whose emotion to predict (default: %(default)s)")
     a("--modalities", default=None, help="what the model (or baseline) sees, a comma list of audio, text and bio "
                                          "(KEMDy's wristband EDA, skin temperature and IBI), e.g. audio,text,bio "
                                          "(default: audio,text; audio for RAVDESS, TESS and EmoDB, whose text is a "
                                          "carrier sentence or absent)")
-    a("--bio_alignment", choices=list(ALIGNMENTS), default="clock", help=ALIGNMENT_HELP)
     a("--label_map", default=None, metavar="LABEL:NEW,...",
       help="merge, rename or drop classes before training, e.g. calm:neutral (RAVDESS's 7-class protocol) or "
            "surprised: (drop); recorded in the run (default: the corpus's own classes)")
-    a("--test_split", default=None, help="test sessions, e.g. [13,14,15,16] or 13,14,15,16 (default: the corpus's "
-                                         "published test split: KEMDy19 13-16, KEMDy20 33-40)")
-    a("--val_split", default="auto", help="validation sessions held out of training: a list, 'auto' (the two sessions "
+    a("--test_split", default=None, help="test sessions, e.g. [13,14,15,16] or 13,14,15,16, or names such as Actor_19 "
+                                         "(default: the corpus's published test split: KEMDy19 13-16, KEMDy20 33-40)")
+    a("--val_split", default="auto", help="validation sessions held out of training: a list, 'auto' (the sessions "
                                           "before the test split) or 'none' (published protocol: keep the last epoch) "
                                           "(default: %(default)s)")
     a("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -54,57 +85,56 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                                     "mean +- std summary; combines with --cv (default: only --seed)")
     a("--cv", action="store_true", help="run the session cross-validation folds (one run folder each, with a summary)")
     a("--cv_folds", default=None, help="test sessions of each fold, folds separated by ';' (default: the corpus's "
-                                       "published 5 folds: KEMDy19 1-4;5-8;...;17-20, KEMDy20 1-8;...;33-40)")
+                                       "published folds: KEMDy19 1-4;5-8;...;17-20, KEMDy20 1-8;...;33-40)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    a = p.add_argument
-    a("--backbone", choices=["lstm", "gru"], default=DEFAULT.backbone,
-      help="recurrent backbone over the window (default: %(default)s)")
-    a("--audio_dim", type=int, default=DEFAULT.audio_dim,
+    a = p.add_argument_group("model (defaults: the recommended recipe; the ModelConfig stored in every checkpoint)") \
+        .add_argument
+    a("--backbone", choices=["lstm", "gru"], default="lstm", help="recurrent backbone over the window (default: %(default)s)")
+    a("--audio_dim", type=int, default=128,
       help="audio encoder output size; conv widths are dim/8..dim (default: %(default)s)")
-    a("--audio_pool", choices=["bands", "mean"], default=DEFAULT.audio_pool,
+    a("--audio_pool", choices=["bands", "mean"], default="bands",
       help="bands = mean and std over time per conv channel and frequency band; mean = average the frequency axis "
            "away, then mean and max over time (ablation) (default: %(default)s)")
-    a("--hidden_size", type=int, default=DEFAULT.hidden_size, help="recurrent hidden size (published: 512) "
-                                                                   "(default: %(default)s)")
-    a("--num_layers", type=int, default=DEFAULT.num_layers, help="recurrent layers (published: 4) (default: %(default)s)")
-    a("--dropout", type=float, default=DEFAULT.dropout,
+    a("--hidden_size", type=int, default=128, help="recurrent hidden size (published: 512) (default: %(default)s)")
+    a("--num_layers", type=int, default=2, help="recurrent layers (published: 4) (default: %(default)s)")
+    a("--dropout", type=float, default=0.2,
       help="dropout in fusion, recurrent and arousal/valence layers (default: %(default)s)")
     a("--bidirectional", action="store_true", help="bidirectional recurrent backbone (default: off)")
     a("--no_cat", action="store_true", help="ablation: do not feed emotion probabilities to the arousal/valence trunk")
     a("--no_direct", action="store_true", help="ablation: the heads see only the last recurrent step, not also the "
                                                "target utterance's own features (the published model)")
-    a("--freq_mask", type=int, default=DEFAULT.freq_mask,
+    a("--freq_mask", type=int, default=20,
       help="SpecAugment: widest frequency mask in mel bands, 0 = off (default: %(default)s)")
-    a("--time_mask", type=int, default=DEFAULT.time_mask,
+    a("--time_mask", type=int, default=20,
       help="SpecAugment: widest time mask in frames, 0 = off (default: %(default)s)")
 
 
 def _add_finetune_args(p: argparse.ArgumentParser) -> None:
-    a = p.add_argument
+    a = p.add_argument_group("fine-tuning pretrained encoders (GPU; README, Fine-tuning)").add_argument
     a("--finetune_speech", action="store_true",
       help="train the --speech_model's weights end to end: the waveforms of each window's target utterance go "
-           "through it in the training step (GPU; see README, Fine-tuning) (default: frozen cached features)")
+           "through it in the training step (default: frozen cached features)")
     a("--finetune_text", action="store_true",
       help="train the --text_encoder (a BERT, RoBERTa or ELECTRA id or folder; --text_dim its hidden size) end to "
            "end on the transcripts' token ids (default: frozen sentence embeddings)")
-    a("--finetune_context", choices=["cache", "encoder"], default=DEFAULT.finetune_context,
+    a("--finetune_context", choices=["cache", "encoder"], default="cache",
       help="with --finetune_speech, a window's context utterances: cache = their frozen features (a step encodes "
            "only the batch's targets: 2.7x faster in benchmark.py), encoder = through the trained encoder too "
            "(default: %(default)s)")
-    a("--text_pool", choices=["cls", "mean"], default=DEFAULT.text_pool,
+    a("--text_pool", choices=["cls", "mean"], default="cls",
       help="with --finetune_text, the utterance vector: the first token's state, or the mean of the token states "
            "(default: %(default)s)")
     a("--encoder_lr", type=float, default=5e-5, help="learning rate of the fine-tuned encoders (--lr is the rest's) "
                                                       "(default: %(default)s)")
     a("--warmup_steps", type=int, default=500, help="the encoders' learning rate rises linearly over this many "
                                                     "optimizer steps (default: %(default)s)")
-    a("--freeze_layers", type=int, default=DEFAULT.freeze_layers,
+    a("--freeze_layers", type=int, default=0,
       help="the bottom N transformer layers of each fine-tuned encoder stay fixed (default: %(default)s)")
     a("--train_cnn", action="store_true", help="with --finetune_speech, train the convolutional feature encoder too "
                                                "(default: it stays fixed, as in wav2vec 2.0's fine-tuning)")
-    a("--encoder_time_mask", type=float, default=DEFAULT.encoder_time_mask,
+    a("--encoder_time_mask", type=float, default=0.05,
       help="with --finetune_speech, the encoder's own time masking in training: share of frames starting a masked "
            "span of its mask_time_length (wav2vec 2.0's mask_time_prob), 0 = off (default: %(default)s)")
     a("--max_seconds", type=float, default=MAX_SECONDS,
@@ -118,9 +148,7 @@ def _add_finetune_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    a = p.add_argument
-    a("--gpu_id", type=int, default=0, help="CUDA device index (default: %(default)s)")
-    a("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = CUDA when present (default: %(default)s)")
+    a = p.add_argument_group("training").add_argument
     a("--ws", type=int, default=8, help="window size: the utterance and ws-1 before it (default: %(default)s)")
     a("--batch_size", type=int, default=32, help="windows per batch (default: %(default)s)")
     a("--optim", choices=["sgd", "adam", "adamw", "adagrad"], default="adam",
@@ -149,19 +177,15 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                                              "over epochs with this decay, e.g. 0.8; 0 = the raw weights (default: %(default)s)")
     a("--patience", type=int, default=10, help="early stopping: stop after this many epochs without a better "
                                               "validation score, 0 = never (default: %(default)s)")
-    a("--num_workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
     a("--amp", action="store_true", help="mixed precision on CUDA: bf16 where supported, else fp16 with a gradient "
                                         "scaler (default: float32; no effect on CPU)")
 
 
-def get_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """main.py's flags."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(p)
-    _add_model_args(p)
-    _add_training_args(p)
-    _add_finetune_args(p)
-    a = p.add_argument
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument_group("run control").add_argument
+    a("--recipe", default=None, metavar="NAME_OR_PATH",
+      help="flag values from a recipe file: recipes/NAME.yaml (published = the 2022 contest entry's configuration, "
+           "recommended = the defaults) or a path; flags given here override it (default: none)")
     a("--plan_only", action="store_true", help="with --cv/--seeds: write the experiment folder and its plan, train "
                                               "nothing; then start one `--resume <folder>` job per GPU")
     a("--resume", default=None, metavar="RUN", help="continue an interrupted run (exp/<run>) from its last checkpoint, "
@@ -171,13 +195,78 @@ def get_parser(description: str | None = None) -> argparse.ArgumentParser:
       help="evaluate a saved run (a folder under --save_path, or a path) instead of training")
     a("--allow_corpus_change", action="store_true", help="--test_only on a corpus that differs from the one the run "
                                                          "was trained on: warn instead of refusing")
+    a("--gpu_id", type=int, default=0, help="CUDA device index (default: %(default)s)")
+    a("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = CUDA when present (default: %(default)s)")
+    a("--num_workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
     a("--test_path", default=None, metavar="RUN", help="deprecated: the same as --test_only RUN")
     a("--sr", type=int, default=None, help=f"deprecated: the audio is always resampled to {SAMPLE_RATE} Hz")
+
+
+def get_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """main.py's flags, in groups."""
+    p = Parser(description=description)
+    add_data_args(p)
+    _add_model_args(p)
+    _add_training_args(p)
+    _add_finetune_args(p)
+    _add_run_args(p)
     return p
 
 
+def recipe_path(name: str) -> Path:
+    """A recipe's file: recipes/NAME.yaml, or NAME as a path; FlagError naming the recipes there are."""
+    path = Path(name) if Path(name).suffix in (".yaml", ".yml") or Path(name).is_file() else RECIPES / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+        raise FlagError(f"--recipe {name}: no such recipe file ({path}); the recipes here are {known}, or give a path")
+    return path
+
+
+def read_recipe(parser: argparse.ArgumentParser, name: str) -> dict:
+    """The flag values of a recipe file, each checked as the flag itself would be (type, choices); FlagError naming
+    the recipe and the key for a key that is no flag of `parser` or a value it refuses."""
+    import yaml  # only here: a run without a recipe never needs it
+
+    path = recipe_path(name)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise FlagError(f"--recipe {path} is not a YAML file of flag values ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise FlagError(f"--recipe {path} must hold `flag: value` lines (e.g. `epochs: 100`), not a {type(values).__name__}")
+    actions = {a.dest: a for a in parser._actions}
+    recipe = {}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None or key in ("recipe", "resume", "test_only", "test_path", "help"):
+            raise FlagError(f"--recipe {path}: {key} is not a flag a recipe can set")
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise FlagError(f"--recipe {path}: {key} is a switch: true or false, not {value!r}")
+        elif value is not None:
+            try:
+                value = action.type(value) if action.type is not None else str(value)
+            except (TypeError, ValueError):
+                raise FlagError(f"--recipe {path}: {key}: {value!r} is not a valid value of --{key}") from None
+            if action.choices is not None and value not in action.choices:
+                raise FlagError(f"--recipe {path}: {key}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+        recipe[key] = value
+    return recipe
+
+
+def parse_args(argv: list[str], description: str | None = None) -> argparse.Namespace:
+    """main.py's flags, a --recipe's values under the flags given, checked (`check_args`)."""
+    parser = get_parser(description)
+    args = parser.parse_args(argv)
+    if args.recipe:
+        parser.set_defaults(**read_recipe(parser, args.recipe))
+        args = parser.parse_args(argv)
+    check_args(args)
+    return args
+
+
 def check_args(args: argparse.Namespace) -> None:
-    """FlagError naming the first flag whose value cannot work."""
+    """FlagError naming the first flag whose value cannot work, or two flags that conflict."""
     checks = [(args.ws >= 1, "--ws must be at least 1"), (0.0 <= args.lam <= 1.0, "--lam must be in [0, 1]"),
               (0.0 <= args.beta < 1.0, "--beta must be in [0, 1)"), (args.batch_size >= 1, "--batch_size must be >= 1"),
               (args.epochs >= 1, "--epochs must be >= 1"), (args.lr > 0, "--lr must be > 0"),
@@ -198,18 +287,60 @@ def check_args(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise FlagError(message)
-    parse_imbalance(args.imbalance)
+    if args.loss == "cbloss" and "weight" in parse_imbalance(args.imbalance):
+        raise FlagError("--loss cbloss and --imbalance weight both weight the emotion loss per class; choose one")
 
 
-IMBALANCE = ("weight", "sampler", "logit_adjust", "val_bias")
-
-
-def parse_imbalance(text: str) -> set[str]:
-    """--imbalance 'sampler,val_bias' -> {"sampler", "val_bias"}; "none" -> set(); FlagError for anything else."""
-    chosen = {p.strip() for p in text.split(",") if p.strip()} - {"none"}
+def parse_imbalance(text: str) -> frozenset[str]:
+    """--imbalance 'sampler,val_bias' -> {"sampler", "val_bias"}; "none" -> {}; FlagError for anything else."""
+    chosen = frozenset(p.strip() for p in text.split(",") if p.strip()) - {"none"}
     if chosen - set(IMBALANCE):
         raise FlagError(f"--imbalance {text}: choose from none, {', '.join(IMBALANCE)} (a comma list)")
     return chosen
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How a run trains, made once from its checked flags (`from_args`): the engine reads this, never the flags.
+    The model's shape is its ModelConfig, its data its DataSpec."""
+    seed: int
+    ws: int  # window: the target utterance and ws - 1 before it
+    batch_size: int
+    epochs: int
+    patience: int  # early stopping after this many epochs without a better validation score; 0 = never
+    optim: str
+    lr: float
+    lr_decay: float  # per epoch
+    weight_decay: float
+    lam: float  # the emotion loss's weight; 1 - lam goes to arousal + valence
+    av_loss: str  # "mse" or "ccc"
+    av_calibration: str  # "val" or "none"
+    class_weights: str | None  # "cbloss" (Cui et al.'s, with `beta`), "inverse" (--imbalance weight) or None
+    beta: float
+    sampler: bool  # training windows drawn class-balanced
+    logit_adjust: bool
+    val_bias: bool  # a per-class logit bias fitted on the validation sessions
+    ema: float  # decay of the weight average that is validated, selected and tested; 0 = the raw weights
+    amp: bool
+    accum_steps: int
+    encoder_lr: float  # fine-tuned encoders
+    warmup_steps: int
+    grad_checkpointing: bool
+    max_seconds: float
+    num_workers: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainSpec":
+        imbalance = parse_imbalance(args.imbalance)
+        weights = "cbloss" if args.loss == "cbloss" else "inverse" if "weight" in imbalance else None
+        return cls(seed=args.seed, ws=args.ws, batch_size=args.batch_size, epochs=args.epochs, patience=args.patience,
+                   optim=args.optim, lr=args.lr, lr_decay=args.lr_decay, weight_decay=args.weight_decay, lam=args.lam,
+                   av_loss=args.av_loss, av_calibration=args.av_calibration, class_weights=weights, beta=args.beta,
+                   sampler="sampler" in imbalance, logit_adjust="logit_adjust" in imbalance,
+                   val_bias="val_bias" in imbalance, ema=args.ema, amp=args.amp, accum_steps=args.accum_steps,
+                   encoder_lr=args.encoder_lr, warmup_steps=args.warmup_steps,
+                   grad_checkpointing=args.grad_checkpointing, max_seconds=args.max_seconds,
+                   num_workers=args.num_workers)
 
 
 def parse_modalities(text: str | None, has_text: bool, default: tuple[str, ...] = ("audio", "text"),
@@ -230,8 +361,17 @@ def parse_modalities(text: str | None, has_text: bool, default: tuple[str, ...] 
     return chosen
 
 
+def run_arguments(saved: dict, overrides: dict | None = None,
+                  defaults: argparse.Namespace | None = None) -> argparse.Namespace:
+    """A saved run's (or experiment plan's) arguments under this version's flags: a flag added since it was saved
+    gets its default (main.py's, or those of `defaults`), which reproduces what runs did before it existed; then the
+    `overrides` given."""
+    defaults = defaults if defaults is not None else get_parser().parse_args([])
+    return argparse.Namespace(**{**vars(defaults), **saved, **(overrides or {})})
+
+
 def explicit_flags(argv: list[str]) -> dict:
-    """The flags given on the command line (not defaults), with their values."""
+    """The flags given on the command line (not defaults, not a recipe's), with their values."""
     parser = get_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS  # absent flags then stay out of the namespace

@@ -23,15 +23,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from audio import log_mel, read_audio
 from constants import N_FFT, SAMPLE_RATE
-from dataset import assemble_batch, context_windows
+from dataset import assemble_batch, context_windows, crop, pad_waves
 from errors import CorpusError, FlagError, RunFolderError, one_line_errors
-from finetune import TEXT_DIR, crop, pad_waves
+from finetune import run_tokenizer
 from model import model_inputs
-from preprocess import log_mel, read_audio
+from options import Parser
 from readers import clean_transcript, decode_text, nfc
 from speech_features import encode_clips, load_speech_config, load_speech_model, speech_settings
-from text_encoder import load_tokenizer, tokenize
+from text_encoder import tokenize
 from trained_run import load_trained_model, run_text_encoder, trained_on_demo
 from utils import atomic_path
 
@@ -134,7 +135,7 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
     else:
         frames, lengths = audio_features(audios, run_args.speech_model, checkpoint["features"], device)
     if config.finetune_text:
-        tokens = tokenize(load_tokenizer(str(run_dir / TEXT_DIR)), kept_texts)
+        tokens = tokenize(run_tokenizer(run_dir), kept_texts)
         live.update(tokens=tokens["input_ids"], token_mask=tokens["attention_mask"])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     if dialogue:  # windows over the files in order, exactly like training
@@ -163,7 +164,7 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("--run", required=True, help="a run folder with best.pth (e.g. exp/<run>)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--wav", help="one audio file")

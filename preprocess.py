@@ -1,131 +1,46 @@
-"""Raw KEMDy19 or KEMDy20 folder -> annotation tables, sentence embeddings and a log-mel spectrogram cache.
+"""A raw corpus folder -> annotation tables, sentence embeddings and the audio feature caches a run reads.
 
-    python preprocess.py --make_demo data/KEMDy19        # synthetic corpus in the real layout
-    python preprocess.py --data_dir data/KEMDy19 [--text_encoder NAME] [--speech_model ID_OR_DIR] [--cache_dir DIR]
+    python preprocess.py --make_demo data/KEMDy19        # synthetic corpus in the KEMDy19 layout
+    python preprocess.py --data_dir DIR [--text_encoder NAME] [--speech_model ID_OR_DIR] [--cache_dir DIR]
 
-The corpus is read by readers.py (KEMDy19: SessionNN_{F,M}_res.csv; KEMDy20: SessNN_eval.csv; --corpus
-overrides the detection), glitches repaired or named, and both come out in one schema. Outputs go next to
-the corpus (the published layout), or with --cache_dir to DIR/<corpus folder name> (a read-only corpus):
-annotation.csv, df_speaker.csv, df_listener.csv (KEMDy20: no rows), embedding_<dim>.npy (+ .json with ids),
-features/logmel.npy (+ .json), preprocess_summary.json (every repaired, dropped or remarked row) and
+The corpus (KEMDy19, KEMDy20, RAVDESS, TESS, EmoDB or a folder with a manifest.csv; detected from its files,
+--corpus overrides) is read by readers.py or corpora.py, glitches repaired or named, into one table schema.
+Outputs go next to the corpus (the published layout), or with --cache_dir to DIR/<corpus folder name> (a read-only
+corpus): annotation.csv, df_speaker.csv, df_listener.csv (speaker rows only outside KEMDy19), embedding_<dim>.npy
+(+ .json with ids), features/logmel.npy (+ .json), features/speech_*.npy with --speech_model, features/bio_*.npy
+for KEMDy's wristband files, preprocess_summary.json (every repaired, dropped or remarked row) and
 preprocess_manifest.json (what the outputs were made from). Every output is written to a temporary name
 and renamed, and a second run reuses what is up to date: the check follows symlinked folders and records
 paths relative to the corpus, so a copied, moved or re-pathed corpus is not recomputed.
 """
-import argparse
 import fcntl
-import hashlib
-import json
 import os
 import time
 from collections.abc import Iterator
-from fractions import Fraction
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
-import torch
-import torchaudio
-from tqdm import tqdm
 
-from constants import (CORPUS_NAMES, DEFAULT_DATA_DIR, KEMDY20_CLASS_COUNTS, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
-                       DEFAULT_TEXT_ENCODER_REAL, DEMO_MARKER_FILE, F_MAX, F_MIN, HOP_LENGTH, KEMDY, LOG_OFFSET,
-                       MANIFEST, N_FFT, N_MELS, SAMPLE_RATE, SUMMARY, WAVS)
-from biosignals import ALIGNMENT_HELP, ALIGNMENTS, SIGNALS, build_bio_cache
-from errors import CorpusError, one_line_errors
+from audio import feature_settings, load_audio, log_mel, read_audio
+from biosignals import SIGNALS, build_bio_cache
+from constants import (CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
+                       DEFAULT_TEXT_ENCODER_REAL, DEMO_MARKER_FILE, KEMDY, KEMDY20_CLASS_COUNTS, MANIFEST, N_FFT,
+                       N_MELS, SUMMARY, WAVS)
 from corpora import detect_corpus, read_any, source_files
+from dataset import corpus_wavs
+from errors import CorpusError, one_line_errors
+from options import Parser, add_corpus_args
 from readers import FileIndex
 from speech_features import build_speech_cache, load_speech_config
-from text_encoder import (check_text_encoder, embedding_paths, fit_tfidf, save_tfidf, tfidf_embeddings, tfidf_exists,
-                          transformer_embeddings)
-from utils import atomic_path, cache_folder, write_json, write_text
-
-SILENCE_PEAK = 10 ** (-60 / 20)  # no sample above -60 dBFS: no speech (a 16-bit file's floor is -96 dBFS)
-# Averaging the channels keeps under a quarter (-6 dB) of their mean energy: they cancel (one is the other
-# inverted, a common wiring fault), and the average would silence the speech.
-CANCEL_RATIO = 0.25
+from text_encoder import embedding_paths, fit_tfidf, save_tfidf, text_config, tfidf_embeddings, tfidf_exists, \
+    transformer_embeddings
+from utils import cache_folder, fingerprint, progress_bar, read_json, write_array_cache, write_json, write_text
 
 
 def is_demo_corpus(data_dir: str | Path) -> bool:
     return (Path(data_dir) / DEMO_MARKER_FILE).exists()
-
-
-def fingerprint(data_dir: Path, paths: list[Path]) -> str:
-    """Changes when any of `paths` is added, removed or modified (name relative to `data_dir`, size, mtime); the
-    same for a copy (`cp -a`), a move or another path to the corpus, so none of them recomputes anything."""
-    digest = hashlib.sha1()
-    for name, p in sorted((Path(p).relative_to(data_dir).as_posix(), p) for p in paths):
-        st = p.stat()  # follows symlinks: an edit behind a link is seen
-        digest.update(os.fsencode(name) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())  # any bytes in a name
-    return digest.hexdigest()
-
-
-def read_audio(path: Path) -> tuple[np.ndarray, list[str]]:
-    """(mono float32 at 16 kHz, notes for the user). Channels are averaged, unless they cancel (then the loudest
-    is used); other rates are resampled; a silent clip is noted. Raises CorpusError if unusable."""
-    path = Path(path)
-    if not path.exists():
-        raise CorpusError(f"{path}: no such file")
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
-        raise CorpusError(f"{path}: unreadable audio ({error})") from None
-    if audio.size == 0:
-        raise CorpusError(f"{path}: audio has no samples")
-    if not np.isfinite(audio).all():
-        raise CorpusError(f"{path}: audio has NaN or infinite samples")
-    notes, mono = [], audio.mean(axis=1)
-    energy = np.square(audio, dtype=np.float64).mean(axis=0)
-    if audio.shape[1] > 1 and np.square(mono, dtype=np.float64).mean() < CANCEL_RATIO * energy.mean():
-        mono = audio[:, int(energy.argmax())]
-        notes.append(f"channels cancel when averaged: channel {int(energy.argmax()) + 1} of {audio.shape[1]} used")
-    if np.abs(mono).max() < SILENCE_PEAK:
-        notes.append("silent (no sample above -60 dBFS)")
-    if rate != SAMPLE_RATE:
-        # Polyphase resampling costs (reduced target rate) x (reduced source rate) weights: nothing for 48, 44.1,
-        # 22.05 or 8 kHz, but 8000 x 12227 for TESS's 24,414 Hz (400 MB, seconds per clip). Such a rate goes
-        # through the nearest fraction with a denominator up to 1000 (a time stretch under 0.01 %).
-        ratio = Fraction(SAMPLE_RATE, rate).limit_denominator(1000)
-        mono = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), ratio.denominator,
-                                              ratio.numerator).numpy()
-    return mono, notes
-
-
-def load_audio(path: Path) -> np.ndarray:
-    """Mono float32 at 16 kHz (see `read_audio`); raises CorpusError if unusable."""
-    return read_audio(path)[0]
-
-
-@lru_cache(maxsize=1)
-def _mel_transform() -> torchaudio.transforms.MelSpectrogram:
-    return torchaudio.transforms.MelSpectrogram(sample_rate=SAMPLE_RATE, n_fft=N_FFT, hop_length=HOP_LENGTH,
-                                                n_mels=N_MELS, f_min=F_MIN, f_max=F_MAX, power=2.0)
-
-
-def log_mel(audio: np.ndarray) -> np.ndarray:
-    """(frames, n_mels) float16 log-mel spectrogram with the published settings.
-
-    A clip shorter than one FFT window is zero-padded to it: the centred STFT's reflect padding needs
-    more than n_fft / 2 samples, and a click of a few ms still gets a valid (short) spectrogram.
-    """
-    if len(audio) < N_FFT:
-        audio = np.pad(audio, (0, N_FFT - len(audio)))
-    with torch.inference_mode():
-        mel = _mel_transform()(torch.from_numpy(np.ascontiguousarray(audio)))
-    return torch.log(mel + LOG_OFFSET).T.numpy().astype(np.float16)
-
-
-def feature_settings() -> dict:
-    return {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": N_MELS,
-            "f_min": F_MIN, "f_max": F_MAX, "log_offset": LOG_OFFSET}
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
 
 
 def build_spectrogram_cache(out: Path, wav_paths: dict[str, Path]) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -136,7 +51,7 @@ def build_spectrogram_cache(out: Path, wav_paths: dict[str, Path]) -> tuple[dict
     """
     (out / "features").mkdir(parents=True, exist_ok=True)
     chunks, ids, failed, notes = [], [], {}, {}
-    for seg_id, path in tqdm(sorted(wav_paths.items()), desc="log-mel spectrograms", unit="utt"):
+    for seg_id, path in progress_bar(sorted(wav_paths.items()), desc="log-mel spectrograms", unit="utt"):
         try:
             audio, remarks = read_audio(path)
         except CorpusError as error:
@@ -151,9 +66,9 @@ def build_spectrogram_cache(out: Path, wav_paths: dict[str, Path]) -> tuple[dict
     lengths = [len(c) for c in chunks]
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if lengths else []
     frames = np.concatenate(chunks) if chunks else np.zeros((0, N_MELS), np.float16)
-    save_npy(out / "features" / "logmel.npy", frames)
-    write_text(out / "features" / "logmel.json", json.dumps(
-        {"settings": feature_settings(), "ids": ids, "offsets": offsets, "lengths": lengths, "failed": failed}))
+    write_array_cache(out / "features" / "logmel.npy", out / "features" / "logmel.json", frames,
+                      {"settings": feature_settings(), "ids": ids, "offsets": offsets, "lengths": lengths,
+                       "failed": failed})
     return failed, notes
 
 
@@ -179,8 +94,7 @@ def build_embeddings(out: Path, table: pd.DataFrame, text_encoder: str, text_dim
         if vectors.shape[1] != text_dim:
             raise CorpusError(f"--text_encoder {text_encoder} gives {vectors.shape[1]}-d embeddings, "
                               f"not --text_dim {text_dim}; pass --text_dim {vectors.shape[1]}")
-    save_npy(npy_path, vectors)
-    write_text(meta_path, json.dumps({"encoder": text_encoder, "dim": text_dim, "ids": ids}))
+    write_array_cache(npy_path, meta_path, vectors, {"encoder": text_encoder, "dim": text_dim, "ids": ids})
 
 
 @contextmanager
@@ -196,10 +110,6 @@ def cache_lock(folder: Path) -> Iterator[bool]:
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield True
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
@@ -223,9 +133,9 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     # Every model id is checked before any heavy work: a bad one fails in seconds, with one line.
     if speech_model:
         load_speech_config(speech_model)
-    embedded = _read_json(out / MANIFEST).get("embedding", {}).get(str(text_dim))
+    embedded = read_json(out / MANIFEST).get("embedding", {}).get(str(text_dim))
     if text_encoder != "tfidf" and embedded != wanted_embedding:
-        check_text_encoder(text_encoder)
+        text_config(text_encoder)
     seconds = {}
     given_embedding = data_dir / npy_path.name  # the contest's embedding_768.npy, where it ships: the corpus folder
     with cache_lock(out) as writable:
@@ -234,7 +144,7 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
                 raise CorpusError(f"{out} cannot be written (read-only storage?) and its {what} are missing or out of "
                                   "date: " + ("pass --cache_dir DIR to write the derived files there instead"
                                               if cache_dir is None else "choose a --cache_dir that can be written"))
-        manifest = _read_json(out / MANIFEST)
+        manifest = read_json(out / MANIFEST)
         outputs = [out / n for n in ("annotation.csv", "df_speaker.csv", "df_listener.csv", SUMMARY, WAVS,
                                      "features/logmel.npy", "features/logmel.json")]
         table = None
@@ -257,7 +167,7 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         if npy_path.exists() and not meta_path.exists():
             print(f"using {npy_path} as given (not made by this repo; e.g. the contest's KoBERT embeddings)")
         elif (manifest.get("embedding", {}).get(str(text_dim)) == wanted_embedding and npy_path.exists()
-              and (text_encoder != "tfidf" or tfidf_exists(tfidf_base) or _read_json(meta_path)["encoder"] == "none")):
+              and (text_encoder != "tfidf" or tfidf_exists(tfidf_base) or read_json(meta_path)["encoder"] == "none")):
             print(f"{npy_path.name} ({text_encoder}) is up to date")
         else:
             may_write("sentence embeddings")
@@ -279,7 +189,7 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             if bio is not None:
                 seconds["bio"] = time.perf_counter() - started
                 print_bio_report(bio, bio_alignment)
-    summary = _read_json(out / SUMMARY)
+    summary = read_json(out / SUMMARY)
     print_summary(summary, data_dir)
     return {**summary, "seconds": seconds}
 
@@ -291,11 +201,6 @@ def print_bio_report(report: dict, alignment: str) -> None:
     print(f"bio-signals ({alignment} alignment): {counts}")
     for note in report["notes"]:
         print(f"  bio: {note}")
-
-
-def corpus_wavs(out: Path, data_dir: Path) -> dict[str, Path]:
-    """Segment ID -> its wav, from the cache folder's record of the corpus at `data_dir` (wavs.json)."""
-    return {seg_id: data_dir / rel for seg_id, rel in _read_json(out / WAVS).items()}
 
 
 def build_tables(data_dir: Path, out: Path, kind: str, files: list[Path],
@@ -367,37 +272,23 @@ def print_summary(summary: dict, data_dir: Path) -> None:
         print(f"  audio {note}: {len(names)} ({_listed(names)})")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="raw KEMDy19 or KEMDy20 folder (default: %(default)s)")
-    parser.add_argument("--corpus", choices=["auto", *CORPUS_NAMES], default="auto",
-                        help="which corpus --data_dir holds (csv = a folder with a manifest.csv); auto = from its "
-                             "annotation file names or file layout (default: %(default)s)")
-    parser.add_argument("--layout", choices=list(KEMDY), default="kemdy19",
-                        help="--make_demo: the corpus layout to write (default: %(default)s)")
-    parser.add_argument("--make_demo", metavar="DIR", help="write a synthetic demo corpus to DIR and exit")
-    parser.add_argument("--text_encoder", default=None,
-                        help=f"'{DEFAULT_TEXT_ENCODER_REAL}' (default for KEMDy19), another Hugging Face id or "
-                             f"local folder, or 'tfidf' (offline; default for the demo corpus)")
-    parser.add_argument("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="embedding size (default: %(default)s)")
-    parser.add_argument("--speech_model", default=None, metavar="ID_OR_DIR",
-                        help="also cache the pooled layer features of this pretrained speech encoder (a Hugging Face "
-                             "id or local folder: wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) (default: none)")
-    parser.add_argument("--cache_dir", default=None, metavar="DIR",
-                        help="write every derived file (tables, embeddings, feature caches, summaries) to "
-                             "DIR/<corpus folder name> instead of the corpus folder, e.g. for a corpus on read-only "
-                             "storage (default: the corpus folder)")
-    parser.add_argument("--bio_alignment", choices=list(ALIGNMENTS), default="clock", help=ALIGNMENT_HELP)
-    parser.add_argument("--seed", type=int, default=0, help="demo corpus and tf-idf seed (default: %(default)s)")
-    parser.add_argument("--sessions", type=int, default=None, help="demo: sessions (default: all of the layout's, "
-                                                                   "20 or 40)")
-    parser.add_argument("--scripts", type=int, default=1, help="demo: scripted dialogues per session (default: %(default)s)")
-    parser.add_argument("--impros", type=int, default=1, help="demo: improvised dialogues per session (default: %(default)s)")
-    parser.add_argument("--turns", type=int, default=20, help="demo: utterances per dialogue (default: %(default)s)")
-    parser.add_argument("--class_shares", choices=["dialogue", "kemdy20"], default="dialogue",
-                        help="demo: emotions from sticky dialogue dynamics, or drawn with KEMDy20's real class shares "
-                             "(82%% neutral; a skewed corpus) (default: %(default)s)")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(description=__doc__)
+    add_corpus_args(parser)
+    demo = parser.add_argument_group("the synthetic demo corpus (--make_demo)")
+    demo.add_argument("--make_demo", metavar="DIR", help="write a synthetic demo corpus to DIR and exit")
+    demo.add_argument("--layout", choices=list(KEMDY), default="kemdy19",
+                      help="the corpus layout to write (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="demo corpus and tf-idf seed (default: %(default)s)")
+    demo.add_argument("--sessions", type=int, default=None,
+                      help="sessions (default: all of the layout's, 20 or 40)")
+    demo.add_argument("--scripts", type=int, default=1, help="scripted dialogues per session (default: %(default)s)")
+    demo.add_argument("--impros", type=int, default=1, help="improvised dialogues per session (default: %(default)s)")
+    demo.add_argument("--turns", type=int, default=20, help="utterances per dialogue (default: %(default)s)")
+    demo.add_argument("--class_shares", choices=["dialogue", "kemdy20"], default="dialogue",
+                      help="emotions from sticky dialogue dynamics, or drawn with KEMDy20's real class shares (82%% "
+                           "neutral; a skewed corpus) (default: %(default)s)")
+    args = parser.parse_args(argv)
     with one_line_errors():
         if args.make_demo:
             from demo_corpus import make_demo_corpus

@@ -20,7 +20,7 @@ from utils import cache_folder, split_data_dir
 @dataclass(frozen=True)
 class DataSpec:
     folders: tuple[Path, ...]  # corpus folders, absolute
-    kinds: tuple[str, ...]  # "kemdy19" / "kemdy20", one per folder
+    kinds: tuple[str, ...]  # one per folder: "kemdy19", "kemdy20", "ravdess", "tess", "emodb" or "csv" (a manifest)
     cache_dir: Path | None  # --cache_dir, absolute (None: each corpus folder holds its derived files)
     role: str  # whose emotion: "speaker" or "listener"
     text_encoder: str | None  # None: the corpus's default (preprocess.default_text_encoder)

@@ -91,7 +91,9 @@ def parse_emotions(cell: str) -> list[str]:
     return labels
 
 
-def _rating(cell: str, allow_blank: bool) -> float:
+def parse_rating(cell: str, allow_blank: bool = False) -> float:
+    """A rating cell -> its value on the 1-5 scale (blank: NaN where `allow_blank`); CorpusError (a ValueError)
+    for anything else."""
     if cell.strip() == "" and allow_blank:
         return float("nan")
     try:
@@ -186,12 +188,12 @@ def _rater_emotion(cell: str) -> str:
 def _labels(cells: list[str], first: int, name: str, report: ReadReport) -> dict:
     """Total emotion/valence/arousal at `first` (a bad one raises: the row is dropped), then the ten raters'
     triples (a bad rater cell is left blank, like a missing one, and named as `name`)."""
-    record = {"Emotion": ";".join(parse_emotions(cells[first])), "Valence": _rating(cells[first + 1], False),
-              "Arousal": _rating(cells[first + 2], False)}
+    record = {"Emotion": ";".join(parse_emotions(cells[first])), "Valence": parse_rating(cells[first + 1]),
+              "Arousal": parse_rating(cells[first + 2])}
     for rater in range(1, NUM_RATERS + 1):
         triple = cells[first + 3 * rater: first + 3 * rater + 3]
         for key, cell, parse, blank in zip(("Emotion", "Valence", "Arousal"), triple,
-                                           (_rater_emotion, lambda c: _rating(c, True), lambda c: _rating(c, True)),
+                                           (_rater_emotion, lambda c: parse_rating(c, True), lambda c: parse_rating(c, True)),
                                            ("", np.nan, np.nan)):
             try:
                 record[f"{key}.{rater}"] = parse(cell)

@@ -7,13 +7,14 @@ loss, beta, bidirectional), then instance P/R/F1, macro-F1, weighted-F1, accurac
 the per-class recalls), CCC arousal and CCC valence ("–" where a corpus has no ratings); an experiment (--cv and/or --seeds) shows mean ± std over its runs. Runs
 without results are listed as incomplete.
 """
-import argparse
 import glob
 import json
 import sys
 from pathlib import Path
 
 import pandas as pd
+
+from options import Parser
 
 REPORT_METRICS = ["instance_precision", "instance_recall", "instance_f1", "macro_f1", "weighted_f1", "accuracy",
                   "ua", "ccc_arousal", "ccc_valence"]
@@ -94,7 +95,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__)
     parser.add_argument("runs", nargs="+", help="run or cross-validation folders (globs welcome)")
     parser.add_argument("--csv", action="store_true", help="print CSV instead of Markdown")
     args = parser.parse_args(argv)

@@ -5,5 +5,3 @@ import os
 # every batch, and the default cache (1024 entries) grows CPU memory past 2 GB even on the demo; 128 entries
 # keep the speed and bound the memory.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")
-if int(os.environ.get("RANK", "0")) > 0:  # data-parallel: only rank 0 shows progress (tqdm reads this at import)
-    os.environ["TQDM_DISABLE"] = "1"

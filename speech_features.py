@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from tqdm import tqdm
 
 from constants import SAMPLE_RATE
 from errors import PretrainedError
-from utils import amp_dtype, autocast, hub_cache_only, pretrained_load_error, write_text
+from utils import amp_dtype, autocast, cached_meta, from_pretrained, progress_bar, read_json, write_text
 
 CHUNK_SECONDS = 20.0  # longer clips are encoded in pieces of at most this length
 BATCH_SECONDS = 32.0  # padded audio per forward pass: bounds the CNN front end's activations (~1 GB at base size)
@@ -46,28 +45,25 @@ def speech_cache_paths(out: str | Path, name: str) -> tuple[Path, Path]:
 def load_speech_config(name: str):
     """The model's config alone (cheap): enough to tell whether a cache is up to date."""
     from transformers import AutoConfig
-    cache_only = hub_cache_only(name)
-    try:
-        config = AutoConfig.from_pretrained(name, local_files_only=cache_only)
-    except (OSError, ValueError) as error:
-        raise pretrained_load_error("speech model", name, "--speech_model", error, cache_only) from None
+    config = from_pretrained("speech model", name, "--speech_model",
+                             lambda local: AutoConfig.from_pretrained(name, local_files_only=local))
     if not hasattr(config, "conv_kernel"):
         raise PretrainedError(f"--speech_model {name} is a {config.model_type} model, not a speech encoder "
                          "that takes raw audio (wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R)")
     return config
 
 
-def load_speech_model(name: str, device: torch.device):
-    """(feature extractor, model in eval mode) for a hub id or local folder; one line if unavailable."""
+def load_speech_model(name: str, device: torch.device | None = None,
+                      dtype: torch.dtype | None = None) -> tuple:
+    """(feature extractor, model in eval mode, on `device` if given; its weights in `dtype` if given, else as
+    saved) for a hub id or local folder; one line if unavailable or not a speech encoder."""
     from transformers import AutoFeatureExtractor, AutoModel
     load_speech_config(name)
-    cache_only = hub_cache_only(name)
-    try:
-        extractor = AutoFeatureExtractor.from_pretrained(name, local_files_only=cache_only)
-        model = AutoModel.from_pretrained(name, local_files_only=cache_only)
-    except (OSError, ValueError) as error:
-        raise pretrained_load_error("speech model", name, "--speech_model", error, cache_only) from None
-    return extractor, model.to(device).eval()
+    extractor = from_pretrained("speech model", name, "--speech_model",
+                                lambda local: AutoFeatureExtractor.from_pretrained(name, local_files_only=local))
+    model = from_pretrained("speech model", name, "--speech_model", lambda local: AutoModel.from_pretrained(
+        name, local_files_only=local, **({"dtype": dtype} if dtype is not None else {})))
+    return extractor, (model.to(device) if device is not None else model).eval()
 
 
 def model_revision(name: str, config) -> str:
@@ -155,11 +151,9 @@ def build_speech_cache(out: Path, seg_ids: list[str], wav_paths: list[Path], nam
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     npy_path, meta_path = speech_cache_paths(out, name)
     settings = speech_settings(name, load_speech_config(name))
-    if meta_path.exists() and npy_path.exists():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta["settings"] == settings and meta["sources"] == sources:
-            print(f"{npy_path.name} ({name}) is up to date")
-            return 0.0
+    if cached_meta(npy_path, meta_path, {"settings": settings, "sources": sources}) is not None:
+        print(f"{npy_path.name} ({name}) is up to date")
+        return 0.0
     if may_write is not None:
         may_write(f"{name} speech features")
     npy_path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,8 +168,8 @@ def build_speech_cache(out: Path, seg_ids: list[str], wav_paths: list[Path], nam
     plan = {"settings": settings, "sources": sources, "ids": [seg_ids[i] for i in order]}
     partial_path = npy_path.with_name(npy_path.name + ".partial")
     progress_path = npy_path.with_name(npy_path.name + ".progress.json")
-    progress = json.loads(progress_path.read_text(encoding="utf-8")) if progress_path.exists() else {}
-    done = progress.get("done", 0) if progress.get("plan") == plan and partial_path.exists() else 0
+    state = read_json(progress_path)
+    done = state.get("done", 0) if state.get("plan") == plan and partial_path.exists() else 0
     rows = np.lib.format.open_memmap(partial_path, mode="r+" if done else "w+", dtype=np.float16,
                                      shape=(len(seg_ids) * layers, 2 * dim))
     if done:
@@ -184,7 +178,7 @@ def build_speech_cache(out: Path, seg_ids: list[str], wav_paths: list[Path], nam
         write_text(progress_path, json.dumps({"plan": plan, "done": 0}))
     position = {i: k for k, i in enumerate(order)}  # utterance -> its row block in the cache
     started, seconds_of_audio = time.perf_counter(), 0.0
-    bar = tqdm(total=len(seg_ids), initial=done, desc=f"speech features {Path(name).name}", unit="utt")
+    bar = progress_bar(total=len(seg_ids), initial=done, desc=f"speech features {Path(name).name}", unit="utt")
     finished = 0
     for batch in batches:
         finished += len(batch)

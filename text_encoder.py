@@ -15,11 +15,10 @@ import torch
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import Pipeline
-from tqdm import tqdm
 
 from constants import TEXT_MAX_LENGTH
 from errors import CorpusError
-from utils import atomic_path, hub_cache_only, pretrained_load_error
+from utils import atomic_path, first_line, from_pretrained, progress_bar
 
 SPIECE_UNDERLINE = "\u2581"
 
@@ -84,15 +83,23 @@ def _is_kobert(name: str) -> bool:
         json.loads(config.read_text(encoding="utf-8")).get("model_type") == "bert"
 
 
-def check_text_encoder(name: str) -> None:
-    """Fail in seconds, with one line, if the encoder `name` cannot be loaded: called before any heavy work."""
+def _load_text_part(name: str, load):
+    """`load(cache_only)` of a part (config, tokenizer, weights) of the text encoder `name`, or its one-line error."""
+    return from_pretrained("text encoder", name, "--text_encoder", load, ", or use the offline --text_encoder tfidf")
+
+
+def text_config(name: str):
+    """The encoder's config alone (cheap): fails in seconds, with one line, if `name` cannot be loaded, so it is
+    called before any heavy work."""
     from transformers import AutoConfig
-    cache_only = hub_cache_only(name)
-    try:
-        AutoConfig.from_pretrained(name, local_files_only=cache_only)
-    except (OSError, ValueError) as error:
-        raise pretrained_load_error("text encoder", name, "--text_encoder", error, cache_only,
-                                    ", or use the offline --text_encoder tfidf") from None
+    return _load_text_part(name, lambda local: AutoConfig.from_pretrained(name, local_files_only=local))
+
+
+def load_text_model(name: str, dtype: torch.dtype | None = None):
+    """The encoder's network (weights in `dtype` if given, else as saved); one line if unavailable."""
+    from transformers import AutoModel
+    return _load_text_part(name, lambda local: AutoModel.from_pretrained(
+        name, local_files_only=local, **({"dtype": dtype} if dtype is not None else {})))
 
 
 def load_tokenizer(name: str):
@@ -100,15 +107,11 @@ def load_tokenizer(name: str):
     unavailable."""
     from huggingface_hub import hf_hub_download
     from transformers import AutoTokenizer
-    cache_only = hub_cache_only(name)
-    try:
-        if _is_kobert(name):
-            return KoBertTokenizer(Path(name) / "spiece.model" if Path(name).is_dir()
-                                   else hf_hub_download(name, "spiece.model", local_files_only=cache_only))
-        return AutoTokenizer.from_pretrained(name, local_files_only=cache_only)
-    except (OSError, ValueError) as error:
-        raise pretrained_load_error("text encoder", name, "--text_encoder", error, cache_only,
-                                    ", or use the offline --text_encoder tfidf") from None
+    if _is_kobert(name):
+        return _load_text_part(name, lambda local: KoBertTokenizer(
+            Path(name) / "spiece.model" if Path(name).is_dir()
+            else hf_hub_download(name, "spiece.model", local_files_only=local)))
+    return _load_text_part(name, lambda local: AutoTokenizer.from_pretrained(name, local_files_only=local))
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int = TEXT_MAX_LENGTH) -> dict[str, torch.Tensor]:
@@ -123,15 +126,7 @@ def tokenize(tokenizer, texts: list[str], max_length: int = TEXT_MAX_LENGTH) -> 
 
 def load_transformer(name: str, device: torch.device):
     """(tokenizer, model) for a Hugging Face id or a local folder; one clear error if unavailable."""
-    from transformers import AutoModel
-    tokenizer = load_tokenizer(name)
-    cache_only = hub_cache_only(name)
-    try:
-        model = AutoModel.from_pretrained(name, local_files_only=cache_only)
-    except (OSError, ValueError) as error:
-        raise pretrained_load_error("text encoder", name, "--text_encoder", error, cache_only,
-                                    ", or use the offline --text_encoder tfidf") from None
-    return tokenizer, model.to(device).eval()
+    return load_tokenizer(name), load_text_model(name).to(device).eval()
 
 
 @torch.inference_mode()
@@ -142,7 +137,7 @@ def transformer_embeddings(texts: list[str], name: str, batch_size: int = 64,
     hidden = model.config.hidden_size
     out = np.zeros((len(texts), hidden), dtype=np.float32)
     nonempty = [i for i, t in enumerate(texts) if t.strip()]
-    for start in tqdm(range(0, len(nonempty), batch_size), desc=f"embed {Path(name).name}", unit="batch"):
+    for start in progress_bar(range(0, len(nonempty), batch_size), desc=f"embed {Path(name).name}", unit="batch"):
         rows = nonempty[start:start + batch_size]
         batch = {k: v.to(device) for k, v in tokenize(tokenizer, [texts[i] for i in rows]).items()}
         states = model(**batch).last_hidden_state.float()
@@ -208,8 +203,8 @@ def load_tfidf(base: Path) -> Pipeline:
             svd = TruncatedSVD(len(arrays["components"]))
             svd.components_ = arrays["components"]
     except (OSError, ValueError, KeyError, AttributeError, zipfile.BadZipFile) as error:  # JSONDecodeError too
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CorpusError(f"{base}.npz/.json is not a TF-IDF pipeline saved by this repo ({first_line})") from None
+        raise CorpusError(f"{base}.npz/.json is not a TF-IDF pipeline saved by this repo ({first_line(error)})") \
+            from None
     return Pipeline([("tfidf", vectorizer), ("svd", svd)])
 
 

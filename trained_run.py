@@ -21,19 +21,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from constants import DEFAULT_TEXT_ENCODER_REAL, MAX_SECONDS
+from audio import feature_settings
+from constants import DEFAULT_TEXT_ENCODER_REAL
 from dataset import Corpus, audio_cache_paths
-from finetune import run_backbones
 from errors import CorpusError, RunFolderError, StorageError
+from finetune import run_backbones
 from model import EmotionModel, ModelConfig
-from preprocess import feature_settings, is_demo_corpus
+from options import run_arguments
+from preprocess import is_demo_corpus
 from protocol import DataSpec
 from text_encoder import (embedding_paths, load_tfidf, save_tfidf, tfidf_embeddings, tfidf_exists,
                           transformer_embeddings)
-from utils import atomic_path, atomic_torch_save, file_sha1, plot_confusion, rng_states, write_json
+from utils import atomic_path, atomic_torch_save, file_sha1, first_line, plot_confusion, rng_states, write_json
 
 TFIDF_BASE = "text_encoder"  # text_encoder.npz + text_encoder.json in a run folder
-PICKLED_TFIDF = "text_encoder.joblib"  # what runs saved before the change to data files hold
+PICKLED_TFIDF = "text_encoder.joblib"  # the TF-IDF of runs whose folders still held a pickle
 # The arguments an older checkpoint (without "model_config") must hold to rebuild its model.
 OLD_MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat",
                   "dropout", "audio_pool", "no_direct")
@@ -68,9 +70,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     except FileNotFoundError:
         raise RunFolderError(f"{path} does not exist") from None
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise RunFolderError(f"{path} is damaged or not a checkpoint of this repo ({first_line}); if the run was "
-                             "interrupted, continue it with python main.py --resume <run>") from None
+        raise RunFolderError(f"{path} is damaged or not a checkpoint of this repo ({first_line(error)}); if the run "
+                             "was interrupted, continue it with python main.py --resume <run>") from None
 
 
 def restore_training(checkpoint: dict, *, model: torch.nn.Module, ema, optimizer, scheduler, scaler) -> Progress:
@@ -97,12 +98,11 @@ def checkpoint_config(checkpoint: dict, path: Path) -> ModelConfig:
 
 
 def load_trained_model(path: Path, device: torch.device) -> tuple[EmotionModel, argparse.Namespace, dict]:
-    """Rebuild exactly the saved model from its checkpoint -> (model in eval mode, the run's arguments,
-    checkpoint). Arguments added since the run was saved get the values that reproduce it."""
+    """Rebuild exactly the saved model from its checkpoint -> (model in eval mode, the run's arguments
+    (`run_arguments`), checkpoint)."""
     checkpoint = load_checkpoint(path, device)
     config = checkpoint_config(checkpoint, path)
-    args = argparse.Namespace(**{"speech_model": None, "amp": False, "cache_dir": None, "max_seconds": MAX_SECONDS,
-                                 **checkpoint["args"]})
+    args = run_arguments(checkpoint["args"])
     if not config.speech_layers and checkpoint.get("features", feature_settings()) != feature_settings():
         raise RunFolderError(f"{path} was trained on features {checkpoint['features']}, this code computes "
                              f"{feature_settings()}")
@@ -246,10 +246,18 @@ def write_run_args(run_dir: Path, run_args: dict) -> None:
         raise StorageError(f"cannot write the run folder {run_dir}: {error.strerror}") from None
 
 
-def resume_args(run_dir: Path) -> dict | None:
-    """The arguments to continue an interrupted run with (its last checkpoint's: they hold the overrides of any
-    earlier --resume; its args.json if it stopped before its first checkpoint), or None for a finished run.
-    An evaluation of the model that training will replace is removed."""
+@dataclass
+class ResumeState:
+    """What continuing an interrupted run starts from, read once: its arguments (the last checkpoint's, which
+    hold the overrides of any earlier --resume; its args.json if it stopped before its first checkpoint) and that
+    checkpoint (None before the first)."""
+    args: dict
+    checkpoint: dict | None
+
+
+def resume_state(run_dir: Path) -> ResumeState | None:
+    """The state to continue an interrupted run from (`checkpoint.pth` loaded once, on the CPU), or None for a
+    finished run. An evaluation of the model that training will replace is removed."""
     if not (run_dir / "args.json").exists():
         raise RunFolderError(f"--resume {run_dir} is not a run folder (no args.json)")
     if (run_dir / "results.json").exists():
@@ -258,6 +266,7 @@ def resume_args(run_dir: Path) -> dict | None:
     for stale in ("results_test_only.json", "predictions_test_only.csv", "confusion_test_only.png"):
         (run_dir / stale).unlink(missing_ok=True)
     if (run_dir / "checkpoint.pth").exists():
-        return load_checkpoint(run_dir / "checkpoint.pth")["args"]
+        checkpoint = load_checkpoint(run_dir / "checkpoint.pth")
+        return ResumeState(checkpoint["args"], checkpoint)
     print(f"{run_dir} has no checkpoint yet (stopped in its first epoch): training it from the start")
-    return json.loads((run_dir / "args.json").read_text(encoding="utf-8"))
+    return ResumeState(json.loads((run_dir / "args.json").read_text(encoding="utf-8")), None)

@@ -1,4 +1,5 @@
-"""Run folders, atomic writes, file hashes, Hugging Face hub access, seeding, plots and the printed summary."""
+"""Run folders, atomic writes, array caches, file fingerprints and hashes, Hugging Face hub access, progress bars,
+seeding, plots and the printed summary."""
 import errno
 import hashlib
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure  # pyplot-free: writes files on a server, leaves a notebook's backend alone
+from tqdm import tqdm
 
 from errors import FlagError, PretrainedError, StorageError
 
@@ -90,6 +92,55 @@ def atomic_path(path: Path) -> Iterator[Path]:
             raise StorageError(f"disk full while writing {path}; the previous {path.name}, if any, is intact. "
                                "Free space and run the same command again (or --resume the run)") from None
         raise
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file's object; {} where the file does not exist."""
+    return json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).exists() else {}
+
+
+def cached_meta(npy_path: Path, meta_path: Path, wanted: dict) -> dict | None:
+    """The index (`meta_path`, JSON) of an array cache (`npy_path`) when both files exist and the index records the
+    values of `wanted` (what the cache was made from: sources, settings, versions); None when it must be rebuilt."""
+    if not (Path(npy_path).exists() and Path(meta_path).exists()):
+        return None
+    meta = read_json(meta_path)
+    return meta if all(meta.get(k) == v for k, v in wanted.items()) else None
+
+
+def write_array_cache(npy_path: Path, meta_path: Path, array: np.ndarray, meta: dict) -> None:
+    """An array cache and its JSON index (what `cached_meta` checks), each written atomically, the array first: an
+    index never describes an array that is not there."""
+    Path(npy_path).parent.mkdir(parents=True, exist_ok=True)
+    save_npy(npy_path, array)
+    write_text(meta_path, json.dumps(meta))
+
+
+def fingerprint(folder: Path, paths: list[Path]) -> str:
+    """Changes when any of `paths` is added, removed or modified (name relative to `folder`, size, mtime); the
+    same for a copy (`cp -a`), a move or another path to the folder, so none of them recomputes anything."""
+    digest = hashlib.sha1()
+    for name, p in sorted((Path(p).relative_to(folder).as_posix(), Path(p)) for p in paths):
+        st = p.stat()  # follows symlinks: an edit behind a link is seen
+        digest.update(os.fsencode(name) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())  # any bytes in a name
+    return digest.hexdigest()
+
+
+def progress_bar(iterable=None, **kwargs) -> tqdm:
+    """A tqdm progress bar, shown only on a terminal (a log file gets no carriage-return frames) and only by the
+    first process of a data-parallel run."""
+    shown = int(os.environ.get("RANK", "0")) == 0
+    return tqdm(iterable, disable=None if shown else True, **kwargs)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type where it has none: the part a one-line error quotes."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def atomic_torch_save(obj: dict, path: Path) -> None:
@@ -188,14 +239,18 @@ def hub_cache_only(name: str) -> bool:
     return not Path(name).is_dir() and not hub_reachable()
 
 
-def pretrained_load_error(what: str, name: str, flag: str, error: Exception, cache_only: bool,
-                          alternative: str = "") -> PretrainedError:
-    """The one-line error for a Hugging Face id or folder that cannot be loaded."""
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    where = ("it is not a local folder, not in the local Hugging Face cache, and the hub cannot be reached"
-             if cache_only else first_line)
-    return PretrainedError(f"cannot load {what} '{name}' ({where}). Download it where the Hugging Face hub is "
-                           f"reachable (`hf download {name} --local-dir DIR`) and pass {flag} DIR{alternative}")
+def from_pretrained(what: str, name: str, flag: str, load, alternative: str = ""):
+    """`load(cache_only)` for a Hugging Face id or local folder `name` (cache_only: `hub_cache_only`), or a one-line
+    PretrainedError naming `what`, the `flag` and how to get the files (`alternative`: another way, appended)."""
+    cache_only = hub_cache_only(name)
+    try:
+        return load(cache_only)
+    except (OSError, ValueError) as error:
+        where = ("it is not a local folder, not in the local Hugging Face cache, and the hub cannot be reached"
+                 if cache_only else first_line(error))
+        raise PretrainedError(f"cannot load {what} '{name}' ({where}). Download it where the Hugging Face hub is "
+                              f"reachable (`hf download {name} --local-dir DIR`) and pass {flag} DIR{alternative}") \
+            from None
 
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:

@@ -178,7 +178,8 @@ def test_unloadable_encoder_id_fails_fast_with_one_line(tiny, tmp_path):
 
 def test_waveform_encoder_freezes_what_lies_below_and_loads_fp16_weights_as_fp32(tmp_path):
     from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor
-    from finetune import WaveformEncoder, pretrained_backbones
+    from finetune import pretrained_backbones
+    from model import WaveformEncoder
     folder = tmp_path / "tiny-hubert-fp16"  # saved in half precision, without time masking (no mask embedding)
     HubertModel(HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                              conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,

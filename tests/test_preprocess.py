@@ -10,7 +10,8 @@ import soundfile as sf
 
 from constants import MAX_FRAMES, N_MELS, NUM_RATERS, SAMPLE_RATE, SUMMARY
 from errors import CorpusError, FlagError
-from preprocess import load_audio, log_mel, preprocess, read_audio
+from audio import load_audio, log_mel, read_audio
+from preprocess import preprocess
 from readers import (FileIndex, ReadReport, clean_transcript, decode_text, read_annotation_file, read_corpus,
                      segment_path)
 

@@ -14,7 +14,8 @@ import main as main_cli
 import predict
 import speech_features
 from conftest import TEXT_DIM
-from preprocess import load_audio, preprocess
+from audio import load_audio
+from preprocess import preprocess
 from readers import segment_path
 from speech_features import encode_clips, load_speech_model, speech_cache_paths
 from test_bad_input import assert_one_line_error, run_cli

@@ -8,11 +8,11 @@ from sklearn.metrics import f1_score
 
 from conftest import TEXT_DIM
 from dataset import Corpus, context_windows, make_loader
-from engine import calibrate_av, evaluate_run, train
+from engine import calibrate, evaluate_run, train
 from errors import FlagError
 from loss import EmotionLoss, class_balanced_weights
 from main import main
-from options import get_parser
+from options import TrainSpec, get_parser
 from protocol import parse_sessions, resolve_data
 from metric import av_calibration, ccc, emotion_metrics, instance_prf, resolve_ties
 from model import EmotionModel, ModelConfig
@@ -226,7 +226,8 @@ def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
     spec = resolve_data(saved)
     corpus = Corpus(spec.caches, spec.role, spec.text_dim)
     val_loader = make_loader(corpus, spec.val, saved.ws, saved.batch_size, False)
-    assert calibrate_av(model, val_loader, torch.device("cpu"), None)["av_calibration"] == calibration
+    assert calibrate(model, val_loader, TrainSpec.from_args(saved), torch.device("cpu"), None)["av_calibration"] \
+        == calibration
     # A model saved before the calibration existed loads with the identity map.
     old = {k: v for k, v in best.items() if k not in ("av_scale", "av_shift")}
     model.load_state_dict(old)

@@ -1,0 +1,86 @@
+"""The structure newcomers rely on: model.py a leaf, flags answered before torch is imported, recipes as files, one
+training spec, and one read of checkpoint.pth per resume."""
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import options
+from conftest import ROOT
+from errors import FlagError
+from main import main
+from model import ModelConfig
+from options import TrainSpec, get_parser, parse_args, read_recipe
+from test_train import TINY
+
+DATA_PATH = {"readers", "corpora", "preprocess", "dataset", "protocol", "biosignals", "speech_features",
+             "text_encoder", "audio", "finetune", "trained_run", "engine", "options", "utils"}
+PUBLISHED = ["--hidden_size", "512", "--num_layers", "4", "--audio_dim", "256", "--batch_size", "64", "--epochs", "100",
+             "--audio_pool", "mean", "--no_direct", "--freq_mask", "0", "--time_mask", "0", "--ema", "0",
+             "--patience", "0", "--av_calibration", "none"]
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_model_is_a_leaf_and_flags_are_answered_before_torch():
+    leaf = _python("import sys, model\nprint(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % sorted(DATA_PATH))
+    assert leaf.stdout.strip() == "[]"  # model.py pulls in no reader, preprocessing, corpus or engine module
+    typo = _python("import sys, main\ntry:\n    main.main(['--no_such_flag'])\nexcept SystemExit as stop:\n"
+                   "    print(stop.code, 'torch' in sys.modules)")
+    assert typo.stdout.strip() == "2 False"  # the typo is answered, torch never loaded
+    assert typo.stderr.strip().count("\n") == 0 and "--no_such_flag" in typo.stderr  # one line, no usage dump
+
+
+def test_parser_defaults_are_the_model_config_and_the_recommended_recipe():
+    defaults = vars(get_parser().parse_args([]))
+    config = ModelConfig.from_args(defaults)
+    assert config == dataclasses.replace(ModelConfig(), text_dim=config.text_dim)
+    recommended = read_recipe(get_parser(), "recommended")
+    assert recommended and {k: defaults[k] for k in recommended} == recommended
+
+
+def test_a_recipe_is_the_flags_it_names_and_flags_given_beat_it(tmp_path):
+    by_recipe, by_flags = vars(parse_args(["--recipe", "published"])), vars(parse_args(PUBLISHED))
+    assert {k: v for k, v in by_recipe.items() if k != "recipe"} == {k: v for k, v in by_flags.items() if k != "recipe"}
+    assert parse_args(["--recipe", "published", "--epochs", "3"]).epochs == 3
+    own = tmp_path / "mine.yaml"
+    own.write_text("epochs: 7\nno_direct: true\nimbalance: sampler\n")
+    args = parse_args(["--recipe", str(own)])
+    assert (args.epochs, args.no_direct, args.imbalance, args.hidden_size) == (7, True, "sampler", 128)
+    for text, message in (("epoch: 7\n", "epoch is not a flag"), ("audio_pool: max\n", "is not one of"),
+                          ("no_direct: 3\n", "is a switch"), ("epochs: many\n", "not a valid value"),
+                          ("- epochs\n", "flag: value")):
+        own.write_text(text)
+        with pytest.raises(FlagError, match=message):
+            parse_args(["--recipe", str(own)])
+    with pytest.raises(FlagError, match="the recipes here are .*published.*recommended"):
+        parse_args(["--recipe", "no_such_recipe"])
+
+
+def test_train_spec_reads_the_imbalance_once_and_refuses_conflicts():
+    spec = TrainSpec.from_args(parse_args(["--imbalance", "sampler,val_bias", "--loss", "cbloss"]))
+    assert (spec.sampler, spec.val_bias, spec.logit_adjust, spec.class_weights) == (True, True, False, "cbloss")
+    assert TrainSpec.from_args(parse_args(["--imbalance", "weight"])).class_weights == "inverse"
+    with pytest.raises(FlagError, match="--loss cbloss and --imbalance weight"):
+        parse_args(["--loss", "cbloss", "--imbalance", "weight"])
+
+
+def test_resume_reads_the_checkpoint_once_and_the_recipe_travels_with_the_run(demo_dir, tmp_path, monkeypatch):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("# a tiny model\n" + "".join(f"{TINY[k][2:]}: {TINY[k + 1]}\n" for k in range(0, len(TINY), 2)))
+    main(["--data_dir", str(demo_dir), "--save_path", str(tmp_path / "exp"), "--recipe", str(recipe),
+          "--epochs", "1"])
+    run = next((tmp_path / "exp").iterdir())
+    assert (run / options.RECIPE_COPY).read_text() == recipe.read_text()
+    assert json.loads((run / "args.json").read_text())["epochs"] == 1  # the flag given beats the recipe's 2
+    (run / "results.json").unlink()  # as if stopped after its first checkpoint
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(str(path)) or load(path, *a, **k))
+    main(["--resume", str(run), "--epochs", "2"])
+    assert sum(p.endswith("checkpoint.pth") for p in reads) == 1
+    assert [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
