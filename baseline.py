@@ -5,16 +5,17 @@
     python baseline.py --audio_features compare              # ComParE_2016 (6,373 functionals)
     python baseline.py --speech_model ID_OR_DIR              # a pretrained speech encoder's layers, averaged
 
-Audio: openSMILE functionals (`opensmile` package; eGeMAPSv02, Eyben et al. 2016, or
-ComParE_2016) and/or the mean and std of every log-mel band over the voiced frames, or a pretrained
-speech encoder's pooled layers (--speech_model, see speech_features.py). Text: the
-same sentence embeddings the neural run uses. Each block is standardised with training
-statistics; emotion is a class-weighted logistic regression (or linear SVM) on the first
+Audio: the --functionals the network reads (functionals.py: openSMILE's eGeMAPSv02, Eyben et al. 2016, or
+ComParE_2016, and/or the mean and std of every log-mel band over the voiced frames; --audio_features names others),
+or a pretrained speech encoder's pooled layers (--speech_model, see speech_features.py), as speaker z-scores with
+--feature_norm speaker (the default, as for the network). Text: the same sentence embeddings the neural run uses.
+Each block is standardised with training statistics; emotion is a class-weighted logistic regression (or linear SVM) on the first
 written label, arousal and valence are ridge regressions. C and alpha are chosen on the
 validation sessions (never the test sessions). The run folder has the same results.json /
 predictions.csv schema as main.py, so report.py lists both in one table.
 """
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +24,19 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from constants import MAX_FRAMES, RATING_RANGE, SAMPLE_RATE
-from audio import load_audio
-from dataset import Corpus, corpus_wavs
-from errors import CorpusError, FlagError, one_line_errors
+from constants import RATING_RANGE
+from dataset import Corpus
+from errors import FlagError, one_line_errors
 from experiment import is_experiment, run_experiment
+from functionals import FUNCTIONALS
 from metric import ccc, emotion_metrics
+from normalization import group_index, zscores
 from options import Parser, add_data_args, parse_modalities
 from protocol import DataSpec, prepare_data, resolve_data
-from trained_run import write_run_args, write_test_outputs
-from utils import cached_meta, make_run_dir, progress_bar, summary_table, write_array_cache
+from trained_run import VAL_PREDICTIONS, write_predictions, write_run_args, write_test_outputs
+from utils import make_run_dir, summary_table
 
-OPENSMILE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
-AUDIO_FEATURES = [*OPENSMILE_SETS, "logmel", "speech"]
+AUDIO_FEATURES = [*FUNCTIONALS, "speech"]
 C_GRID = [0.01, 0.1, 1.0, 10.0]
 ALPHA_GRID = [1.0, 10.0, 100.0, 1000.0]
 VOICED_RANGE_DB = 40.0  # frames within 40 dB of the loudest frame of the clip count as voiced
@@ -46,25 +47,13 @@ def get_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     p.add_argument("--audio_features", default=None,
                    help=f"comma list of {', '.join(AUDIO_FEATURES)} (speech = the --speech_model's layers, "
-                        "averaged), or none for text only (default: speech with --speech_model, else egemaps,logmel)")
+                        "averaged), or none for text only (default: speech with --speech_model, else --functionals)")
     p.add_argument("--no_text", action="store_true", help="audio features only")
     p.add_argument("--classifier", choices=["logreg", "svm"], default="logreg",
                    help="class-weighted emotion classifier (default: %(default)s)")
     p.add_argument("--resume", default=None, metavar="EXPERIMENT",
                    help="finish an interrupted --cv/--seeds experiment folder")
     return p
-
-
-def logmel_band_statistics(corpus: Corpus) -> np.ndarray:
-    """(rows, 2 * mels): mean and std of every log-mel band over the voiced frames of the first 10 s
-    (the span the neural model sees in evaluation)."""
-    out = np.zeros((len(corpus.table), 2 * corpus.frames.shape[1]), dtype=np.float32)
-    for row, (offset, length) in enumerate(zip(corpus.offsets, corpus.lengths)):
-        frames = np.asarray(corpus.frames[offset:offset + min(length, MAX_FRAMES)], dtype=np.float32)
-        energy = np.logaddexp.reduce(frames, axis=1)  # log of the frame's mel energy
-        voiced = frames[energy >= energy.max() - VOICED_RANGE_DB * np.log(10) / 10]
-        out[row] = np.concatenate([voiced.mean(0), voiced.std(0)])
-    return out
 
 
 def speech_layer_average(corpus: Corpus) -> np.ndarray:
@@ -75,60 +64,28 @@ def speech_layer_average(corpus: Corpus) -> np.ndarray:
                      for offset in corpus.offsets])
 
 
-def opensmile_functionals(data_dir: Path, cache: Path, seg_ids: list[str], feature_set: str) -> np.ndarray:
-    """(len(seg_ids), n) openSMILE functionals of the corpus at `data_dir`, cached in its cache folder `cache` as
-    features/opensmile_<set>.npy (+ .json with ids).
-
-    Extraction runs only for utterances not in the cache yet; a clip openSMILE cannot process is a NaN
-    row (named), which the baseline imputes with the training mean.
-    """
-    import opensmile
-
-    npy_path = cache / "features" / f"opensmile_{feature_set}.npy"
-    meta_path = npy_path.with_suffix(".json")
-    meta = cached_meta(npy_path, meta_path, {"opensmile": opensmile.__version__})
-    cached: dict[str, np.ndarray] = dict(zip(meta["ids"], np.load(npy_path))) if meta is not None else {}
-    todo = [s for s in dict.fromkeys(seg_ids) if s not in cached]
-    if todo:
-        wav_paths = corpus_wavs(cache, data_dir)
-        smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
-                                feature_level=opensmile.FeatureLevel.Functionals)
-        width = len(smile.feature_names)
-        for seg_id in progress_bar(todo, desc=f"openSMILE {feature_set}", unit="utt"):
-            path = wav_paths[seg_id]
-            try:
-                cached[seg_id] = smile.process_signal(load_audio(path), SAMPLE_RATE).to_numpy(np.float32)[0]
-            except (CorpusError, RuntimeError) as error:
-                print(f"skipped by openSMILE: {path} ({error})")
-                cached[seg_id] = np.full(width, np.nan, np.float32)
-        ids = sorted(cached)
-        write_array_cache(npy_path, meta_path, np.stack([cached[s] for s in ids]),
-                          {"opensmile": opensmile.__version__, "feature_set": feature_set,
-                           "names": smile.feature_names, "ids": ids})
-    return np.stack([cached[s] for s in seg_ids])
-
-
-def feature_blocks(audio_features: str, no_text: bool, spec: DataSpec, corpus: Corpus) -> dict[str, np.ndarray]:
-    """The feature blocks named by --audio_features (plus the sentence embeddings unless --no_text)."""
-    names = [n for n in audio_features.replace(" ", "").split(",") if n and n != "none"]
+def audio_feature_names(audio_features: str, speech_model: str | None) -> tuple[str, ...]:
+    """--audio_features as names (functionals.FUNCTIONALS and speech); FlagError for anything else."""
+    names = tuple(n for n in audio_features.replace(" ", "").split(",") if n and n != "none")
     unknown = [n for n in names if n not in AUDIO_FEATURES]
     if unknown:
         raise FlagError(f"--audio_features {audio_features}: unknown {unknown} "
                         f"(expected a comma list of {', '.join(AUDIO_FEATURES)} or none)")
-    if "speech" in names and not spec.speech_model:
+    if "speech" in names and not speech_model:
         raise FlagError("--audio_features speech needs --speech_model ID_OR_DIR")
+    return names
+
+
+def feature_blocks(names: tuple[str, ...], no_text: bool, spec: DataSpec, corpus: Corpus) -> dict[str, np.ndarray]:
+    """The feature blocks: the corpus's functionals (the names of --audio_features but speech; speaker z-scores
+    with --feature_norm speaker), a --speech_model's layer average, the sentence embeddings unless --no_text."""
     blocks = {}
-    for name in names:
-        if name == "logmel":
-            blocks[name] = logmel_band_statistics(corpus)
-        elif name == "speech":
-            blocks[name] = speech_layer_average(Corpus(spec.caches, spec.role, spec.text_dim, spec.speech_model,
-                                                       spec.label_map))
-        else:
-            blocks[name] = np.concatenate([  # rows of the corpora in order; each caches its own functionals
-                opensmile_functionals(folder, cache, corpus.table["Segment ID"][corpus.source == k].tolist(),
-                                      OPENSMILE_SETS[name])
-                for k, (folder, cache) in enumerate(zip(spec.folders, spec.caches))])
+    if corpus.functionals is not None:
+        blocks["functionals"] = corpus.functionals
+    if "speech" in names:
+        speech = replace(spec, functionals=(), feature_norm="training").corpus()
+        average = speech_layer_average(speech)
+        blocks["speech"] = zscores(average, group_index(speech.speakers)) if spec.feature_norm == "speaker" else average
     if not no_text:
         blocks["text"] = corpus.text
     if not blocks:
@@ -175,20 +132,23 @@ def fit_ratings(x: np.ndarray, av: np.ndarray, train_rows: np.ndarray, val_rows:
 
 def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     spec = resolve_data(args)
+    # The audio features are known once the modalities are: those of the corpus (its default) or of the flag.
+    audio_features = args.audio_features or ("speech" if args.speech_model else args.functionals)
+    names = audio_feature_names(audio_features, spec.speech_model)
+    spec = replace(spec, functionals=tuple(n for n in names if n != "speech"))
     prepare_data(spec)
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim, label_map=spec.label_map, bio_alignment=spec.bio_alignment)
+    corpus = replace(spec, speech_model=None).corpus()
+    spec.check_split(corpus.sessions, corpus.first_label)  # before the run folder: a refused split leaves none
     modalities = parse_modalities(args.modalities, corpus.has_text, corpus.modalities, corpus.bio is not None)
-    audio_features = ("none" if "audio" not in modalities else
-                      args.audio_features or ("speech" if args.speech_model else "egemaps,logmel"))
+    if "audio" not in modalities:
+        names, corpus.functionals, audio_features = (), None, "none"
     run_dir = run_dir or make_run_dir(args.save_path, f"baseline_{args.SorL}")
     write_run_args(run_dir, {**vars(args), **spec.flags(), "audio_features": audio_features})
-    shown = spec.record()
+    shown = spec.record(set(corpus.sessions.tolist()))
     print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
     rows = {name: np.flatnonzero(np.isin(corpus.sessions, sessions)) for name, sessions in
             (("train", spec.train), ("val", spec.val), ("test", spec.test))}
-    if len(rows["test"]) == 0:
-        raise FlagError(f"--test_split sessions {shown['test']} have no utterances in the corpus")
-    blocks = feature_blocks(audio_features, args.no_text or "text" not in modalities, spec, corpus)
+    blocks = feature_blocks(names, args.no_text or "text" not in modalities, spec, corpus)
     if "bio" in modalities:  # the bio-signal features (with their presence masks) as one more block
         blocks["bio"] = corpus.bio
     x = standardize(blocks, rows["train"])
@@ -217,10 +177,12 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
 
     val = {}
     if len(rows["val"]):
-        val = {f"val_{k}": v for k, v in predict(rows["val"])[2].items() if not isinstance(v, (dict, list))}
+        val_probs, val_av, val_metrics = predict(rows["val"])
+        val = {f"val_{k}": v for k, v in val_metrics.items() if not isinstance(v, (dict, list))}
+        write_predictions(run_dir / VAL_PREDICTIONS, corpus, rows["val"], val_probs, val_av)
     probs, av_pred, metrics = predict(rows["test"])
     write_test_outputs(run_dir, corpus, rows["test"], probs, av_pred, metrics, "results.json", {
-        "model": "baseline", "features": {k: int(v.shape[1]) for k, v in blocks.items()},
+        "model": "baseline", "features": {k: int(v.shape[1]) for k, v in blocks.items()}, "audio_features": names,
         "chosen": {"C": best_c, **dict(zip(("alpha_arousal", "alpha_valence"), best_alpha))}, "val": val,
         "sessions": shown})
     print(f"baseline: {args.classifier} C={best_c}, ridge alpha {best_alpha} (chosen on validation)")

@@ -88,7 +88,7 @@ def _train_child(data_dir: str, model_flags: list[str], argv: list[str], max_win
     """Training of one model in a fresh process, so its peak memory is its own."""
     args = parse_args(argv + ["--data_dir", data_dir] + model_flags)
     dev, spec, data = torch.device(device), TrainSpec.from_args(args), resolve_data(args)
-    corpus = Corpus(data.caches, data.role, data.text_dim)
+    corpus = data.corpus()
     pin = dev.type == "cuda"
     loader = make_loader(corpus, data.train, spec.ws, spec.batch_size, True, spec.seed, spec.num_workers, pin)
     loader.dataset.windows = loader.dataset.windows[:max_windows]
@@ -259,7 +259,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     # Named so that its caches never take the place of a real corpus's in a shared --cache_dir.
     data_dir = make_demo_corpus(work / "kemdy_benchmark_demo", seed=0, n_sessions=20, n_scripts=1, n_impros=1,
                                 n_turns=turns)
-    summary = preprocess(data_dir, "tfidf", args.text_dim, cache_dir=args.cache_dir)
+    summary = preprocess(data_dir, "tfidf", args.text_dim, cache_dir=args.cache_dir, functionals=("egemaps",))
     cache = cache_folder(data_dir, args.cache_dir)
     n_utts = summary["utterances"]
     meta = json.loads((cache / "features" / "logmel.json").read_text())
@@ -269,6 +269,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     figures = {
         "utterances": n_utts, "audio_hours": hours,
         "spectrogram_utt_per_s": spec_rate, "tfidf_utt_per_s": n_utts / summary["seconds"]["embeddings"],
+        "egemaps_utt_per_s": n_utts / summary["seconds"]["egemaps"],
         "cache_mb_per_audio_hour": cache_bytes / 1e6 / hours,
         "kemdy19_spectrogram_minutes": KEMDY19_UTTERANCES / spec_rate / 60,
     }
@@ -278,7 +279,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                   ["--cache_dir", args.cache_dir] if args.cache_dir else [])
     parsed = get_parser().parse_args(common + ["--data_dir", str(data_dir)])
     spec = resolve_data(parsed)
-    corpus = Corpus(spec.caches, spec.role, args.text_dim)
+    corpus = spec.corpus()
     loader = make_loader(corpus, spec.train, args.ws, args.batch_size, True, num_workers=args.num_workers,
                          pin_memory=args.device == "cuda")
     figures["loader_windows_per_s"] = _windows_per_second(loader, limit_batches=10**9)
@@ -287,11 +288,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     figures["reference_windows_per_s"] = _windows_per_second(reference, limit_batches=args.reference_batches)
     figures["loader_speedup"] = figures["loader_windows_per_s"] / figures["reference_windows_per_s"]
 
-    # The published model (its size, frequency-averaged pooling, no direct path, no SpecAugment) and the
-    # recommended recipe (the defaults), both at the benchmark's batch size.
-    models = {"published": ["--hidden_size", "512", "--num_layers", "4", "--audio_dim", "256", "--audio_pool", "mean",
-                            "--no_direct", "--freq_mask", "0", "--time_mask", "0"],
-              "recipe": []}
+    # The published model (recipes/published.yaml) and the recommended recipe (the defaults), both at the benchmark's
+    # batch size.
+    models = {"published": ["--recipe", "published"], "recipe": []}
     if args.device == "cuda":  # fp32 vs mixed precision
         models.update({f"{name}_amp": flags + ["--amp"] for name, flags in models.items()})
     for name, model_flags in models.items():

@@ -33,6 +33,8 @@ DEMO_MARKER_FILE = "DEMO_CORPUS.txt"  # written by the demo generator so every t
 # and every repaired, dropped or remarked row.
 MANIFEST, SUMMARY = "preprocess_manifest.json", "preprocess_summary.json"
 WAVS = "wavs.json"  # Segment ID -> its wav, relative to the corpus folder
+# What a manifest's rows may name (soundfile reads them all); every such file is in the up-to-date check.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 BIO_ALIGNMENTS = ("clock", "ids")  # how KEMDy bio-signals are aligned to the utterances (biosignals.py)
 
 # KEMDy20's single-label utterances per class over the whole corpus (KEMDY20_FORMAT.md): non-actors speak mostly

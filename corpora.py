@@ -21,16 +21,17 @@ import io
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from constants import KEMDY, KEMDY_FACTS
+from constants import CORPUS_NAMES, KEMDY, KEMDY_FACTS
 from errors import CorpusError
 from readers import (TABLE_COLUMNS, FileIndex, ReadReport, annotation_files, annotation_kind, clean_transcript,
-                     decode_text, nfc, parse_rating, printable, read_corpus)
+                     decode_text, hidden, nfc, parse_rating, printable, read_corpus)
 
 MANIFEST_FILE = "manifest.csv"
 RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
@@ -46,6 +47,9 @@ EMODB_EMOTIONS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F"
 EMODB_SPEAKERS = ("03", "08", "09", "10", "11", "12", "13", "14", "15", "16")
 EMODB_NAME = re.compile(r"^(\d\d)([ab]\d\d)([WLEAFTN])([a-z])$")
 # The classes of each corpus, in the order its publisher lists them.
+LAYOUTS_HELP = {"csv": "a manifest.csv at the folder's root", "ravdess": "Actor_NN/03-01-EE-II-SS-RR-AA.wav",
+                "tess": "OAF_<emotion>/, YAF_<emotion>/ folders of <speaker>_<word>_<emotion>.wav",
+                "emodb": "wav/SSTTTEV.wav"}  # what --corpus expects; the README's Your data shows every layout
 CLASSES = {"ravdess": list(RAVDESS_EMOTIONS.values()), "tess": list(TESS_EMOTIONS.values()),
            "emodb": [EMODB_EMOTIONS[k] for k in "NWLEAFT"]}
 
@@ -54,7 +58,7 @@ def detect_layout(data_dir: Path) -> str | None:
     """'csv', 'ravdess', 'tess' or 'emodb' from what the folder holds, or None."""
     if (data_dir / MANIFEST_FILE).is_file():
         return "csv"
-    stems = [p.stem for p in islice(data_dir.glob("**/*.wav"), 200)] if data_dir.is_dir() else []
+    stems = [Path(name).stem for name in islice(_wav_names(data_dir), 200)] if data_dir.is_dir() else []
     if stems and sum(bool(RAVDESS_NAME.match(s)) for s in stems) > len(stems) / 2:
         return "ravdess"
     if stems and sum(s.split("_")[-1].lower() in TESS_EMOTIONS and s[:2] in ("OA", "YA") for s in stems) > len(stems) / 2:
@@ -62,6 +66,14 @@ def detect_layout(data_dir: Path) -> str | None:
     if stems and sum(bool(EMODB_NAME.match(s)) for s in stems) > len(stems) / 2:
         return "emodb"
     return None
+
+
+def _wav_names(data_dir: Path) -> Iterator[str]:
+    """The names of the .wav files under `data_dir` (any case: .WAV too), hidden files and macOS leftovers left out,
+    found lazily (layout detection reads the first 200)."""
+    for folder, subfolders, names in os.walk(data_dir, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if not hidden(d))
+        yield from (n for n in sorted(names) if n.lower().endswith(".wav") and not hidden(n))
 
 
 def _table(records: list[dict]) -> pd.DataFrame:
@@ -94,8 +106,11 @@ def read_ravdess(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[l
             report.dropped["not a RAVDESS file name"].append(printable(rel))
             continue
         modality, channel, emotion, intensity, statement, repetition, actor = parts.groups()
-        if channel != "01" or modality == "02":
-            report.dropped["song or video-only (not speech audio)"].append(rel)
+        if channel != "01":
+            report.dropped["song (not speech)"].append(rel)
+            continue
+        if modality != "03":  # 01 audio-visual, 02 video-only: the same recordings as the audio-only 03 files
+            report.dropped["not the audio-only modality (03): audio extracted from a video file"].append(rel)
             continue
         if emotion not in RAVDESS_EMOTIONS or statement not in RAVDESS_STATEMENTS or not 1 <= int(actor) <= 24:
             report.dropped["unknown emotion, statement or actor code"].append(rel)
@@ -156,16 +171,73 @@ def read_emodb(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[lis
     return records, paths
 
 
-def manifest_rows(data_dir: Path) -> list[dict]:
-    """manifest.csv's rows as dicts of its (lower-cased) columns (a quoted cell may span lines); CorpusError if it
-    lacks `path`, `emotion`, or both `speaker` and `session`."""
+@dataclass
+class ManifestRow:
+    """One data row of manifest.csv: its line (the last, for a quoted cell spanning lines), its cells by lower-cased
+    column, its wav (found through the corpus's file index, names compared in NFC) and Segment ID (the wav's path
+    relative to the folder, without suffix), its session, and why it cannot be used (None: it can)."""
+    line: int
+    cells: dict[str, str]
+    wav: Path | None
+    seg_id: str
+    session: str
+    problem: str | None
+    detail: str = ""  # what the problem was in this row, beside the reason shared by rows
+
+
+def _relative_wav(data_dir: Path, cell: str) -> str | None:
+    """A path cell (relative to the corpus folder or absolute, either slash) as a path relative to the folder, or
+    None when it leaves the folder. Both sides are compared as spelled and, failing that, resolved: a path inside the
+    folder is inside however it is spelled, and a symlinked audio folder inside it stays inside."""
+    folder = os.path.abspath(data_dir)
+    wav = os.path.normpath(os.path.join(folder, cell.replace("\\", "/")))
+    for inside, path in ((folder, wav), (os.path.realpath(folder), os.path.realpath(wav))):
+        if Path(path).is_relative_to(inside):
+            return Path(os.path.relpath(path, inside)).as_posix()
+    return None
+
+
+def manifest_rows(data_dir: Path, wavs: FileIndex) -> list[ManifestRow]:
+    """manifest.csv's data rows, each with its wav looked up in `wavs` and the first reason it cannot be used
+    (a cell count other than the header's: an unquoted comma that would shift the cells; a path outside the folder;
+    no such wav; no label; no speaker or session; a second row for one wav; a rating not from 1 to 5). CorpusError
+    if the file lacks `path`, `emotion`, or both `speaker` and `session`."""
     path = data_dir / MANIFEST_FILE
-    rows = list(csv.DictReader(io.StringIO(decode_text(path.read_bytes(), path, lenient=True), newline="")))
-    columns = {c.strip().lower() for c in (rows[0].keys() if rows else []) if c}
-    if not {"path", "emotion"} <= columns or not {"speaker", "session"} & columns:
+    if not path.is_file():
+        raise CorpusError(f"{data_dir} has no {MANIFEST_FILE} (--corpus csv reads a folder whose manifest.csv names "
+                          "one recording per row: README, Your data)")
+    reader = csv.reader(io.StringIO(decode_text(path.read_bytes(), path, lenient=True), newline=""))
+    header = [c.strip().lower() for c in next(reader, [])]
+    if not {"path", "emotion"} <= set(header) or not {"speaker", "session"} & set(header):
         raise CorpusError(f"{path}: needs the columns path, emotion and speaker or session (has "
-                          f"{', '.join(sorted(columns)) or 'none'})")
-    return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in rows]
+                          f"{', '.join(sorted(c for c in header if c)) or 'none'})")
+    rows, seen = [], {}
+    for cells in reader:
+        if not any(cell.strip() for cell in cells):
+            continue
+        row = {k: v.strip() for k, v in zip(header, cells) if k}
+        relative = _relative_wav(data_dir, row["path"]) if row.get("path") else None
+        wav = wavs.get(relative) if relative else None
+        session = row.get("session") or row.get("speaker", "")
+        problem = ("a cell count other than the header's (an unquoted comma in a cell?)" if len(cells) != len(header)
+                   else "path outside the corpus folder" if row["path"] and relative is None else
+                   "no wav" if wav is None else "no emotion label" if not row["emotion"] else
+                   "no speaker or session" if not session else "a second row for one wav" if wav in seen else None)
+        detail = (f"{len(cells)} cells, the header {len(header)}" if len(cells) != len(header) else
+                  f"first at line {seen[wav]}" if problem == "a second row for one wav" else "")
+        if problem is None:
+            try:
+                for k in ("valence", "arousal"):
+                    if row.get(k):
+                        parse_rating(row[k])
+                float(row.get("start") or 0)
+            except ValueError:
+                problem = "rating not a number from 1 to 5, or start not a number"
+        if problem is None:
+            seen[wav] = reader.line_num
+        seg_id = nfc(Path(relative).with_suffix("").as_posix()) if relative else row.get("path") or "?"
+        rows.append(ManifestRow(reader.line_num, row, wav, seg_id, session, problem, detail))
+    return rows
 
 
 def natural_key(name: str) -> list:
@@ -173,63 +245,44 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _sessions_of(rows: list[dict]) -> list[str]:
-    return sorted({row.get("session") or row.get("speaker", "") for row in rows} - {""}, key=natural_key)
+def _sessions_of(rows: list[ManifestRow]) -> list[str]:
+    return sorted({row.session for row in rows if row.problem is None}, key=natural_key)
 
 
 def manifest_sessions(data_dir: Path) -> list[str]:
-    """The manifest's session names (its `session` column, else its `speaker`) in natural order: session k is the
-    k-th."""
-    return _sessions_of(manifest_rows(data_dir))
-
-
-def _manifest_wav(data_dir: Path, cell: str) -> Path | None:
-    """A row's wav: its path relative to the corpus folder (either slash), or None when it leaves the folder."""
-    folder = Path(os.path.normpath(data_dir))  # lexically: a symlinked audio folder inside it is fine
-    wav = Path(os.path.normpath(folder / cell.replace("\\", "/")))
-    return wav if wav.is_relative_to(folder) else None
+    """The session names (the `session` column, else the `speaker`) of the manifest's usable rows, in natural order:
+    session k is the k-th."""
+    return _sessions_of(manifest_rows(data_dir, FileIndex(data_dir)))
 
 
 def read_manifest(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list[dict], dict[str, Path]]:
-    rows = manifest_rows(data_dir)
+    rows = manifest_rows(data_dir, wavs)
     sessions = _sessions_of(rows)
-    records, paths, seen, speakers = [], {}, {}, {}
-    for line, row in enumerate(rows, 2):
-        where = f"{MANIFEST_FILE} line {line}"
-        wav = _manifest_wav(data_dir, row["path"]) if row["path"] else None
-        seg_id = (nfc(wav.relative_to(os.path.normpath(data_dir)).with_suffix("").as_posix()) if wav
-                  else row["path"] or "?")
-        session = row.get("session") or row.get("speaker", "")
-        problem = ("path outside the corpus folder" if row["path"] and wav is None else
-                   "no wav" if wav is None or not wav.is_file() else "no emotion label" if not row["emotion"] else
-                   "no speaker or session" if not session else
-                   f"a second row for one wav (line {seen[wav]})" if wav in seen else None)
-        try:
-            ratings = {k: parse_rating(row[k]) if row.get(k) else np.nan for k in ("valence", "arousal")}
-            start = float(row["start"]) if row.get("start") else float(line)
-        except ValueError:
-            problem = problem or "rating not a number from 1 to 5, or start not a number"
-        if problem:
-            report.dropped[problem.split(" (line")[0]].append(f"{seg_id} ({where})")
+    records, paths, speakers = [], {}, {}
+    for row in rows:
+        cells, where = row.cells, f"{MANIFEST_FILE} line {row.line}"
+        if row.problem:
+            report.dropped[row.problem].append(f"{row.seg_id} ({where}{': ' + row.detail if row.detail else ''})")
             continue
-        seen[wav] = line
-        speaker = row.get("speaker") or session
-        if speakers.setdefault(speaker, session) != session:  # a speaker in two sessions could be trained and tested
+        speaker = cells.get("speaker") or row.session
+        if speakers.setdefault(speaker, row.session) != row.session:  # could be trained and tested
             report.kept["speaker in several sessions (the splits may put them on both sides)"].append(speaker)
-        text = row.get("text", "")
-        txt = wav.with_suffix(".txt")
-        if "text" not in row and txt.is_file():
+        text = cells.get("text", "")
+        txt = wavs.get(Path(row.seg_id).with_suffix(".txt").as_posix())
+        if "text" not in cells and txt is not None:
             try:
                 text = decode_text(txt.read_bytes(), txt)
             except CorpusError:
-                report.kept["unreadable txt (empty transcript)"].append(seg_id)
-        paths[seg_id] = wav
-        emotion = ";".join(nfc(part.strip().lower()) for part in row["emotion"].split(";"))
+                report.kept["unreadable txt (empty transcript)"].append(row.seg_id)
+        paths[row.seg_id] = row.wav
+        emotion = ";".join(nfc(part.strip().lower()) for part in cells["emotion"].split(";"))
+        ratings = {k: parse_rating(cells[k]) if cells.get(k) else np.nan for k in ("valence", "arousal")}
         # A dialogue is named within its session: context windows never join two sessions' utterances.
-        dialogue = f"{session}/{row['dialogue']}" if row.get("dialogue") else None
-        records.append(_utterance(seg_id, emotion, speaker, sessions.index(session) + 1, clean_transcript(text),
-                                  dialogue=dialogue, start=start, sequence=line, valence=ratings["valence"],
-                                  arousal=ratings["arousal"]))
+        dialogue = f"{row.session}/{cells['dialogue']}" if cells.get("dialogue") else None
+        records.append(_utterance(row.seg_id, emotion, speaker, sessions.index(row.session) + 1,
+                                  clean_transcript(text), dialogue=dialogue,
+                                  start=float(cells["start"]) if cells.get("start") else float(row.line),
+                                  sequence=row.line, valence=ratings["valence"], arousal=ratings["arousal"]))
     return records, paths
 
 
@@ -249,7 +302,10 @@ def read_labelled(data_dir: Path, kind: str, wavs: FileIndex) -> tuple[pd.DataFr
     report = ReadReport()
     records, paths = READERS[kind](data_dir, wavs, report)
     if not records:
-        raise CorpusError(f"{data_dir}: no usable {kind} recording (see the layout in corpora.py)")
+        reasons = "; ".join(f"{reason}: {len(names)} ({names[0]}{', ...' if len(names) > 1 else ''})"
+                            for reason, names in report.dropped.items())
+        raise CorpusError(f"{data_dir}: no usable {CORPUS_NAMES[kind]} recording"
+                          + (f": {reasons}" if reasons else f": no such files ({LAYOUTS_HELP[kind]})"))
     table = _table(records)
     found = sorted({label for cell in table["Emotion"] for label in cell.split(";")})
     classes = [c for c in CLASSES[kind] if c in found] if kind in CLASSES else found
@@ -293,5 +349,9 @@ def read_any(data_dir: Path, kind: str, files: list[Path],
     it has transcripts and arousal/valence)."""
     if kind in KEMDY:
         table, paths, report = read_corpus(data_dir, kind, files, wavs)
-        return table, paths, report, dict(KEMDY_FACTS)
-    return read_labelled(data_dir, kind, wavs)
+        facts = dict(KEMDY_FACTS)
+    else:
+        table, paths, report, facts = read_labelled(data_dir, kind, wavs)
+    if wavs.skipped:
+        report.files["hidden files and macOS leftovers (._ twins, .DS_Store, __MACOSX), skipped"] += wavs.skipped
+    return table, paths, report, facts

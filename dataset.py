@@ -22,6 +22,8 @@ from biosignals import FEATURES as BIO_FEATURES, load_bio
 from constants import (CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, KEMDY_FACTS, MANIFEST, MAX_FRAMES, NUM_RATERS,
                        SAMPLE_RATE, TEXT_MAX_LENGTH, WAVS)
 from errors import CorpusError, FlagError
+from functionals import load_opensmile, logmel_band_statistics
+from normalization import FrameNorm, group_index, row_statistics, speaker_keys, zscores
 from speech_features import MIN_SAMPLES, speech_cache_paths
 from text_encoder import KoBertTokenizer, embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings, tokenize
 from utils import atomic_path, read_json, split_data_dir
@@ -107,17 +109,32 @@ class Corpus:
     read as their union, with session keys 1903 ("19_03") and dialogues prefixed by the corpus, so that no
     session or dialogue of one meets the other's. `frames` holds the audio features of all utterances, one
     after the other: log-mel frames, or with `speech_model` the L layer rows of each utterance
-    (speech_features.py); `audio_settings` says which.
+    (speech_features.py); `audio_settings` says which. `functionals` (rows, F) holds the utterance functionals
+    named (functionals.py; None without). With `feature_norm` "speaker", the functionals are z-scores over each
+    speaker's utterances and `frame_norm` holds each speaker's frame statistics (normalization.py), applied as
+    batches are assembled; with "training", both stay raw (the model standardises them with training statistics).
     """
 
     def __init__(self, folders: list[Path] | str | Path, role: str, text_dim: int, speech_model: str | None = None,
-                 label_map: tuple[tuple[str, str], ...] = (), bio_alignment: str = "clock"):
+                 label_map: tuple[tuple[str, str], ...] = (), bio_alignment: str = "clock",
+                 feature_norm: str = "training", functionals: tuple[str, ...] = ()):
         folders = split_data_dir(folders) if isinstance(folders, (str, Path)) else list(folders)
         if len(folders) > 1:
-            self._union([Corpus([folder], role, text_dim, speech_model, label_map, bio_alignment)
-                         for folder in folders], text_dim)
-            return
-        folder = folders[0]
+            self._union([Corpus([folder], role, text_dim, speech_model, label_map, bio_alignment,
+                                functionals=functionals) for folder in folders], text_dim)
+        else:
+            self._read(folders[0], role, text_dim, speech_model, label_map, bio_alignment, functionals)
+        self.feature_norm, self.frame_norm = feature_norm, None
+        self.raw_functionals = self.functionals
+        if feature_norm == "speaker":
+            groups = group_index(self.speakers)
+            self.frame_norm = FrameNorm.of(self.frames, self.offsets, self.lengths, groups,
+                                           max(self.speech_shape()[0], 1))
+            if self.functionals is not None:
+                self.functionals = zscores(self.functionals, groups)
+
+    def _read(self, folder: Path, role: str, text_dim: int, speech_model: str | None,
+              label_map: tuple[tuple[str, str], ...], bio_alignment: str, functionals: tuple[str, ...]) -> None:
         self.folders, self.text_pipeline = [folder], None
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         self.kind, facts = manifest["corpus"], manifest.get("facts", KEMDY_FACTS)
@@ -127,17 +144,9 @@ class Corpus:
         if label_map:
             self.table, self.classes = apply_label_map(self.table, self.classes, label_map)
         self.source = np.zeros(len(self.table), dtype=int)  # which of `folders` each row comes from
-        npy_path, meta_path = audio_cache_paths(folder, speech_model)
-        if not meta_path.exists():
-            raise CorpusError(f"no features of --speech_model {speech_model} in {folder}; make them with "
-                              f"python preprocess.py --data_dir <corpus> --speech_model {speech_model}")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        self.audio_settings = meta["settings"]
-        self.frames = np.load(npy_path, mmap_mode="r")
-        position = {seg: i for i, seg in enumerate(meta["ids"])}
-        rows = self.table["Segment ID"].map(position).to_numpy()
-        self.offsets = np.asarray(meta["offsets"], dtype=np.int64)[rows]
-        self.lengths = np.asarray(meta["lengths"], dtype=np.int64)[rows]
+        self.speakers = speaker_keys(self.table, self.kind)
+        self.audio_settings, self.frames, self.offsets, self.lengths = self._audio_cache(folder, speech_model)
+        self.functional_names, self.functionals = functionals, self._functionals(folder, speech_model, functionals)
         npy_path = embedding_paths(folder, text_dim)[0]
         embeddings = load_embeddings(npy_path)
         zero = np.zeros(text_dim, dtype=np.float32)
@@ -165,6 +174,31 @@ class Corpus:
         self.dialogues = self.table["dialogue"].to_numpy()
         # Per-utterance bio-signal features (biosignals.py), or None for a corpus without bio folders.
         self.bio = load_bio(folder, bio_alignment, self.table)
+
+    def _audio_cache(self, folder: Path, speech_model: str | None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+        """(settings, frames memory-mapped, offsets and lengths of the table's rows) of the log-mel cache or, with
+        `speech_model`, of that model's layer features."""
+        npy_path, meta_path = audio_cache_paths(folder, speech_model)
+        if not meta_path.exists():
+            raise CorpusError(f"no features of --speech_model {speech_model} in {folder}; make them with "
+                              f"python preprocess.py --data_dir <corpus> --speech_model {speech_model}")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        position = {seg: i for i, seg in enumerate(meta["ids"])}
+        rows = self.table["Segment ID"].map(position).to_numpy()
+        return (meta["settings"], np.load(npy_path, mmap_mode="r"), np.asarray(meta["offsets"], dtype=np.int64)[rows],
+                np.asarray(meta["lengths"], dtype=np.int64)[rows])
+
+    def _functionals(self, folder: Path, speech_model: str | None, names: tuple[str, ...]) -> np.ndarray | None:
+        """(rows, F) float32: the utterance functionals `names`, side by side in that order; None without."""
+        blocks = []
+        for name in names:
+            if name == "logmel":  # from the log-mel cache, also when the audio path reads a speech model's layers
+                _, frames, offsets, lengths = (self._audio_cache(folder, None) if speech_model else
+                                               (None, self.frames, self.offsets, self.lengths))
+                blocks.append(logmel_band_statistics(frames, offsets, lengths))
+            else:
+                blocks.append(load_opensmile(folder, self.table["Segment ID"].tolist(), name))
+        return np.concatenate(blocks, axis=1) if blocks else None
 
     def _union(self, parts: list["Corpus"], text_dim: int) -> None:
         settings = [p.audio_settings for p in parts]
@@ -202,6 +236,9 @@ class Corpus:
             self.text = np.concatenate([p.text for p in parts])
         self.sessions = self.table["Session"].to_numpy()
         self.dialogues = self.table["dialogue"].to_numpy()
+        self.speakers = np.concatenate([f"{code}_" + p.speakers.astype(object) for p, code in zip(parts, codes)])
+        self.functional_names = parts[0].functional_names
+        self.functionals = None if parts[0].functionals is None else np.concatenate([p.functionals for p in parts])
         self.bio = None if all(p.bio is None for p in parts) else np.concatenate(
             [p.bio if p.bio is not None else np.zeros((len(p.table), len(BIO_FEATURES)), np.float32) for p in parts])
 
@@ -209,14 +246,17 @@ class Corpus:
         """(layers, hidden size) of the speech model's features; (0, 0) for log-mel frames."""
         return self.audio_settings.get("layers", 0), self.audio_settings.get("dim", 0)
 
-    def mel_statistics(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-mel mean and std over the frames of `rows` (the training utterances)."""
-        total, total_sq, count = 0.0, 0.0, 0
-        for offset, length in zip(self.offsets[rows], self.lengths[rows]):
-            chunk = np.asarray(self.frames[offset:offset + length], dtype=np.float64)
-            total, total_sq, count = total + chunk.sum(0), total_sq + (chunk ** 2).sum(0), count + length
-        mean = total / count
-        return mean.astype(np.float32), np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-8)).astype(np.float32)
+    def training_statistics(self, rows: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The raw features' mean and std over `rows` (the training utterances): "frames" (R, W) per frame row
+        (log-mel: one per band; a speech model's layer rows: one per layer), "functionals" (F,) where the corpus
+        has them. What a recording without other utterances of its speaker is standardised with (predict.py)."""
+        groups = np.zeros(len(rows), dtype=int)
+        norm = FrameNorm.of(self.frames, self.offsets[rows], self.lengths[rows], groups, max(self.speech_shape()[0], 1))
+        out = {"frames": (norm.mean[0], norm.std[0])}
+        if self.raw_functionals is not None:
+            mean, std = row_statistics(self.raw_functionals[rows], groups)
+            out["functionals"] = (mean[0], std[0])
+        return out
 
 
 class WindowDataset(Dataset):
@@ -240,7 +280,8 @@ class WindowDataset(Dataset):
         windows = self.windows[np.asarray(indices)]
         # Random 10 s crops of longer clips in training, seeded by (seed, epoch, batch) for reproducibility.
         rng = np.random.default_rng((self.seed, self.epoch, int(indices[0]))) if self.train else None
-        batch = assemble_batch(c.frames, c.offsets, c.lengths, c.text, windows, rng, c.bio)
+        batch = assemble_batch(c.frames, c.offsets, c.lengths, c.text, windows, rng, c.bio, c.frame_norm,
+                               c.functionals)
         last = windows[:, -1]
         batch.update(soft=torch.from_numpy(c.soft[last]), labels=torch.from_numpy(c.labels[last]),
                      first_label=torch.from_numpy(c.first_label[last]),
@@ -251,15 +292,16 @@ class WindowDataset(Dataset):
 
 
 def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, text: np.ndarray,
-                   windows: np.ndarray, rng: np.random.Generator | None = None,
-                   bio: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+                   windows: np.ndarray, rng: np.random.Generator | None = None, bio: np.ndarray | None = None,
+                   norm: FrameNorm | None = None, functionals: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Model inputs for `windows` (B, ws) of utterance indices (-1 = padding).
 
     The distinct utterances are cropped once from `frames` (all utterances' frames concatenated;
     utterance i is frames[offsets[i]:offsets[i] + lengths[i]]): a random 10 s crop with `rng`,
     else the first 10 s. They are returned packed, without padding: `spec` is their frames one
     after the other and `spec_lengths` their lengths. `slots` maps each window step to its
-    utterance (its row in `text`). With `bio` (utterances x bio features), `bio` holds theirs.
+    utterance (its row in `text`). With `bio` (utterances x bio features), `bio` holds theirs, and likewise
+    `functionals`. `norm` standardises the frames with their speakers' statistics.
     """
     utterances, inverse = np.unique(windows[windows >= 0], return_inverse=True)
     slots = np.full(windows.shape, -1)
@@ -271,11 +313,16 @@ def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
         starts = starts + (rng.random(len(utterances)) * (lengths - take + 1)).astype(np.int64)
     packed_starts = np.cumsum(take) - take
     frame_index = np.arange(take.sum()) + np.repeat(starts - packed_starts, take)
-    batch = {"spec": torch.from_numpy(np.asarray(frames[frame_index], dtype=np.float32)),
+    spec = np.asarray(frames[frame_index], dtype=np.float32)
+    if norm is not None:
+        spec = norm.apply(spec, utterances, take, starts - offsets[utterances])
+    batch = {"spec": torch.from_numpy(spec),
              "spec_lengths": torch.from_numpy(take), "text": torch.from_numpy(np.asarray(text[utterances])),
              "slots": torch.from_numpy(slots)}
     if bio is not None:
         batch["bio"] = torch.from_numpy(bio[utterances])
+    if functionals is not None:
+        batch["functionals"] = torch.from_numpy(functionals[utterances])
     return batch
 
 

@@ -23,13 +23,15 @@ from finetune import finetune_inputs, run_tokenizer, save_backbones
 from loss import EmotionLoss, class_balanced_weights, inverse_frequency_weights
 from metric import av_calibration, decision_bias, emotion_metrics, selection_score
 from model import Backbones, EmotionModel, ModelConfig, model_inputs
-from options import RECIPE_COPY, TrainSpec, check_args, parse_modalities, recipe_path
+from options import RECIPE_COPY, TrainSpec, check_args, parse_modalities, recipe_path, run_arguments
 from protocol import DataSpec, prepare_data, resolve_data
-from trained_run import (Progress, ResumeState, check_corpus_unchanged, checkpoint_config, find_run, load_checkpoint,
-                         load_trained_model, restore_training, resume_state, run_arguments, save_checkpoint,
-                         save_corpus_record, write_run_args, write_test_outputs)
+from trained_run import (VAL_PREDICTIONS, Progress, ResumeState, check_corpus_unchanged, checkpoint_config, find_run,
+                         load_checkpoint, load_trained_model, restore_training, resume_state, save_checkpoint,
+                         save_corpus_record, write_predictions, write_run_args, write_test_outputs)
 from utils import (amp_dtype, append_jsonl, atomic_torch_save, autocast, broadcast, check_save_path, init_distributed,
                    make_run_dir, plot_curves, progress_bar, restore_rng_states, set_seed, summary_table, write_text)
+
+CRT_EPOCHS = 10  # --imbalance crt: epochs of the emotion head's re-training (Kang et al. train it for 10)
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Training:
     loss_fn: EmotionLoss
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype, None = float32
+    statistics: dict  # the raw features' training statistics (Corpus.training_statistics), kept in checkpoints
     rank: int = 0
     world_size: int = 1
     accum_steps: int = 1  # batches per optimizer step (gradient accumulation)
@@ -72,10 +75,14 @@ def resolve_device(device: str, gpu_id: int) -> torch.device:
 
 def run_config(args: argparse.Namespace, corpus: Corpus) -> ModelConfig:
     """The ModelConfig of a new run: its flags, and what its corpus decides (classes after --label_map, the speech
-    cache's shape, the modalities, whether arousal/valence are rated)."""
+    cache's shape, the modalities, the functionals' width, whether arousal/valence are rated)."""
     modalities = parse_modalities(args.modalities, corpus.has_text, corpus.modalities, corpus.bio is not None)
-    return ModelConfig.from_args(vars(args), corpus.speech_shape(), classes=tuple(corpus.classes),
+    functionals = corpus.functionals is not None and "audio" in modalities
+    return ModelConfig.from_args({**vars(args), "text_dim": corpus.text.shape[1]}, corpus.speech_shape(),
+                                 classes=tuple(corpus.classes),
                                  modalities=modalities, bio_dim=corpus.bio.shape[1] if "bio" in modalities else 0,
+                                 functionals=corpus.functional_names if functionals else (),
+                                 functional_dim=corpus.functionals.shape[1] if functionals else 0,
                                  arousal_valence=corpus.has_av)
 
 
@@ -119,14 +126,19 @@ def seed_process(seed: int, offset: int) -> None:
 def setup(config: ModelConfig, spec: TrainSpec, corpus: Corpus, train_rows: np.ndarray,
           device: torch.device, rank: int = 0, world_size: int = 1, backbones: Backbones | None = None,
           steps_per_epoch: int = 1) -> Training:
-    """Model (log-mel bands standardised with the training rows' statistics; fine-tuned `backbones` with their
-    learning rate --encoder_lr and warm-up over `steps_per_epoch`-step epochs), its DDP wrapper under torchrun,
-    loss (class-balanced with --loss cbloss), optimizer, exponential learning-rate decay, EMA and fp16 scaler."""
+    """Model (log-mel bands and functionals standardised with the training rows' statistics, or as the corpus's
+    speaker z-scores already are; fine-tuned `backbones` with their learning rate --encoder_lr and warm-up over
+    `steps_per_epoch`-step epochs), its DDP wrapper under torchrun, loss (class-balanced with --loss cbloss),
+    optimizer, exponential learning-rate decay, EMA and fp16 scaler."""
     model = EmotionModel(config, backbones)
-    if "audio" in config.modalities and not config.speech_layers:
-        mean, std = corpus.mel_statistics(train_rows)
-        model.audio.mel_mean.copy_(torch.from_numpy(mean))
-        model.audio.mel_std.copy_(torch.from_numpy(std))
+    statistics = corpus.training_statistics(train_rows)
+    if corpus.feature_norm == "training":  # (speaker z-scores have mean 0 and std 1 over the training rows)
+        if "audio" in config.modalities and not config.speech_layers:
+            model.audio.mel_mean.copy_(torch.from_numpy(statistics["frames"][0][0]))
+            model.audio.mel_std.copy_(torch.from_numpy(statistics["frames"][1][0]))
+        if config.functional_dim:
+            model.functional_mean.copy_(torch.from_numpy(statistics["functionals"][0]))
+            model.functional_std.copy_(torch.from_numpy(statistics["functionals"][1]))
     encoder = encoder_parameters(model)
     if encoder and spec.grad_checkpointing:  # activations recomputed in the backward pass
         for backbone in (b for b in (backbones.speech, backbones.text) if b is not None):
@@ -148,7 +160,7 @@ def setup(config: ModelConfig, spec: TrainSpec, corpus: Corpus, train_rows: np.n
         print("class weights:", {c: round(w, 3) for c, w in zip(corpus.classes, class_weights.tolist())})
     if spec.logit_adjust:
         adjustment = torch.log(torch.from_numpy(np.maximum(counts, 1) / np.maximum(counts, 1).sum()).float())
-    loss_fn = EmotionLoss(spec.lam, class_weights, spec.av_loss, adjustment).to(device)
+    loss_fn = EmotionLoss(spec.lam, class_weights, spec.av_loss, adjustment, spec.focal_gamma).to(device)
     if encoder:
         taken = {id(p) for p in encoder}
         head = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
@@ -162,7 +174,7 @@ def setup(config: ModelConfig, spec: TrainSpec, corpus: Corpus, train_rows: np.n
     # small corpus.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(spec.ema), use_buffers=True) if spec.ema else None
     return Training(model, train_model, ema, optimizer, scheduler, scaler, bool(encoder), loss_fn, device, dtype,
-                    rank, world_size, spec.accum_steps)
+                    statistics, rank, world_size, spec.accum_steps)
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -221,7 +233,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, d
              dtype: torch.dtype | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Metrics over the whole split and the per-utterance outputs (rows, probabilities, arousal/valence)."""
     model.eval()
-    outputs = {k: [] for k in ("rows", "probs", "av", "labels", "first_label", "av_true")}
+    outputs = {k: [] for k in ("rows", "probs", "av", "labels", "first_label", "av_true", "soft")}
     for batch in progress_bar(loader, desc=desc, unit="batch", leave=False):
         batch = _to(batch, device)
         with autocast(device, dtype):
@@ -232,6 +244,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, d
         outputs["labels"].append(batch["labels"])
         outputs["first_label"].append(batch["first_label"])
         outputs["av_true"].append(batch["arousal_valence"])
+        outputs["soft"].append(batch["soft"])
     out = {k: torch.cat(v).cpu().numpy() for k, v in outputs.items()}
     metrics = emotion_metrics(out["probs"], out["av"], out["labels"], out["first_label"], out["av_true"],
                               loader.dataset.corpus.classes)
@@ -256,6 +269,45 @@ def fit_decision_bias(model: EmotionModel, outputs: dict[str, np.ndarray]) -> di
     bias = decision_bias(np.log(np.maximum(outputs["probs"], 1e-12)), outputs["labels"], outputs["first_label"])
     model.logit_bias.copy_(torch.from_numpy(bias).float())
     return {"decision_bias": {name: float(b) for name, b in zip(model.config.classes, bias)}}
+
+
+def retrain_classifier(model: EmotionModel, loader: DataLoader, val_loader: DataLoader, spec: TrainSpec,
+                       device: torch.device, dtype: torch.dtype | None, epochs: int = CRT_EPOCHS) -> dict:
+    """--imbalance crt, classifier re-training (Kang et al., ICLR 2020, "Decoupling representation and classifier"):
+    the representation learnt with the data's own class shares stays fixed (evaluation mode: no dropout or
+    SpecAugment), the emotion head is initialised again and trained alone on class-balanced batches (`loader`),
+    and the epoch with the best validation score is kept -> its record."""
+    head = model.emotion_head
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    torch.manual_seed(spec.seed)
+    head.reset_parameters()
+    for parameter in head.parameters():
+        parameter.requires_grad_(True)
+    optimizer = make_optimizer(head.parameters(), spec.optim, spec.lr, spec.weight_decay)
+    loss_fn = EmotionLoss(1.0, focal_gamma=spec.focal_gamma).to(device)  # the emotion term alone
+    best, best_epoch, kept = float("-inf"), 0, None
+    for epoch in range(1, epochs + 1):
+        loader.sampler.epoch = loader.dataset.epoch = epoch
+        model.eval()
+        for batch in progress_bar(loader, desc=f"classifier re-training {epoch}", unit="batch", leave=False):
+            batch = _to(batch, device)
+            with autocast(device, dtype):
+                logits, av = model(**model_inputs(batch))
+            loss, _ = loss_fn(logits, av, batch["soft"], batch["arousal_valence"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        score = selection_score(evaluate(model, val_loader, device, desc="val", dtype=dtype)[0])
+        if score > best:
+            best, best_epoch, kept = score, epoch, {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(kept)
+    for parameter in frozen:
+        parameter.requires_grad_(True)
+    print(f"classifier re-trained on class-balanced batches: epoch {best_epoch} of {epochs} kept "
+          f"(validation score {best:.3f})")
+    return {"classifier_retraining": {"epochs": epochs, "best_epoch": best_epoch, "val_score": round(best, 4)}}
 
 
 def calibrate(model: EmotionModel, val_loader: DataLoader, spec: TrainSpec, device: torch.device,
@@ -304,12 +356,17 @@ def _epoch(t: Training, loaders: dict, epoch: int, run_dir: Path, progress: Prog
         return record, False
     improved = loaders["val"] is None
     if loaders["val"] is not None:
-        val_metrics, _ = evaluate(t.scored, loaders["val"], t.device, desc=f"epoch {epoch} val", dtype=t.dtype)
+        val_metrics, outputs = evaluate(t.scored, loaders["val"], t.device, desc=f"epoch {epoch} val", dtype=t.dtype)
         record.update({f"val_{k}": v for k, v in val_metrics.items() if not isinstance(v, (dict, list))})
         record["val_score"] = selection_score(val_metrics)
-        improved = record["val_score"] > progress.best_score
+        # Ties of the score (a validation split the model soon gets all right: TESS's held-out words of the training
+        # speaker, a skewed corpus's few minority utterances) go to the lower emotion cross-entropy, not to the
+        # first epoch that reached it.
+        record["val_emotion_nll"] = float(-(outputs["soft"] * np.log(np.maximum(outputs["probs"], 1e-12))).sum(1).mean())
+        improved = (record["val_score"], -record["val_emotion_nll"]) > (progress.best_score, -progress.best_nll)
     if improved:
         progress.best_score, progress.best_epoch = record.get("val_score", 0.0), epoch
+        progress.best_nll = record.get("val_emotion_nll", float("inf"))
         progress.best_val = {k: v for k, v in record.items() if k.startswith("val_")}
     broadcast(progress.best_epoch, t.world_size)
     record["seconds"] = record["train_seconds"]
@@ -382,11 +439,20 @@ def _finish(t: Training, loaders: dict, run_dir: Path, corpus: Corpus, data: Dat
     plot_curves(log, run_dir / "curves.png", progress.best_epoch)
     best = load_checkpoint(run_dir / "best.pth", t.device)
     t.model.load_state_dict(best["model"])
-    calibration = calibrate(t.model, loaders["val"], spec, t.device, t.dtype) if loaders["val"] is not None else {}
+    calibration = {}
+    if spec.crt and loaders["val"] is not None:
+        balanced = make_loader(corpus, data.train, spec.ws, spec.batch_size, True, spec.seed, spec.num_workers,
+                               t.device.type == "cuda", class_balanced=True, live=loaders["train"].dataset.live)
+        calibration.update(retrain_classifier(t.model, balanced, loaders["val"], spec, t.device, t.dtype))
+    if loaders["val"] is not None:
+        calibration.update(calibrate(t.model, loaders["val"], spec, t.device, t.dtype))
     if calibration:
         atomic_torch_save({**best, "model": t.model.state_dict()}, run_dir / "best.pth")
+    if loaders["val"] is not None:  # the selected, calibrated model's validation outputs: ensemble.py stacks them
+        _, outputs = evaluate(t.model, loaders["val"], t.device, desc="val", dtype=t.dtype)
+        write_predictions(run_dir / VAL_PREDICTIONS, corpus, outputs["rows"], outputs["probs"], outputs["av"])
     metrics, outputs = evaluate(t.model, loaders["test"], t.device, desc="test", dtype=t.dtype)
-    shown = data.record()
+    shown = data.record(set(corpus.sessions.tolist()))
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics, "results.json",
                        {"model": "neural", "best_epoch": progress.best_epoch, "val": progress.best_val,
                         "sessions": shown, "processes": t.world_size, **calibration, **speech_record(t.model, corpus)})
@@ -413,7 +479,8 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume: ResumeS
         check_save_path(args.save_path)  # before any data is prepared
     # Data first: bad data stops the start before a run folder exists, so none is left behind.
     broadcast(prepare_data(data) if rank == 0 else None, world_size)  # the others wait for rank 0
-    corpus = Corpus(data.caches, data.role, data.text_dim, data.speech_model, data.label_map, data.bio_alignment)
+    corpus = data.corpus()
+    data.check_split(corpus.sessions, corpus.first_label)
     checkpoint = resume.checkpoint if resume is not None else None
     config = (checkpoint_config(checkpoint, run_dir / "checkpoint.pth") if checkpoint is not None
               else run_config(args, corpus))  # a resumed run: its own model
@@ -435,7 +502,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume: ResumeS
             write_text(run_dir / RECIPE_COPY, recipe_path(args.recipe).read_text(encoding="utf-8"))
     if backbones is not None and checkpoint is None and rank == 0:  # (again for a run stopped before its first epoch)
         save_backbones(run_dir, backbones)
-    shown = data.record()
+    shown = data.record(set(corpus.sessions.tolist()))
     print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
     if world_size > 1:
         print(f"data-parallel over {world_size} processes: {world_size} x {spec.batch_size} windows per step")
@@ -443,7 +510,8 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume: ResumeS
               backbones, -(-len(loaders["train"]) // spec.accum_steps))
     progress, log = (_resume(t, run_dir, checkpoint, spec, overrides or {}) if resume is not None
                      else (Progress(), []))
-    save = {"config": config, "run_args": run_args, "features": corpus.audio_settings}
+    save = {"config": config, "run_args": run_args, "features": corpus.audio_settings,
+            "statistics": {k: [torch.from_numpy(v) for v in pair] for k, pair in t.statistics.items()}}
     fit(t, loaders, run_dir, progress, log, spec.epochs, spec.patience, save)
     if rank == 0:
         _finish(t, loaders, run_dir, corpus, data, spec, progress, log)
@@ -474,7 +542,7 @@ def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_c
                         "(predict.py needs only the run folder)")
     prepare_data(data)
     check_corpus_unchanged(run_dir, data, allow_corpus_change)
-    corpus = Corpus(data.caches, data.role, data.text_dim, data.speech_model, data.label_map, data.bio_alignment)
+    corpus = data.corpus()
     live = live_inputs(model.config, corpus, data.folders, spec.max_seconds,
                        run_tokenizer(run_dir) if model.config.finetune_text else None)
     test_loader = make_loader(corpus, data.test, spec.ws, spec.batch_size, False, spec.seed, spec.num_workers,

@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,11 @@ def _plan(args: argparse.Namespace, name: str) -> tuple[Path, argparse.Namespace
     folds = spec.cv_folds if args.cv else [spec.test]
     runs = [{"name": "_".join(([f"seed{seed}"] if args.seeds else []) + ([f"fold{k}"] if args.cv else [])),
              "seed": seed, "test_split": spec.format(fold)} for seed in seeds for k, fold in enumerate(folds, 1)]
-    prepare_data(spec)  # bad data stops here, before an experiment folder exists
+    prepare_data(spec)  # bad data stops here, before an experiment folder exists, and so does a fold's bad split
+    labelled = replace(spec, functionals=(), feature_norm="training").corpus()
+    for run in runs:
+        resolve_data(argparse.Namespace(**{**vars(args), "test_split": run["test_split"]})).check_split(
+            labelled.sessions, labelled.first_label)
     folder = make_run_dir(args.save_path, ("cv_" if args.cv else "seeds_") + name)
     write_json(folder / "runs.json", {"args": {**vars(args), **spec.flags(), "plan_only": False}, "runs": runs})
     return folder, args, runs

@@ -1,6 +1,6 @@
-"""lam * L_emotion + (1 - lam) * (L_arousal + L_valence); L_emotion is KLDiv to the raters' soft target,
-L_arousal/L_valence are MSE (published) or 1 - CCC over the batch's rated rows (a corpus or row without
-arousal/valence ratings has NaN targets, left out)."""
+"""lam * L_emotion + (1 - lam) * (L_arousal + L_valence); L_emotion is KLDiv to the raters' soft target (optionally
+class-weighted, logit-adjusted or focal), L_arousal/L_valence are MSE (published) or 1 - CCC over the batch's rated
+rows (a corpus or row without arousal/valence ratings has NaN targets, left out)."""
 import numpy as np
 import torch
 import torch.nn as nn
@@ -34,9 +34,12 @@ def inverse_frequency_weights(counts: np.ndarray) -> torch.Tensor:
 
 class EmotionLoss(nn.Module):
     def __init__(self, lam: float, class_weights: torch.Tensor | None = None, av_loss: str = "mse",
-                 logit_adjustment: torch.Tensor | None = None):
+                 logit_adjustment: torch.Tensor | None = None, focal_gamma: float = 0.0):
         super().__init__()
         self.lam = lam
+        # Focal loss (Lin et al., ICCV 2017): each class's term scaled by (1 - p)^gamma, so the many utterances the
+        # model already gets right (on skewed data, mostly neutral ones) weigh less than the hard ones.
+        self.focal_gamma = focal_gamma
         # Logit adjustment (Menon et al., ICLR 2021): training on logits + log(prior) makes the raw logits, used at
         # inference, fit a balanced prior: rare classes are predicted more often.
         self.register_buffer("logit_adjustment", logit_adjustment if logit_adjustment is not None else torch.zeros(0))
@@ -51,6 +54,8 @@ class EmotionLoss(nn.Module):
                               else logits.float(), dim=1)
         # KL(target || p) per class; with one-hot targets and class weights this is Cui's CB cross-entropy.
         kl = torch.xlogy(soft_target, soft_target) - soft_target * log_p
+        if self.focal_gamma:
+            kl = kl * (1 - log_p.exp()) ** self.focal_gamma
         if self.class_weights.numel():
             kl = kl * self.class_weights
         emotion = kl.sum(1).mean()

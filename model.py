@@ -26,7 +26,7 @@ BIO_WIDTH = 16  # the bio-signal features' projection, fused with the audio and 
 
 def model_inputs(batch: dict) -> dict:
     """The entries of a batch that EmotionModel.forward takes, by name."""
-    return {k: batch[k] for k in MODEL_INPUTS + LIVE_INPUTS + ("bio",) if k in batch}
+    return {k: batch[k] for k in MODEL_INPUTS + LIVE_INPUTS + ("bio", "functionals") if k in batch}
 
 
 def _time_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -279,6 +279,9 @@ class ModelConfig:
     classes: tuple[str, ...] = tuple(EMOTIONS)  # the corpus's emotion classes (KEMDy's seven by default)
     modalities: tuple[str, ...] = ("audio", "text")  # what the fusion sees: audio, text, bio (KEMDy wearables)
     bio_dim: int = 0  # bio-signal features per utterance (biosignals.FEATURES), with "bio" in modalities
+    functionals: tuple[str, ...] = ()  # utterance functionals fused beside the audio features (functionals.py)
+    functional_dim: int = 0  # their width; 0 = none (or no audio in modalities)
+    functional_dropout: float = 0.5  # dropout on the standardised functionals, before their projection
     arousal_valence: bool = True  # whether the corpus rates arousal/valence (else those heads are not trained)
     # Pretrained encoders trained end to end (finetune.py); their backbones are given to EmotionModel.
     finetune_speech: bool = False  # waveforms through the speech backbone in the step (needs speech_layers > 0)
@@ -304,7 +307,8 @@ class ModelConfig:
                    finetune_speech=args.get("finetune_speech", False), finetune_text=args.get("finetune_text", False),
                    finetune_context=args.get("finetune_context", "cache"), text_pool=args.get("text_pool", "cls"),
                    freeze_cnn=not args.get("train_cnn", False), freeze_layers=args.get("freeze_layers", 0),
-                   encoder_time_mask=args.get("encoder_time_mask", 0.05), **corpus)
+                   encoder_time_mask=args.get("encoder_time_mask", 0.05),
+                   functional_dropout=args.get("functional_dropout", 0.5), **corpus)
 
 
 class EmotionModel(nn.Module):
@@ -328,8 +332,16 @@ class EmotionModel(nn.Module):
             self.text_norm = nn.LayerNorm(c.text_dim)
         if "bio" in c.modalities:  # z-scored statistics, counts and presence masks: one linear layer
             self.bio = nn.Sequential(nn.Linear(c.bio_dim, BIO_WIDTH), nn.ReLU(inplace=True))
+        if c.functional_dim:
+            # Utterance functionals (eGeMAPS, band statistics: what the linear baseline reads), standardised with the
+            # buffers (training statistics; identity for speaker z-scores), then a heavy input dropout: with a
+            # few hundred training utterances per class the projection would otherwise memorise speakers.
+            self.register_buffer("functional_mean", torch.zeros(c.functional_dim))
+            self.register_buffer("functional_std", torch.ones(c.functional_dim))
+            self.functional = nn.Sequential(nn.Dropout(c.functional_dropout), nn.Linear(c.functional_dim, c.audio_dim),
+                                            nn.ReLU(inplace=True))
         width = (c.audio_dim if "audio" in c.modalities else 0) + (c.text_dim if "text" in c.modalities else 0) + (
-            BIO_WIDTH if "bio" in c.modalities else 0)
+            BIO_WIDTH if "bio" in c.modalities else 0) + (c.audio_dim if c.functional_dim else 0)
         self.fuse = nn.Sequential(nn.Linear(width, c.hidden_size), nn.ReLU(inplace=True), nn.Dropout(c.dropout))
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[c.backbone]
         self.rnn = rnn(c.hidden_size + 1, c.hidden_size, num_layers=c.num_layers, batch_first=True,
@@ -379,13 +391,14 @@ class EmotionModel(nn.Module):
     def forward(self, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor, slots: torch.Tensor,
                 waves: torch.Tensor | None = None, wave_lengths: torch.Tensor | None = None,
                 wave_slots: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
-                token_mask: torch.Tensor | None = None,
-                bio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                token_mask: torch.Tensor | None = None, bio: torch.Tensor | None = None,
+                functionals: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """spec: packed frames of the batch's distinct utterances (see AudioEncoder), text: their
         embeddings; slots (B, ws): index into them, -1 = padding. The last slot is the target.
         Fine-tuned encoders also read waves (W, T) at 16 kHz with their lengths (W,) for the utterances
         `wave_slots` (W,), and the token ids (U, N) of every utterance with their mask (dataset.LiveInputs).
-        bio (U, bio_dim): the utterances' bio-signal features (zeros and 0 masks where absent).
+        bio (U, bio_dim): the utterances' bio-signal features (zeros and 0 masks where absent); functionals
+        (U, functional_dim): their utterance functionals (NaN where openSMILE failed: the mean).
 
         Returns emotion logits (B, classes) and arousal/valence (B, 2) in [1, 5].
         """
@@ -401,6 +414,10 @@ class EmotionModel(nn.Module):
             parts.append(torch.cat([text, text[wave_slots]]) if live is not None else text)
         if "bio" in c.modalities:
             parts.append(self.bio(torch.cat([bio, bio[wave_slots]]) if live is not None else bio))
+        if c.functional_dim:
+            standard = torch.nan_to_num((functionals - self.functional_mean) / self.functional_std)
+            parts.append(self.functional(torch.cat([standard, standard[wave_slots]]) if live is not None
+                                         else standard))
         if live is not None:
             slots = self._live_slots(slots, wave_slots, len(spec_lengths))
         steps = self.fuse(torch.cat(parts, dim=1))

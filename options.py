@@ -20,7 +20,7 @@ from errors import FlagError
 RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id", "amp")
 RECIPES = Path(__file__).resolve().parent / "recipes"
 RECIPE_COPY = "recipe.yaml"  # the recipe a run was made with, in its run folder
-IMBALANCE = ("weight", "sampler", "logit_adjust", "val_bias")
+IMBALANCE = ("weight", "sampler", "logit_adjust", "crt", "val_bias")
 LAYOUTS = ("a KEMDy19 or KEMDy20 folder, RAVDESS, TESS or EmoDB as published, or a folder with a manifest.csv "
            "(README, Your data)")
 
@@ -56,7 +56,9 @@ def add_corpus_args(p: argparse.ArgumentParser) -> None:
     a("--speech_model", default=None, metavar="ID_OR_DIR",
       help="audio from this pretrained speech encoder's cached layer features (a Hugging Face id or local folder: "
            "wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) instead of log-mel spectrograms (default: log-mel)")
-    a("--text_dim", type=int, default=DEFAULT_TEXT_DIM, help="sentence embedding size (default: %(default)s)")
+    a("--text_dim", type=int, default=None,
+      help=f"sentence embedding size (default: the --text_encoder's hidden size, from its config; {DEFAULT_TEXT_DIM} "
+           "for tfidf and KoBERT)")
     a("--bio_alignment", choices=list(BIO_ALIGNMENTS), default="clock",
       help="KEMDy bio-signals: clock = the clock-consistent alignment (KEMDy19's shipped Segment IDs drift after its "
            "files' time gaps), ids = the rows carrying each Segment ID as shipped (default: %(default)s)")
@@ -72,6 +74,16 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                                          "(KEMDy's wristband EDA, skin temperature and IBI), e.g. audio,text,bio "
                                          "(default: audio,text; audio for RAVDESS, TESS and EmoDB, whose text is a "
                                          "carrier sentence or absent)")
+    a("--feature_norm", choices=["speaker", "training"], default="speaker",
+      help="how acoustic inputs (log-mel bands, --speech_model layers, functionals) are standardised: speaker = "
+           "z-scores with each speaker's own statistics, from all of that speaker's utterances, test speakers too "
+           "(unlabelled; the field's speaker normalisation); training = the training sessions' statistics "
+           "(default: %(default)s)")
+    a("--functionals", default="egemaps,logmel", metavar="{egemaps,compare,logmel,none}",
+      help="utterance functionals, a comma list: egemaps = openSMILE eGeMAPSv02 (88), compare = ComParE_2016 "
+           "(6,373), logmel = mean and std of every log-mel band over the voiced frames; the network fuses them into "
+           "every window step beside what it learns from the spectrogram, baseline.py reads them as its audio "
+           "features; none = the spectrogram alone (default: %(default)s)")
     a("--label_map", default=None, metavar="LABEL:NEW,...",
       help="merge, rename or drop classes before training, e.g. calm:neutral (RAVDESS's 7-class protocol) or "
            "surprised: (drop); recorded in the run (default: the corpus's own classes)")
@@ -102,6 +114,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     a("--dropout", type=float, default=0.2,
       help="dropout in fusion, recurrent and arousal/valence layers (default: %(default)s)")
     a("--bidirectional", action="store_true", help="bidirectional recurrent backbone (default: off)")
+    a("--functional_dropout", type=float, default=0.5,
+      help="dropout on the standardised --functionals before their projection (default: %(default)s)")
     a("--no_cat", action="store_true", help="ablation: do not feed emotion probabilities to the arousal/valence trunk")
     a("--no_direct", action="store_true", help="ablation: the heads see only the last recurrent step, not also the "
                                                "target utterance's own features (the published model)")
@@ -153,13 +167,17 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     a("--batch_size", type=int, default=32, help="windows per batch (default: %(default)s)")
     a("--optim", choices=["sgd", "adam", "adamw", "adagrad"], default="adam",
       help="optimizer; adamw decouples --weight_decay from the gradient (default: %(default)s)")
-    a("--loss", choices=["normal", "cbloss"], default="normal", help="normal = KLDiv + MSE; cbloss = class-balanced "
-                                                                     "emotion term (default: %(default)s)")
-    a("--imbalance", default="none", metavar="{none,weight,sampler,logit_adjust,val_bias}",
+    a("--loss", choices=["normal", "cbloss", "focal"], default="normal",
+      help="normal = KLDiv + MSE; cbloss = class-balanced emotion term (Cui et al. 2019, --beta); focal = focal "
+           "emotion term (Lin et al. 2017, --focal_gamma; with --imbalance weight: focal x class weights) "
+           "(default: %(default)s)")
+    a("--focal_gamma", type=float, default=2.0, help="--loss focal: the focusing exponent (default: %(default)s)")
+    a("--imbalance", default="none", metavar="{none,weight,sampler,logit_adjust,crt,val_bias}",
       help="for skewed classes, one or several (comma list): weight = the emotion loss weighted by inverse class "
            "frequency; sampler = training windows drawn class-balanced; logit_adjust = the loss on logits + log prior "
-           "(Menon et al. 2021); val_bias = after training, a per-class logit bias fitted on the validation "
-           "sessions' macro-F1 (--loss cbloss is the class-balanced loss) (default: %(default)s)")
+           "(Menon et al. 2021; the balanced softmax of Ren et al. 2020); crt = after training, the emotion head "
+           "trained again on class-balanced batches, the rest fixed (Kang et al. 2020); val_bias = after training, a "
+           "per-class logit bias fitted on the validation sessions' macro-F1 (default: %(default)s)")
     a("--av_loss", choices=["mse", "ccc"], default="mse",
       help="arousal/valence loss: mse (published) or 1 - CCC over the batch (default: %(default)s)")
     a("--av_calibration", choices=["val", "none"], default="val",
@@ -268,13 +286,14 @@ def parse_args(argv: list[str], description: str | None = None) -> argparse.Name
 def check_args(args: argparse.Namespace) -> None:
     """FlagError naming the first flag whose value cannot work, or two flags that conflict."""
     checks = [(args.ws >= 1, "--ws must be at least 1"), (0.0 <= args.lam <= 1.0, "--lam must be in [0, 1]"),
-              (0.0 <= args.beta < 1.0, "--beta must be in [0, 1)"), (args.batch_size >= 1, "--batch_size must be >= 1"),
+              (0.0 <= args.beta < 1.0, "--beta must be in [0, 1)"), (args.focal_gamma >= 0, "--focal_gamma must be >= 0"), (args.batch_size >= 1, "--batch_size must be >= 1"),
               (args.epochs >= 1, "--epochs must be >= 1"), (args.lr > 0, "--lr must be > 0"),
               (args.sr in (None, SAMPLE_RATE), f"--sr: the feature cache is computed at {SAMPLE_RATE} Hz"),
               (args.audio_dim % 8 == 0 and args.audio_dim >= 8, "--audio_dim must be a multiple of 8"),
               (args.patience >= 0, "--patience must be >= 0"), (0.0 <= args.ema < 1.0, "--ema must be in [0, 1)"),
               (args.num_layers >= 1, "--num_layers must be >= 1"), (args.hidden_size >= 2, "--hidden_size must be >= 2"),
-              (args.text_dim >= 1, "--text_dim must be >= 1"), (0.0 <= args.dropout < 1.0, "--dropout must be in [0, 1)"),
+              (args.text_dim is None or args.text_dim >= 1, "--text_dim must be >= 1"), (0.0 <= args.dropout < 1.0, "--dropout must be in [0, 1)"),
+              (0.0 <= args.functional_dropout < 1.0, "--functional_dropout must be in [0, 1)"),
               (args.num_workers >= 0, "--num_workers must be >= 0"), (args.seed >= 0, "--seed must be >= 0"),
               (args.freq_mask >= 0 and args.time_mask >= 0, "--freq_mask and --time_mask must be >= 0"),
               (not args.plan_only or args.cv or args.seeds, "--plan_only goes with --cv and/or --seeds"),
@@ -317,8 +336,10 @@ class TrainSpec:
     av_calibration: str  # "val" or "none"
     class_weights: str | None  # "cbloss" (Cui et al.'s, with `beta`), "inverse" (--imbalance weight) or None
     beta: float
+    focal_gamma: float  # --loss focal; 0 = the plain emotion term
     sampler: bool  # training windows drawn class-balanced
     logit_adjust: bool
+    crt: bool  # the emotion head trained again on class-balanced batches after training
     val_bias: bool  # a per-class logit bias fitted on the validation sessions
     ema: float  # decay of the weight average that is validated, selected and tested; 0 = the raw weights
     amp: bool
@@ -336,7 +357,8 @@ class TrainSpec:
         return cls(seed=args.seed, ws=args.ws, batch_size=args.batch_size, epochs=args.epochs, patience=args.patience,
                    optim=args.optim, lr=args.lr, lr_decay=args.lr_decay, weight_decay=args.weight_decay, lam=args.lam,
                    av_loss=args.av_loss, av_calibration=args.av_calibration, class_weights=weights, beta=args.beta,
-                   sampler="sampler" in imbalance, logit_adjust="logit_adjust" in imbalance,
+                   focal_gamma=args.focal_gamma if args.loss == "focal" else 0.0,
+                   sampler="sampler" in imbalance, logit_adjust="logit_adjust" in imbalance, crt="crt" in imbalance,
                    val_bias="val_bias" in imbalance, ema=args.ema, amp=args.amp, accum_steps=args.accum_steps,
                    encoder_lr=args.encoder_lr, warmup_steps=args.warmup_steps,
                    grad_checkpointing=args.grad_checkpointing, max_seconds=args.max_seconds,
@@ -361,13 +383,17 @@ def parse_modalities(text: str | None, has_text: bool, default: tuple[str, ...] 
     return chosen
 
 
+# Flags whose default is not what runs did before the flag existed: a run saved without them gets these values.
+BEFORE_FLAGS = {"feature_norm": "training", "functionals": "none"}
+
+
 def run_arguments(saved: dict, overrides: dict | None = None,
                   defaults: argparse.Namespace | None = None) -> argparse.Namespace:
     """A saved run's (or experiment plan's) arguments under this version's flags: a flag added since it was saved
-    gets its default (main.py's, or those of `defaults`), which reproduces what runs did before it existed; then the
-    `overrides` given."""
+    gets the value that reproduces what runs did before it existed (its default, main.py's or those of
+    `defaults`, or BEFORE_FLAGS'); then the `overrides` given."""
     defaults = defaults if defaults is not None else get_parser().parse_args([])
-    return argparse.Namespace(**{**vars(defaults), **saved, **(overrides or {})})
+    return argparse.Namespace(**{**vars(defaults), **BEFORE_FLAGS, **saved, **(overrides or {})})
 
 
 def explicit_flags(argv: list[str]) -> dict:

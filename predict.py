@@ -17,6 +17,7 @@ wavs predicted without a transcript. Only the run folder is needed: no corpus, n
 import argparse
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,14 @@ import torch
 from audio import log_mel, read_audio
 from constants import N_FFT, SAMPLE_RATE
 from dataset import assemble_batch, context_windows, crop, pad_waves
+from ensemble import MEMBERS
 from errors import CorpusError, FlagError, RunFolderError, one_line_errors
 from finetune import run_tokenizer
+from functionals import band_statistics, clip_opensmile
 from model import model_inputs
+from normalization import FrameNorm, zscores
 from options import Parser
-from readers import clean_transcript, decode_text, nfc
+from readers import clean_transcript, decode_text, hidden, nfc
 from speech_features import encode_clips, load_speech_config, load_speech_model, speech_settings
 from text_encoder import tokenize
 from trained_run import load_trained_model, run_text_encoder, trained_on_demo
@@ -60,7 +64,11 @@ def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str | Non
     folder = Path(args.input_dir or args.dialogue)
     if not folder.is_dir():
         raise FlagError(f"{folder} is not a folder")
-    wavs = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".wav"), key=natural_key)
+    skipped = [p.name for p in folder.iterdir() if hidden(p.name)]
+    if skipped:
+        print(f"skipped {len(skipped)} hidden files and macOS leftovers in {folder} ({', '.join(sorted(skipped)[:3])}"
+              f"{', ...' if len(skipped) > 3 else ''})")
+    wavs = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".wav" and not hidden(p.name)), key=natural_key)
     if not wavs:
         raise CorpusError(f"no .wav files in {folder}")
     return wavs, [None] * len(wavs), bool(args.dialogue)
@@ -86,19 +94,19 @@ def audio_features(audios: list[np.ndarray], speech_model: str | None, trained_o
     return pooled.reshape(-1, pooled.shape[-1]), np.full(len(audios), pooled.shape[1])
 
 
-@torch.inference_mode()
-def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: bool,
-            device: torch.device | None = None, trust_pickle: bool = False) -> pd.DataFrame:
-    """One row per readable wav (`texts[i]` None: its same-stem .txt, if any); the unreadable ones are named
-    and skipped. The `note` column names what the user should know of a row (silent, no transcript...)."""
-    device = device or torch.device("cpu")
-    if not (run_dir / "best.pth").exists():
-        raise RunFolderError(f"{run_dir} has no best.pth (not a finished run folder)")
-    model, run_args, checkpoint = load_trained_model(run_dir / "best.pth", device)
-    if trained_on_demo(run_dir):
-        print(f"NOTE: {run_dir.name} was trained on the synthetic demo corpus: its predictions say nothing about "
-              "real speech")
-    audios, kept, kept_texts, notes, skipped = [], [], [], [], []
+@dataclass
+class Inputs:
+    """The readable recordings of a call: their audio (16 kHz mono), file, transcript (None: none found) and what
+    the user should know of each (silent, channels that cancel, an unreadable transcript)."""
+    audios: list[np.ndarray]
+    files: list[Path]
+    texts: list[str | None]
+    remarks: list[list[str]]
+
+
+def read_inputs(wavs: list[Path], texts: list[str | None]) -> Inputs:
+    """The readable wavs (`texts[i]` None: its same-stem .txt, if any); the unreadable ones are named and skipped."""
+    inputs, skipped = Inputs([], [], [], []), []
     for wav, text in zip(wavs, texts):
         try:
             audio, remarks = read_audio(wav)
@@ -108,25 +116,88 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
         if text is None:
             txt = same_stem_transcript(wav)
             try:
-                text = decode_text(txt.read_bytes(), txt) if txt else ""
+                text = decode_text(txt.read_bytes(), txt) if txt else None
             except CorpusError as error:
                 remarks.append(str(error))
-                text = ""
-            if txt is None:
-                remarks.append("no transcript (audio alone)")
-        if len(audio) < N_FFT and not run_args.speech_model:
-            print(f"note: {wav} has {len(audio)} samples, less than one {N_FFT}-sample FFT window: zero-padded")
-        for remark in remarks:
-            print(f"note: {wav}: {remark}")
-        audios.append(audio)
-        kept.append(wav)
-        kept_texts.append(clean_transcript(text))
-        notes.append("; ".join(remarks))
+        inputs.audios.append(audio)
+        inputs.files.append(wav)
+        inputs.texts.append(None if text is None else clean_transcript(text))
+        inputs.remarks.append(remarks)
     for reason in skipped:
         print(f"skipped: {reason}")
-    if not kept:
+    if not inputs.files:
         raise CorpusError("none of the input files could be read")
-    config, live = model.config, {}
+    return inputs
+
+
+def run_functionals(names: tuple[str, ...], audios: list[np.ndarray]) -> np.ndarray:
+    """(clips, F): the utterance functionals a run reads (functionals.py), computed as its corpus's were."""
+    blocks = []
+    for name in names:
+        if name == "logmel":
+            blocks.append(np.stack([band_statistics(log_mel(audio)) for audio in audios]))
+        else:
+            blocks.append(np.stack([clip_opensmile(audio, name) for audio in audios]))
+    return np.concatenate(blocks, axis=1)
+
+
+def standardization(feature_norm: str, frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                    functionals: np.ndarray | None, statistics: dict | None, rows_per_clip: int,
+                    normalize_with: str) -> tuple[FrameNorm | None, np.ndarray | None, str]:
+    """How a run's inputs are standardised for new recordings -> (the frames' FrameNorm, the functionals, a note).
+    A run trained on speaker z-scores (--feature_norm speaker) takes the statistics of the recordings given, as
+    one speaker (`normalize_with` "files", two or more of them), else those of its training rows (one recording,
+    or `normalize_with` "training"); a run trained on training statistics standardises in its model."""
+    if feature_norm != "speaker":
+        return None, functionals, ""
+    one = np.zeros(len(offsets), dtype=int)
+    if normalize_with == "files" and len(offsets) > 1:
+        norm = FrameNorm.of(frames, offsets, lengths, one, rows_per_clip)
+        return (norm, None if functionals is None else zscores(functionals, one),
+                f"speaker statistics of the {len(offsets)} recordings given")
+    if statistics is None:
+        raise RunFolderError("the run holds no training statistics (it predates them): give two or more recordings "
+                             "of the speaker, which are standardised with their own")
+    mean, std = (s.numpy() for s in statistics["frames"])
+    norm = FrameNorm(one, mean[None], std[None])
+    if functionals is not None:
+        f_mean, f_std = (s.numpy() for s in statistics["functionals"])
+        functionals = (functionals - f_mean) / f_std
+    return norm, functionals, "training statistics (a lone recording)"
+
+
+def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.device, trust_pickle: bool,
+                normalize_with: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray | None, list[int], list[str]]:
+    """One run's outputs for the recordings -> (its classes, probabilities (kept, classes), arousal/valence
+    (kept, 2) or None, the indices of the recordings it could predict, a note per recording)."""
+    if not (run_dir / "best.pth").exists():
+        raise RunFolderError(f"{run_dir} has no best.pth (not a finished run folder)")
+    model, run_args, checkpoint = load_trained_model(run_dir / "best.pth", device)
+    if trained_on_demo(run_dir):
+        print(f"NOTE: {run_dir.name} was trained on the synthetic demo corpus: its predictions say nothing about "
+              "real speech")
+    config = model.config
+    reads_text, reads_audio = "text" in config.modalities, "audio" in config.modalities
+    notes = [list(r) for r in inputs.remarks]
+    kept = list(range(len(inputs.files)))
+    if reads_text and not reads_audio:  # a text-only run has nothing to go on without a transcript
+        kept = [i for i in kept if inputs.texts[i] is not None]
+        for i in sorted(set(range(len(inputs.files))) - set(kept)):
+            print(f"skipped: {inputs.files[i]}: no transcript, and {run_dir.name} reads text alone")
+        if not kept:
+            raise CorpusError(f"{run_dir.name} reads text alone and none of the recordings has a transcript (a "
+                              "same-stem .txt, or --text/--txt)")
+    elif reads_text:
+        for i in kept:
+            if inputs.texts[i] is None:
+                notes[i].append("no transcript (audio alone)")
+    audios = [inputs.audios[i] for i in kept]
+    texts = [inputs.texts[i] or "" for i in kept]
+    for i in kept:
+        if len(inputs.audios[i]) < N_FFT and not run_args.speech_model:
+            print(f"note: {inputs.files[i]} has {len(inputs.audios[i])} samples, less than one {N_FFT}-sample FFT "
+                  "window: zero-padded")
+    live = {}
     if config.finetune_speech:  # every clip through the run's fine-tuned encoder, in batches of 8
         clips = [crop(a, int(run_args.max_seconds * SAMPLE_RATE), None) for a in audios]
         frames = np.concatenate([model.waveform(*(v.to(device) for v in pad_waves(clips[k:k + 8]).values()))
@@ -135,37 +206,85 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
     else:
         frames, lengths = audio_features(audios, run_args.speech_model, checkpoint["features"], device)
     if config.finetune_text:
-        tokens = tokenize(run_tokenizer(run_dir), kept_texts)
+        tokens = tokenize(run_tokenizer(run_dir), texts)
         live.update(tokens=tokens["input_ids"], token_mask=tokens["attention_mask"])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    functionals = run_functionals(config.functionals, audios) if config.functional_dim else None
+    norm, functionals, how = standardization(run_args.feature_norm, frames, offsets, lengths, functionals,
+                                             checkpoint.get("statistics"), max(config.speech_layers, 1),
+                                             normalize_with)
+    if how and reads_audio:
+        for i in kept:
+            notes[i].append(f"audio standardised with {how}")
     if dialogue:  # windows over the files in order, exactly like training
         windows = context_windows(np.zeros(len(kept)), run_args.ws)
     else:  # each utterance alone: a window of padding and itself
         windows = np.full((len(kept), run_args.ws), -1)
         windows[:, -1] = np.arange(len(kept))
-    embeddings = (run_text_encoder(run_dir, config.text_dim, trust_pickle)(kept_texts)
-                  if "text" in config.modalities and not config.finetune_text
-                  else np.zeros((len(kept), config.text_dim), np.float32))
-    batch = {**assemble_batch(frames, offsets, lengths, embeddings, windows), **live}
+    embeddings = (run_text_encoder(run_dir, config.text_dim, trust_pickle)(texts)
+                  if reads_text and not config.finetune_text else np.zeros((len(kept), config.text_dim), np.float32))
+    batch = {**assemble_batch(frames, offsets, lengths, embeddings, windows, norm=norm,
+                              functionals=None if functionals is None else functionals.astype(np.float32)), **live}
     if "bio" in config.modalities:  # new recordings come without wristband data: absent, as their masks say
         print("note: the run also reads bio-signals; none are given here (masked, as for utterances without them)")
         batch["bio"] = torch.zeros(len(kept), config.bio_dim)
     logits, av = model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
     probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-    table = pd.DataFrame({"file": [str(p) for p in kept]})
-    classes = model.config.classes  # the corpus's own classes, as the run was trained
-    for i, name in enumerate(classes):
+    return (config.classes, probs, av.cpu().numpy() if config.arousal_valence else None, kept,
+            ["; ".join(n) for n in notes])
+
+
+def ensemble_members(folder: Path) -> list[tuple[Path, float]]:
+    """The runs predict.py combines: an ensemble folder's (ensemble.py) neural members, each fold's weights shared
+    out over the folds; a run folder alone."""
+    if not (folder / MEMBERS).exists():
+        return [(folder, 1.0)]
+    record = json.loads((folder / MEMBERS).read_text(encoding="utf-8"))
+    members = [(Path(m["run"]), m["weight"] / len(record["folds"])) for fold in record["folds"]
+               for m in fold["members"] if m["model"] == "neural" and m["weight"] > 0]
+    others = sum(m["model"] != "neural" for fold in record["folds"] for m in fold["members"])
+    if others:
+        print(f"note: {others} baseline member(s) of {folder.name} keep no model to predict with: the neural "
+              "members are combined alone")
+    if not members:
+        raise RunFolderError(f"{folder} has no neural member with a saved model to predict with")
+    return members
+
+
+@torch.inference_mode()
+def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: bool,
+            device: torch.device | None = None, trust_pickle: bool = False,
+            normalize_with: str = "files") -> pd.DataFrame:
+    """One row per readable wav (`texts[i]` None: its same-stem .txt, if any) the run (or the weighted members of
+    an ensemble folder) can predict; the others are named and skipped. The `note` column names what the user
+    should know of a row (silent, no transcript, the statistics its audio was standardised with...)."""
+    device = device or torch.device("cpu")
+    inputs = read_inputs(wavs, texts)
+    members = ensemble_members(run_dir)
+    outputs = [run_outputs(run, inputs, dialogue, device, trust_pickle, normalize_with) for run, _ in members]
+    classes, _, _, kept, notes = outputs[0]
+    if any(o[0] != classes or o[3] != kept for o in outputs):
+        raise RunFolderError(f"the members of {run_dir} differ in their classes or in what they can predict")
+    weights = np.array([w for _, w in members]) / sum(w for _, w in members)
+    probs = sum(w * o[1] for w, o in zip(weights, outputs))
+    table = pd.DataFrame({"file": [str(inputs.files[i]) for i in kept]})
+    for i, name in enumerate(classes):  # the corpus's own classes, as the run was trained
         table[name] = probs[:, i]
     table["emotion"] = [classes[i] for i in probs.argmax(1)]
-    if model.config.arousal_valence:
-        table["arousal"], table["valence"] = av[:, 0].cpu().numpy(), av[:, 1].cpu().numpy()
-    table["note"] = notes
+    if outputs[0][2] is not None:
+        av = sum(w * o[2] for w, o in zip(weights, outputs))
+        table["arousal"], table["valence"] = av[:, 0], av[:, 1]
+    table["note"] = [notes[k] for k in range(len(kept))]
+    for row in table.itertuples():
+        if row.note:
+            print(f"note: {row.file}: {row.note}")
     return table
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = Parser(description=__doc__)
-    parser.add_argument("--run", required=True, help="a run folder with best.pth (e.g. exp/<run>)")
+    parser.add_argument("--run", required=True, help="a run folder with best.pth (e.g. exp/<run>), or an ensemble "
+                                                     "folder (ensemble.py: its neural members, weighted)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--wav", help="one audio file")
     source.add_argument("--input_dir", help="a folder of wavs (each with an optional same-stem .txt), each alone")
@@ -174,6 +293,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     text = parser.add_mutually_exclusive_group()
     text.add_argument("--text", help="the transcript of --wav")
     text.add_argument("--txt", help="a .txt file with the transcript of --wav")
+    parser.add_argument("--normalize_with", choices=["files", "training"], default="files",
+                        help="a run trained on speaker z-scores (--feature_norm speaker): files = the recordings of "
+                             "this call are one speaker, standardised with their own statistics (two or more); "
+                             "training = with the run's training statistics, each alone (default: %(default)s)")
     parser.add_argument("--out", help="write the table to a .csv or .json file")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(default: %(default)s)")
     parser.add_argument("--trust_run", action="store_true",
@@ -193,7 +316,8 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
     if out is not None and out.is_dir():
         raise FlagError(f"--out {out} is a folder; name a .csv or .json file")
     wavs, texts, dialogue = collect_inputs(args)
-    table = predict(Path(args.run), wavs, texts, dialogue, torch.device(args.device), args.trust_run)
+    table = predict(Path(args.run), wavs, texts, dialogue, torch.device(args.device), args.trust_run,
+                    args.normalize_with)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if out is not None:
         with atomic_path(out) as tmp:

@@ -25,16 +25,17 @@ import pandas as pd
 
 from audio import feature_settings, load_audio, log_mel, read_audio
 from biosignals import SIGNALS, build_bio_cache
-from constants import (CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
+from constants import (AUDIO_SUFFIXES, CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
                        DEFAULT_TEXT_ENCODER_REAL, DEMO_MARKER_FILE, KEMDY, KEMDY20_CLASS_COUNTS, MANIFEST, N_FFT,
                        N_MELS, SUMMARY, WAVS)
 from corpora import detect_corpus, read_any, source_files
 from dataset import corpus_wavs
 from errors import CorpusError, one_line_errors
+from functionals import OPENSMILE_SETS, build_opensmile_cache
 from options import Parser, add_corpus_args
 from readers import FileIndex
 from speech_features import build_speech_cache, load_speech_config
-from text_encoder import embedding_paths, fit_tfidf, save_tfidf, text_config, tfidf_embeddings, tfidf_exists, \
+from text_encoder import check_text_dim, embedding_paths, fit_tfidf, save_tfidf, tfidf_embeddings, tfidf_exists, \
     transformer_embeddings
 from utils import cache_folder, fingerprint, progress_bar, read_json, write_array_cache, write_json, write_text
 
@@ -91,35 +92,40 @@ def build_embeddings(out: Path, table: pd.DataFrame, text_encoder: str, text_dim
         save_tfidf(pipeline, tfidf_path)
     else:
         vectors = transformer_embeddings(texts, text_encoder)
-        if vectors.shape[1] != text_dim:
-            raise CorpusError(f"--text_encoder {text_encoder} gives {vectors.shape[1]}-d embeddings, "
-                              f"not --text_dim {text_dim}; pass --text_dim {vectors.shape[1]}")
     write_array_cache(npy_path, meta_path, vectors, {"encoder": text_encoder, "dim": text_dim, "ids": ids})
 
 
 @contextmanager
 def cache_lock(folder: Path) -> Iterator[bool]:
     """Hold `folder`'s preprocessing lock (one writer at a time: a second job waits, then finds the outputs up to
-    date) -> True; False when the folder cannot be written (read-only storage), and then no lock is needed."""
+    date) -> True; False when the folder cannot be written (read-only storage), and then no lock is needed. The
+    lock is on the folder itself: no lock file is ever left in a user's corpus folder."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / ".preprocess.lock", "a")
     except OSError:
         yield False
         return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.access(folder, os.W_OK):
+        yield False
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield True
+    finally:
+        os.close(descriptor)  # (releases the lock)
 
 
 def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
                text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0, speech_model: str | None = None,
-               corpus: str = "auto", cache_dir: str | Path | None = None, bio_alignment: str = "clock") -> dict:
+               corpus: str = "auto", cache_dir: str | Path | None = None, bio_alignment: str = "clock",
+               functionals: tuple[str, ...] = ()) -> dict:
     """Run every step that is not up to date; return the summary (corpus, rows per role, classes, repairs, drops)
     with the seconds taken by the steps that ran (`seconds`). With `speech_model`, also the cache of its pooled
     layer features (speech_features.py). `corpus` (kemdy19/kemdy20) overrides the detection; `cache_dir` moves
     every derived file out of the corpus folder (`cache_folder`). A KEMDy corpus with bio-signal folders also gets
-    its per-utterance bio features, aligned by `bio_alignment` (biosignals.py). Raises CorpusError (one line) on a corpus it
+    its per-utterance bio features, aligned by `bio_alignment` (biosignals.py), and the openSMILE sets among
+    `functionals` are cached (functionals.py). Raises CorpusError (one line) on a corpus it
     cannot read, and when outputs must be rebuilt in a folder that cannot be written."""
     data_dir = Path(data_dir)
     out = cache_folder(data_dir, cache_dir)
@@ -127,7 +133,7 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     files, wavs = source_files(data_dir, kind)
     print(f"{data_dir}: {CORPUS_NAMES[kind]} layout" + (f"; derived files in {out}" if out != data_dir else ""))
     text_encoder = text_encoder or default_text_encoder(data_dir, kind)
-    sources = fingerprint(data_dir, files + wavs.with_suffixes(".wav", ".txt"))
+    sources = fingerprint(data_dir, files + wavs.with_suffixes(*AUDIO_SUFFIXES, ".txt"))
     npy_path, meta_path, tfidf_base = embedding_paths(out, text_dim)
     wanted_embedding = {"encoder": text_encoder, "sources": sources}
     # Every model id is checked before any heavy work: a bad one fails in seconds, with one line.
@@ -135,7 +141,7 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         load_speech_config(speech_model)
     embedded = read_json(out / MANIFEST).get("embedding", {}).get(str(text_dim))
     if text_encoder != "tfidf" and embedded != wanted_embedding:
-        text_config(text_encoder)
+        check_text_dim(text_encoder, text_dim)
     seconds = {}
     given_embedding = data_dir / npy_path.name  # the contest's embedding_768.npy, where it ships: the corpus folder
     with cache_lock(out) as writable:
@@ -153,6 +159,10 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             print(f"annotation tables and spectrogram cache in {out} are up to date")
         else:
             may_write("annotation tables and spectrograms")
+            theirs = [] if (out / MANIFEST).exists() else [p for p in outputs + [meta_path] if p.exists()]
+            if theirs:  # derived files never replace a file this repo did not write
+                raise CorpusError(f"{theirs[0]} was not written by this repo, and preprocessing would replace it: "
+                                  "move it, or pass --cache_dir DIR to keep every derived file in DIR instead")
             if manifest.get("corpus_dir", str(data_dir.resolve())) != str(data_dir.resolve()):
                 print(f"note: {out} held the derived files of {manifest['corpus_dir']}, which differ: they are "
                       f"rebuilt for {data_dir.resolve()}")
@@ -182,6 +192,9 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             seg_ids = sorted(paths)
             seconds["speech"] = build_speech_cache(out, seg_ids, [paths[s] for s in seg_ids], speech_model, sources,
                                                    load_audio, may_write=may_write)
+        for feature_set in (f for f in functionals if f in OPENSMILE_SETS):
+            seconds[feature_set] = build_opensmile_cache(out, corpus_wavs(out, data_dir), sources, feature_set,
+                                                         may_write)
         if kind in KEMDY:
             table = pd.read_csv(out / "annotation.csv", keep_default_na=False) if table is None else table
             started = time.perf_counter()

@@ -10,10 +10,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from constants import CORPUS_CODES, CORPUS_NAMES, DEFAULT_DATA_DIR, KEMDY, PROTOCOLS, Protocol, manifest_protocol
 from corpora import detect_corpus, manifest_sessions, session_names
 from errors import FlagError
+from functionals import parse_functionals
 from preprocess import is_demo_corpus, preprocess
+from text_encoder import text_dim_of
 from utils import cache_folder, split_data_dir
 
 
@@ -34,6 +38,14 @@ class DataSpec:
     names: tuple[str, ...] = ()  # one corpus with named sessions (speakers): the name of session k is names[k - 1]
     label_map: tuple[tuple[str, str], ...] = ()  # --label_map: (label, what it becomes; "" = dropped)
     bio_alignment: str = "clock"  # --bio_alignment: how KEMDy bio-signals are aligned to the utterances
+    feature_norm: str = "training"  # --feature_norm: acoustic inputs standardised per speaker, or with training stats
+    functionals: tuple[str, ...] = ()  # --functionals: the utterance functionals a run reads (functionals.py)
+
+    def corpus(self):
+        """The dataset.Corpus of these corpora, caches and settings (preprocessed: `prepare_data`)."""
+        from dataset import Corpus
+        return Corpus(self.caches, self.role, self.text_dim, self.speech_model, self.label_map, self.bio_alignment,
+                      self.feature_norm, self.functionals)
 
     @property
     def caches(self) -> list[Path]:
@@ -46,6 +58,7 @@ class DataSpec:
         return {"data_dir": ",".join(map(str, self.folders)),
                 "cache_dir": str(self.cache_dir) if self.cache_dir else None,
                 "corpus": self.kinds[0] if len(self.kinds) == 1 else "auto", "speech_model": self.speech_model,
+                "text_dim": self.text_dim,
                 "test_split": self.format(self.test), "cv_folds": ";".join(map(self.format, self.cv_folds))}
 
     def label(self, key: int) -> int | str:
@@ -57,10 +70,26 @@ class DataSpec:
         speaker "10" is session 4; session 10 is speaker "16")."""
         return ",".join(str(self.label(k)) for k in keys)
 
-    def record(self) -> dict[str, list]:
-        """The sessions as results.json and the console show them."""
-        return {name: [self.label(k) for k in keys] for name, keys in
+    def record(self, present: set[int] | None = None) -> dict[str, list]:
+        """The sessions as results.json and the console show them: those `present` in the corpus (its kept rows),
+        where given."""
+        return {name: [self.label(k) for k in keys if present is None or k in present] for name, keys in
                 (("train", self.train), ("val", self.val), ("test", self.test))}
+
+    def check_split(self, sessions: np.ndarray, labels: np.ndarray) -> None:
+        """FlagError, one line naming the flag, for a split that cannot work on a corpus whose rows have these
+        `sessions` and first `labels`: test or validation sessions without an utterance, training sessions without
+        one or with a single class. Run by main.py and baseline.py alike, before any run folder is made."""
+        present = set(sessions.tolist())
+        for flag, what, keys in (("--test_split", "test", self.test), ("--val_split", "validation", self.val),
+                                 ("--test_split/--val_split", "training", self.train)):
+            if (keys or what != "validation") and not present & set(keys):
+                raise FlagError(f"{flag}: the {what} sessions ({self.format(keys) or 'none'}) have no utterances in "
+                                f"the corpus, whose sessions are {self.format(tuple(sorted(present)))}")
+        classes = np.unique(labels[np.isin(sessions, self.train)])
+        if len(classes) < 2:
+            raise FlagError(f"--test_split/--val_split: the training sessions ({self.format(self.train)}) hold one "
+                            "class alone; an emotion classifier needs two or more")
 
 
 def session_label(key: int) -> int | str:
@@ -164,7 +193,8 @@ def parse_label_map(text: str | None) -> tuple[tuple[str, str], ...]:
 
 def resolve_data(args: argparse.Namespace) -> DataSpec:
     """The DataSpec of the data and split flags (--data_dir, --cache_dir, --corpus, --SorL, --test_split,
-    --val_split, --cv_folds, --text_encoder, --text_dim, --speech_model). Reads only annotation file names;
+    --val_split, --cv_folds, --text_encoder, --text_dim, --speech_model, --label_map, --bio_alignment,
+    --feature_norm, --functionals). Reads only annotation file names;
     a listener run on a corpus without listener labels stops here, before any work."""
     folders = split_data_dir(args.data_dir)
     kinds = _corpus_kinds(folders, args.corpus, args.data_dir)
@@ -194,11 +224,13 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
         speech_model = str(Path(speech_model).resolve())
     return DataSpec(folders=tuple(folder.resolve() for folder in folders), kinds=kinds,
                     cache_dir=Path(args.cache_dir).resolve() if args.cache_dir else None, role=args.SorL,
-                    text_encoder=args.text_encoder, text_dim=args.text_dim, speech_model=speech_model, groups=groups,
+                    text_encoder=args.text_encoder,
+                    text_dim=args.text_dim if args.text_dim is not None else text_dim_of(args.text_encoder),
+                    speech_model=speech_model, groups=groups,
                     train=tuple(k for group in groups for k in group if k not in test and k not in val),
                     val=val, test=test, cv_folds=cv_folds, names=names,
-                    label_map=parse_label_map(getattr(args, "label_map", None)),
-                    bio_alignment=getattr(args, "bio_alignment", "clock"))
+                    label_map=parse_label_map(args.label_map), bio_alignment=args.bio_alignment,
+                    feature_norm=args.feature_norm, functionals=parse_functionals(args.functionals))
 
 
 def prepare_data(spec: DataSpec) -> None:
@@ -211,6 +243,6 @@ def prepare_data(spec: DataSpec) -> None:
                   "say nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
             make_demo_corpus(folder, seed=0)
         preprocess(folder, spec.text_encoder, spec.text_dim, speech_model=spec.speech_model, corpus=kind,
-                   cache_dir=spec.cache_dir, bio_alignment=spec.bio_alignment)
+                   cache_dir=spec.cache_dir, bio_alignment=spec.bio_alignment, functionals=spec.functionals)
         if is_demo_corpus(folder):
             print(f"NOTE: {folder} is the synthetic demo corpus, not {CORPUS_NAMES[kind]}.")

@@ -129,18 +129,31 @@ class ReadReport:
     files: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
 
+def hidden(name: str) -> bool:
+    """A file or folder that holds no recording: hidden (`.DS_Store`, macOS's `._<name>` resource-fork twin of every
+    file copied from a Mac) or macOS's `__MACOSX` folder of a zip."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 class FileIndex:
     """Every file under `root` by its NFC-normalised path relative to `root`, so lookups survive decomposed
     file names. Symlinked folders are followed (a folder with two names is indexed under both); a link back
-    to a folder above it (a loop) is skipped, and a link to nothing is listed in `dangling`."""
+    to a folder above it (a loop) is skipped, and a link to nothing is listed in `dangling`. Hidden files and
+    folders and macOS leftovers (`hidden`) are left out and listed in `skipped`."""
 
     def __init__(self, root: Path):
-        self.root, self.files, self.dangling = Path(root), {}, []
+        self.root, self.files, self.dangling, self.skipped = Path(root), {}, [], []
         for folder, subfolders, names in os.walk(self.root, followlinks=True):
             real = os.path.realpath(folder)
-            subfolders[:] = sorted(d for d in subfolders if not _above(os.path.realpath(os.path.join(folder, d)), real))
+            self.skipped += [printable(nfc((Path(folder) / d).relative_to(self.root).as_posix())) + "/"
+                             for d in subfolders if hidden(d)]
+            subfolders[:] = sorted(d for d in subfolders if not hidden(d) and
+                                   not _above(os.path.realpath(os.path.join(folder, d)), real))
             for name in sorted(names):
                 path = Path(folder) / name
+                if hidden(name):
+                    self.skipped.append(printable(nfc(path.relative_to(self.root).as_posix())))
+                    continue
                 relative = nfc(path.relative_to(self.root).as_posix())
                 if path.exists():
                     self.files[relative] = path
@@ -446,7 +459,9 @@ def annotation_files(data_dir: Path, kind: str) -> list[Path]:
     """The corpus's annotation files, or one line saying where the corpus goes and how to make the demo."""
     files = sorted(p for p in (data_dir / "annotation").glob("*.csv") if annotation_kind(p) == kind)
     if not files:
-        raise CorpusError(f"no KEMDy19 or KEMDy20 corpus at {data_dir} (expected {data_dir}/annotation/"
-                          f"SessionNN_F_res.csv or SessNN_eval.csv, and {data_dir}/wav/). Put the licensed corpus "
-                          f"there, or make the demo corpus with `python preprocess.py --make_demo {data_dir}`")
+        where = "does not exist" if not data_dir.exists() else "holds no corpus this repo reads"
+        raise CorpusError(f"{data_dir} {where}: it reads KEMDy19 or KEMDy20 (annotation/SessionNN_F_res.csv or "
+                          "SessNN_eval.csv and wav/), RAVDESS (Actor_NN/03-01-*.wav), TESS (OAF_*/, YAF_*/ folders), "
+                          "EmoDB (wav/SSTTTEV.wav) or a folder with a manifest.csv (README, Your data); or make the demo "
+                          f"corpus with `python preprocess.py --make_demo {data_dir}`")
     return files

@@ -1,11 +1,13 @@
-"""One Markdown (or CSV) table of the test metrics of several runs and cross-validations.
+"""Markdown (or CSV) tables of the test metrics of several runs, cross-validations and ensembles.
 
-    python report.py exp/lstm_speaker_adam_8_* exp/cv_* exp/seeds_* [--csv]
+    python report.py exp/lstm_speaker_adam_8_* exp/cv_* exp/seeds_* exp/ensemble_* [--csv]
 
-Columns: the model (neural or baseline), the arguments that differ between the runs (e.g. lam,
-loss, beta, bidirectional), then instance P/R/F1, macro-F1, weighted-F1, accuracy (WA), UA (the mean of
-the per-class recalls), CCC arousal and CCC valence ("–" where a corpus has no ratings); an experiment (--cv and/or --seeds) shows mean ± std over its runs. Runs
-without results are listed as incomplete.
+Single models and ensembles (ensemble.py) are never mixed: each gets a table of its own (a `kind` column in CSV).
+Columns: the model (neural, baseline or ensemble), the arguments that differ between the runs (e.g. lam, loss,
+beta, bidirectional), what the row is (`runs`: one run's seed and test sessions, an experiment's seeds x folds,
+an ensemble's members), then instance P/R/F1, macro-F1, weighted-F1, accuracy (WA), UA (the mean of the per-class
+recalls), CCC arousal and CCC valence ("–" where a corpus has no ratings); an experiment shows mean ± std over its
+runs. Runs without results are listed as incomplete.
 """
 import glob
 import json
@@ -39,7 +41,7 @@ def read_json(path: Path) -> dict:
 
 def read_run(folder: Path) -> dict:
     """{'run', 'args', 'model', 'status', metrics...} of an experiment folder (runs.json) or a run folder (args.json)."""
-    row = {"run": folder.name, "model": ""}
+    row = {"run": folder.name, "kind": "single", "model": ""}
     if (folder / "runs.json").exists():
         plan = read_json(folder / "runs.json")
         row["args"] = plan["args"]
@@ -47,22 +49,34 @@ def read_run(folder: Path) -> dict:
         row["model"] = read_json(first).get("model", "neural") if first.exists() else ""
         if (folder / "summary.json").exists():
             summary = read_json(folder / "summary.json")
-            row["status"] = f"{summary['n_seeds']} seeds x {summary['n_folds']} folds"
-            row.update({m: _spread(summary["mean"].get(m), summary["std"].get(m)) for m in REPORT_METRICS})
+            folds = _count(summary["n_folds"], "fold")
+            if "ensemble" in summary:
+                row["kind"] = "ensemble"
+                sizes = sorted(set(summary["ensemble"]["members_per_fold"]))
+                row["runs"] = f"{summary['ensemble']['method']} of {'/'.join(map(str, sizes))} members x {folds}"
+            else:
+                row["runs"] = f"{_count(summary['n_seeds'], 'seed')} x {folds}"
+            several = summary["n_runs"] > 1
+            row.update({m: _spread(summary["mean"].get(m), summary["std"].get(m) if several else None)
+                        for m in REPORT_METRICS})
         else:
-            row["status"] = "incomplete"
+            row["runs"] = "incomplete"
     elif (folder / "args.json").exists():
         row["args"] = read_json(folder / "args.json")
         if (folder / "results.json").exists():
             results = read_json(folder / "results.json")
             row["model"] = results.get("model", "neural")
-            row["status"] = f"seed {row['args'].get('seed', '')}, test {row['args'].get('test_split', '')}"
+            row["runs"] = f"seed {row['args'].get('seed', '')}, test {row['args'].get('test_split', '')}"
             row.update({m: _spread(results["test"].get(m)) for m in REPORT_METRICS})
         else:
-            row["status"] = "incomplete"
+            row["runs"] = "incomplete"
     else:
-        row.update(args={}, status="not a run folder")
+        row.update(args={}, runs="not a run folder")
     return row
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def read_run_or_say_why(folder: Path) -> dict:
@@ -72,7 +86,7 @@ def read_run_or_say_why(folder: Path) -> dict:
     except (ValueError, KeyError, IndexError, TypeError) as error:
         reason = str(error) if isinstance(error, ValueError) else f"{folder}: missing field {error}"
         print(f"warning: {reason}; listed as damaged", file=sys.stderr)
-        return {"run": folder.name, "model": "", "args": {}, "status": "damaged"}
+        return {"run": folder.name, "kind": "single", "model": "", "args": {}, "runs": "damaged"}
 
 
 def report(paths: list[str]) -> pd.DataFrame:
@@ -81,17 +95,22 @@ def report(paths: list[str]) -> pd.DataFrame:
     keys = sorted({k for r in rows for k in r["args"]} - IGNORED_ARGS)
     # A column for each argument whose value differs among the runs that record it.
     differing = [k for k in keys if len({json.dumps(r["args"][k]) for r in rows if k in r["args"]}) > 1]
-    table = pd.DataFrame([{"run": r["run"], "model": r["model"], **{k: r["args"].get(k, "") for k in differing},
-                           "status": r["status"],
+    table = pd.DataFrame([{"run": r["run"], "kind": r["kind"], "model": r["model"],
+                           **{k: r["args"].get(k, "") for k in differing}, "runs": r["runs"],
                            **{m: r.get(m, "") for m in REPORT_METRICS}} for r in rows])
-    return table
+    return table.sort_values("kind", kind="stable", key=lambda kind: kind == "ensemble").reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    header = "| " + " | ".join(table.columns) + " |"
-    lines = [header, "| " + " | ".join("---" for _ in table.columns) + " |"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
+    """One table of single models, then one of ensembles (where there are both, each under a heading)."""
+    parts = []
+    for kind, title in (("single", "single models"), ("ensemble", "ensembles")):
+        rows = table[table["kind"] == kind].drop(columns="kind")
+        if len(rows):
+            lines = ["| " + " | ".join(rows.columns) + " |", "| " + " | ".join("---" for _ in rows.columns) + " |"]
+            lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows.itertuples(index=False)]
+            parts.append((f"{title}:\n" if table["kind"].nunique() > 1 else "") + "\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> str:

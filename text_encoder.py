@@ -16,8 +16,8 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import Pipeline
 
-from constants import TEXT_MAX_LENGTH
-from errors import CorpusError
+from constants import DEFAULT_TEXT_DIM, TEXT_MAX_LENGTH
+from errors import CorpusError, FlagError
 from utils import atomic_path, first_line, from_pretrained, progress_bar
 
 SPIECE_UNDERLINE = "\u2581"
@@ -93,6 +93,20 @@ def text_config(name: str):
     called before any heavy work."""
     from transformers import AutoConfig
     return _load_text_part(name, lambda local: AutoConfig.from_pretrained(name, local_files_only=local))
+
+
+def text_dim_of(name: str | None) -> int:
+    """The embedding size of the sentence encoder `name`: a Hugging Face encoder's hidden size (its config, read in
+    seconds), DEFAULT_TEXT_DIM for tfidf and the default encoders (None)."""
+    return DEFAULT_TEXT_DIM if name in (None, "tfidf") else text_config(name).hidden_size
+
+
+def check_text_dim(name: str, text_dim: int) -> None:
+    """FlagError, in seconds, when --text_dim is not the hidden size of the encoder `name` (which also loads)."""
+    size = text_dim_of(name)
+    if size != text_dim:
+        raise FlagError(f"--text_dim {text_dim} is not the hidden size {size} of --text_encoder {name}; drop --text_dim "
+                        f"(it is taken from the encoder) or pass --text_dim {size}")
 
 
 def load_text_model(name: str, dtype: torch.dtype | None = None):

@@ -43,23 +43,27 @@ OLD_MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirec
 
 @dataclass
 class Progress:
-    """Where training stands: the last finished epoch, and the best validation score so far and its epoch."""
+    """Where training stands: the last finished epoch, and the best validation score so far (its emotion
+    cross-entropy breaking ties) and its epoch."""
     epoch: int = 0
     best_score: float = float("-inf")
+    best_nll: float = float("inf")  # the best epoch's validation emotion cross-entropy (breaks ties of the score)
     best_epoch: int = 0
     best_val: dict = field(default_factory=dict)
 
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, ema, optimizer, scheduler, scaler, progress: Progress,
-                    config: ModelConfig, run_args: dict, features: dict) -> None:
+                    config: ModelConfig, run_args: dict, features: dict, statistics: dict) -> None:
     """Everything to resume exactly (weights, EMA, optimizer, scheduler, scaler, RNG states, progress) and to
-    rebuild the model alone (its ModelConfig, the run's arguments, the feature settings); written atomically."""
+    rebuild the model alone (its ModelConfig, the run's arguments, the feature settings, the raw features'
+    training statistics: what predict.py standardises a lone recording with); written atomically."""
     atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                        "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states(),
-                       "epoch": progress.epoch, "best_score": progress.best_score,
+                       "epoch": progress.epoch, "best_score": progress.best_score, "best_nll": progress.best_nll,
                        "best_epoch": progress.best_epoch, "best_val": progress.best_val,
-                       "model_config": asdict(config), "args": run_args, "features": features}, path)
+                       "model_config": asdict(config), "args": run_args, "features": features,
+                       "statistics": statistics}, path)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -84,7 +88,9 @@ def restore_training(checkpoint: dict, *, model: torch.nn.Module, ema, optimizer
     scheduler.load_state_dict(checkpoint["scheduler"])
     if scaler is not None and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
-    return Progress(checkpoint["epoch"], checkpoint["best_score"], checkpoint["best_epoch"], checkpoint["best_val"])
+    return Progress(epoch=checkpoint["epoch"], best_score=checkpoint["best_score"], best_epoch=checkpoint["best_epoch"],
+                    best_val=checkpoint["best_val"],
+                    best_nll=checkpoint.get("best_nll", float("-inf")))  # older runs: ties kept the earlier epoch
 
 
 def checkpoint_config(checkpoint: dict, path: Path) -> ModelConfig:
@@ -218,11 +224,12 @@ def run_text_encoder(run_dir: Path, text_dim: int, trust_pickle: bool = False):
     return lambda texts: np.asarray(transformer_embeddings(texts, encoder))
 
 
-def write_test_outputs(run_dir: Path, corpus: Corpus, rows: np.ndarray, probs: np.ndarray, av_pred: np.ndarray,
-                       metrics: dict, results_name: str, extra: dict) -> None:
-    """results*.json ({"test": metrics, **extra}), predictions*.csv (one row per test utterance: Segment ID,
-    label(s) as written, one probability per class, arousal/valence true and predicted where the corpus rates
-    them) and confusion*.png."""
+VAL_PREDICTIONS = "predictions_val.csv"  # the model's outputs on the validation sessions (ensemble.py's stacking)
+
+
+def write_predictions(path: Path, corpus: Corpus, rows: np.ndarray, probs: np.ndarray, av_pred: np.ndarray) -> None:
+    """One row per utterance of `rows`: Segment ID, label(s) as written, one probability per class, arousal/valence
+    true and predicted where the corpus rates them."""
     table = pd.DataFrame({"Segment ID": corpus.table["Segment ID"].to_numpy()[rows],
                           "emotion": corpus.table["Emotion"].to_numpy()[rows]})
     for i, name in enumerate(corpus.classes):
@@ -231,8 +238,16 @@ def write_test_outputs(run_dir: Path, corpus: Corpus, rows: np.ndarray, probs: n
         av_true = corpus.arousal_valence[rows]
         table["arousal_true"], table["arousal_pred"] = av_true[:, 0], av_pred[:, 0]
         table["valence_true"], table["valence_pred"] = av_true[:, 1], av_pred[:, 1]
-    with atomic_path(run_dir / results_name.replace("results", "predictions").replace(".json", ".csv")) as tmp:
+    with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
+
+
+def write_test_outputs(run_dir: Path, corpus: Corpus, rows: np.ndarray, probs: np.ndarray, av_pred: np.ndarray,
+                       metrics: dict, results_name: str, extra: dict) -> None:
+    """results*.json ({"test": metrics, **extra}), predictions*.csv (`write_predictions` of the test utterances)
+    and confusion*.png."""
+    write_predictions(run_dir / results_name.replace("results", "predictions").replace(".json", ".csv"), corpus, rows,
+                      probs, av_pred)
     write_json(run_dir / results_name, {"test": metrics, **extra})
     plot_confusion(metrics["confusion"], run_dir / results_name.replace("results", "confusion").replace(".json", ".png"),
                    f"test confusion ({run_dir.name})", corpus.classes)

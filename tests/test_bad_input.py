@@ -24,12 +24,13 @@ from demo_corpus import make_demo_corpus
 from engine import train
 from errors import CorpusError, PretrainedError
 from main import main
-from options import get_parser
+from options import BEFORE_FLAGS, get_parser
 from preprocess import preprocess
 from readers import segment_path
 from test_train import TINY
 
 ONE_EPOCH = [a if a != "2" else "1" for a in TINY]
+BEFORE_FLAG_VALUES = [item for flag, value in BEFORE_FLAGS.items() for item in (f"--{flag}", value)]
 
 
 def run_cli(script: str, argv: list[str], cwd=ROOT, env=None) -> subprocess.CompletedProcess:
@@ -167,7 +168,9 @@ def test_predict_needs_only_the_moved_run_folder(moved_run, demo_dir, tmp_path):
     assert "trained on the synthetic demo corpus" in result.stdout
     table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert [f.split("/")[-1] for f in table["file"]] == ["a.wav", "b.wav", "c_short.wav"]
-    assert table["note"].tolist() == ["", "", "silent (no sample above -60 dBFS); no transcript (audio alone)"]
+    given = "audio standardised with speaker statistics of the 3 recordings given"  # one speaker, the run's default
+    assert table["note"].tolist() == [given, given, "silent (no sample above -60 dBFS); no transcript (audio alone); "
+                                                    + given]
     np.testing.assert_allclose(table[EMOTIONS].sum(1), 1.0, rtol=1e-5)
     assert table.loc[0, EMOTIONS].tolist() != table.loc[1, EMOTIONS].tolist()  # b's UTF-16 text was read
 
@@ -250,7 +253,7 @@ def test_bad_data_leaves_no_run_folder(demo_dir, tmp_path):
     sparse = make_demo_corpus(tmp_path / "sparse", seed=2, n_sessions=12, n_scripts=1, n_impros=0, n_turns=4)
     result = run_cli("main.py", ["--data_dir", str(sparse), "--save_path", str(tmp_path / "exp"),
                                  "--text_encoder", "tfidf"] + ONE_EPOCH)
-    assert_one_line_error(result, "--test_split sessions [13, 14, 15, 16] have no utterances")
+    assert_one_line_error(result, "--test_split: the test sessions (13,14,15,16) have no utterances")
     assert not (tmp_path / "exp").exists() or not list((tmp_path / "exp").iterdir())
 
 
@@ -287,7 +290,7 @@ def test_composed_and_decomposed_hangul_predict_alike(moved_run, demo_dir, tmp_p
     (folder / "기쁜 말.txt").write_text(text, encoding="utf-8")
     by_name = predict.predict(moved_run, list(folder.glob("*.wav")), [None], dialogue=False)
     pd.testing.assert_frame_equal(by_name[scores], composed[scores])
-    assert by_name["note"].tolist() == [""]
+    assert by_name["note"].tolist() == ["audio standardised with training statistics (a lone recording)"]
 
 
 def test_dialogue_files_are_ordered_by_name_with_numbers_as_numbers():
@@ -365,7 +368,9 @@ def as_saved_before_model_config(run_dir: Path) -> Path:
     from text_encoder import load_tfidf
     for name in ("best.pth", "checkpoint.pth"):
         checkpoint = torch.load(run_dir / name, weights_only=True)
-        del checkpoint["model_config"]
+        del checkpoint["model_config"], checkpoint["statistics"]
+        for flag in (*BEFORE_FLAGS, "functional_dropout", "focal_gamma", "recipe"):  # flags added since
+            del checkpoint["args"][flag]
         torch.save(checkpoint, run_dir / name)
     joblib.dump(load_tfidf(run_dir / "text_encoder"), run_dir / "text_encoder.joblib")
     for suffix in (".npz", ".json"):
@@ -373,10 +378,12 @@ def as_saved_before_model_config(run_dir: Path) -> Path:
     return run_dir
 
 
-def test_a_run_saved_before_the_model_config_tests_resumes_and_predicts(moved_run, demo_dir, tmp_path):
+def test_a_run_saved_before_the_model_config_tests_resumes_and_predicts(demo_dir, tmp_path):
     wav = segment_path(demo_dir, pd.read_csv(demo_dir / "df_speaker.csv")["Segment ID"].iloc[0], ".wav")
-    expected = predict.predict(moved_run, [wav], [None], dialogue=False)
-    old = as_saved_before_model_config(Path(shutil.copytree(moved_run, tmp_path / "old")))
+    trained = train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(tmp_path / "exp"),
+                                             *BEFORE_FLAG_VALUES] + TINY))  # what runs of that code could be
+    expected = predict.predict(trained, [wav], [None], dialogue=False)
+    old = as_saved_before_model_config(Path(shutil.copytree(trained, tmp_path / "old")))
     assert main(["--test_only", str(old)]) is None
     assert json.loads((old / "results_test_only.json").read_text())["test"] == \
         json.loads((old / "results.json").read_text())["test"]
@@ -386,7 +393,7 @@ def test_a_run_saved_before_the_model_config_tests_resumes_and_predicts(moved_ru
     (old / "results.json").unlink()  # as if interrupted after its last epoch: resuming finishes it the same way
     main(["--resume", str(old)])
     assert json.loads((old / "results.json").read_text())["test"] == \
-        json.loads((moved_run / "results.json").read_text())["test"]
+        json.loads((trained / "results.json").read_text())["test"]
 
 
 def test_a_planted_pickle_in_a_run_folder_is_never_loaded(moved_run, tmp_path):

@@ -20,7 +20,7 @@ from protocol import resolve_data
 from test_bad_input import assert_one_line_error, one_line_error_here, run_cli
 
 TINY = ["--text_dim", "8", "--hidden_size", "8", "--num_layers", "1", "--audio_dim", "8", "--batch_size", "16",
-        "--epochs", "1", "--ws", "1"]
+        "--functionals", "logmel", "--epochs", "1", "--ws", "1"]
 
 
 def voice(path, pitch: float, rate: int = 16000, seconds: float = 0.4, seed: int = 0) -> None:
@@ -94,7 +94,7 @@ def test_ravdess_is_read_as_distributed(ravdess, tmp_path):
     summary = preprocess(ravdess, "tfidf", 8)
     table = pd.read_csv(ravdess / "df_speaker.csv", keep_default_na=False)
     assert summary["roles"]["speaker"]["rows"] == 24 * 8 + 1 == len(table)
-    assert summary["dropped"]["song or video-only (not speech audio)"] == [
+    assert summary["dropped"]["song (not speech)"] == [
         "Audio_Speech_Actors_01-24/Actor_01/03-02-03-01-01-01-01.wav"]
     assert summary["kept"]["actor in the name differs from its folder's (the name is used)"] == [
         "Audio_Speech_Actors_01-24/Actor_02/03-01-04-02-01-02-03.wav"]
@@ -208,7 +208,8 @@ def test_manifest_splits_never_join_speakers(tmp_path):
     rows += ["s1/../s1/0.wav,a,1,d1,9", "../outside.wav,a,1,d1,9", "s2\\1.wav,b,2,d1,9"]
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     summary = preprocess(tmp_path, "tfidf", 8)
-    assert summary["dropped"] == {"a second row for one wav": ["s1/0 (manifest.csv line 11)", "s2/1 (manifest.csv line 13)"],
+    assert summary["dropped"] == {"a second row for one wav": ["s1/0 (manifest.csv line 11: first at line 2)",
+                                                               "s2/1 (manifest.csv line 13: first at line 6)"],
                                   "path outside the corpus folder": ["../outside.wav (manifest.csv line 12)"]}
     spec = resolve_data(get_parser().parse_args(["--data_dir", str(tmp_path)]))
     assert spec.names == ("1", "2", "10") and spec.test == (3,) and spec.val == (2,) and spec.train == (1,)

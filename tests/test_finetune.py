@@ -25,7 +25,8 @@ from test_speech import save_tiny
 EMOTIONS = ["neutral", "happy", "surprise", "angry", "sad", "disgust", "fear"]
 TEXT_SIZES = {"bert": 32, "roberta": 24, "electra": 40}  # hidden sizes: each its own --text_dim embedding cache
 SMALL = ["--hidden_size", "16", "--num_layers", "1", "--audio_dim", "16", "--batch_size", "16", "--ws", "3",
-         "--epochs", "2", "--warmup_steps", "3", "--freeze_layers", "1"]
+         "--epochs", "2", "--warmup_steps", "3", "--freeze_layers", "1", "--feature_norm", "training",
+         "--functionals", "none"]  # (a dialogue's two speakers predicted as in evaluation: see test_recipe.py)
 
 
 def save_tiny_text(folder, family: str, vocab_file) -> str:

@@ -211,8 +211,13 @@ def test_second_run_recomputes_nothing(demo_dir, capsys):
 
 
 def test_missing_corpus_says_where_and_how(tmp_path):
-    with pytest.raises(CorpusError, match="no KEMDy19 or KEMDy20 corpus at .*--make_demo"):
+    # Every layout the product reads is named, with the README section that shows them, and the demo's command.
+    with pytest.raises(CorpusError, match="nothing does not exist: it reads KEMDy19 or KEMDy20 .*RAVDESS .*TESS .*"
+                                          "EmoDB .*manifest.csv \\(README, Your data\\).*--make_demo"):
         preprocess(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="empty holds no corpus this repo reads: it reads KEMDy19"):
+        preprocess(tmp_path / "empty")
 
 
 def test_missing_txt_is_kept_and_a_corrupt_wav_skipped_and_named(corpus_copy, capsys):

@@ -153,7 +153,7 @@ def test_test_path_from_an_incompatible_version(demo_dir, tmp_path):
 def test_split_session_without_data(tmp_path):
     data_dir = make_demo_corpus(tmp_path / "KEMDy19", seed=2, n_sessions=16, n_scripts=1, n_impros=0, n_turns=4)
     preprocess(data_dir, "tfidf", 16)
-    with pytest.raises(SystemExit, match=r"--test_split sessions \[17, 18\] have no utterances"):
+    with pytest.raises(SystemExit, match=r"--test_split: the test sessions \(17,18\) have no utterances"):
         main(["--data_dir", str(data_dir), "--save_path", str(tmp_path / "exp"), "--test_split", "17,18"] + TINY)
 
 

@@ -20,7 +20,7 @@ DATA_PATH = {"readers", "corpora", "preprocess", "dataset", "protocol", "biosign
              "text_encoder", "audio", "finetune", "trained_run", "engine", "options", "utils"}
 PUBLISHED = ["--hidden_size", "512", "--num_layers", "4", "--audio_dim", "256", "--batch_size", "64", "--epochs", "100",
              "--audio_pool", "mean", "--no_direct", "--freq_mask", "0", "--time_mask", "0", "--ema", "0",
-             "--patience", "0", "--av_calibration", "none"]
+             "--patience", "0", "--av_calibration", "none", "--feature_norm", "training", "--functionals", "none"]
 
 
 def _python(code: str) -> subprocess.CompletedProcess:

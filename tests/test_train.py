@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from conftest import TEXT_DIM
-from dataset import Corpus, context_windows, make_loader
+from dataset import context_windows, make_loader
 from engine import calibrate, evaluate_run, train
 from errors import FlagError
 from loss import EmotionLoss, class_balanced_weights
@@ -19,8 +19,10 @@ from model import EmotionModel, ModelConfig
 from trained_run import load_trained_model
 from utils import summary_table
 
+# The band statistics alone as functionals: openSMILE's eGeMAPS (the default) costs seconds per corpus copy; the tests
+# that read it use the shared demo corpus.
 TINY = ["--text_dim", str(TEXT_DIM), "--hidden_size", "16", "--num_layers", "1", "--audio_dim", "16",
-        "--batch_size", "16", "--epochs", "2", "--ws", "4"]
+        "--batch_size", "16", "--functionals", "logmel", "--epochs", "2", "--ws", "4"]
 
 
 def test_instance_prf_and_ties_by_hand():
@@ -224,7 +226,7 @@ def test_train_then_test_only_round_trip_and_determinism(demo_dir, tmp_path):
     # Fitting again (e.g. a resumed run that had not written results.json) starts from the identity map.
     model, saved, _ = load_trained_model(run_dir / "best.pth", torch.device("cpu"))
     spec = resolve_data(saved)
-    corpus = Corpus(spec.caches, spec.role, spec.text_dim)
+    corpus = spec.corpus()
     val_loader = make_loader(corpus, spec.val, saved.ws, saved.batch_size, False)
     assert calibrate(model, val_loader, TrainSpec.from_args(saved), torch.device("cpu"), None)["av_calibration"] \
         == calibration

@@ -23,7 +23,8 @@ ONE_EPOCH = [a if a != "2" else "1" for a in TINY]  # TINY with --epochs 1
 @pytest.fixture(scope="module")
 def tiny_run(demo_dir, tmp_path_factory):
     save = tmp_path_factory.mktemp("exp")
-    return train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(save)] + TINY))
+    return train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(save), "--feature_norm",
+                                          "training"] + TINY))
 
 
 def only_folder(parent, pattern):
@@ -77,7 +78,7 @@ def test_seeds_times_folds_with_one_summary(demo_dir, tmp_path):
     assert summary["mean"]["macro_f1"] == pytest.approx(np.mean([t["macro_f1"] for t in tests]))
     assert summary["std"]["ccc_valence"] == pytest.approx(np.std([t["ccc_valence"] for t in tests], ddof=1))
     row = report.report([str(folder)]).iloc[0]
-    assert row["status"] == "2 seeds x 2 folds" and row["model"] == "neural"
+    assert row["runs"] == "2 seeds x 2 folds" and row["model"] == "neural" and row["kind"] == "single"
     assert row["macro_f1"] == f"{summary['mean']['macro_f1']:.3f} ± {summary['std']['macro_f1']:.3f}"
 
 
@@ -94,8 +95,9 @@ def test_baseline_writes_the_schema_of_the_model(demo_dir, tiny_run, tmp_path):
     assert sorted(ours_csv["Segment ID"]) == sorted(theirs_csv["Segment ID"])  # the same test utterances
     np.testing.assert_allclose(ours_csv[EMOTIONS].sum(1), 1.0, rtol=1e-6)
     assert ours_csv["arousal_pred"].between(1, 5).all()
-    # The eGeMAPSv02 cache (88 functionals) is written once and reused.
-    assert ours["features"]["egemaps"] == 88 and (demo_dir / "features" / "opensmile_eGeMAPSv02.npy").exists()
+    # The network's functionals (eGeMAPSv02's 88 and 2 x 229 band statistics); the eGeMAPS cache is written once.
+    assert ours["audio_features"] == ["egemaps", "logmel"] and ours["features"]["functionals"] == 88 + 2 * 229
+    assert (demo_dir / "features" / "opensmile_eGeMAPSv02.npy").exists()
     table = report.report([str(run), str(tiny_run)]).set_index("run")
     assert table.loc[run.name, "model"] == "baseline" and table.loc[tiny_run.name, "model"] == "neural"
     assert table.loc[run.name, "macro_f1"] == f"{ours['test']['macro_f1']:.3f}"
@@ -115,7 +117,7 @@ def test_report_shows_the_differing_argument(demo_dir, tmp_path, capsys):
         assert by_run.loc[run.name, "lam"] == args["lam"]
         assert by_run.loc[run.name, "instance_f1"] == f"{test['instance_f1']:.3f}"
         assert by_run.loc[run.name, "ccc_valence"] == f"{test['ccc_valence']:.3f}"
-    assert by_run.loc["broken_run", "status"] == "incomplete"
+    assert by_run.loc["broken_run", "runs"] == "incomplete"
     markdown = report.main([str(tmp_path / "*")])
     assert markdown.splitlines()[0].startswith("| run | model | lam |") and "incomplete" in markdown
 
