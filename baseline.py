@@ -9,10 +9,10 @@ Audio: the --functionals the network reads (functionals.py: openSMILE's eGeMAPSv
 ComParE_2016, and/or the mean and std of every log-mel band over the voiced frames; --audio_features names others),
 or a pretrained speech encoder's pooled layers (--speech_model, see speech_features.py), as speaker z-scores with
 --feature_norm speaker (the default, as for the network). Text: the same sentence embeddings the neural run uses.
-Each block is standardised with training statistics; emotion is a class-weighted logistic regression (or linear SVM) on the first
-written label, arousal and valence are ridge regressions. C and alpha are chosen on the
-validation sessions (never the test sessions). The run folder has the same results.json /
-predictions.csv schema as main.py, so report.py lists both in one table.
+Each block is standardised with training statistics; emotion is a class-weighted logistic regression (or linear
+SVM) on the first written label, arousal and valence are ridge regressions. C and alpha are chosen on the validation
+sessions (never the test sessions). The run folder has the same results.json / predictions.csv (and
+predictions_val.csv) schema as main.py, so report.py and ensemble.py take both.
 """
 import argparse
 from dataclasses import replace

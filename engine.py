@@ -362,7 +362,8 @@ def _epoch(t: Training, loaders: dict, epoch: int, run_dir: Path, progress: Prog
         # Ties of the score (a validation split the model soon gets all right: TESS's held-out words of the training
         # speaker, a skewed corpus's few minority utterances) go to the lower emotion cross-entropy, not to the
         # first epoch that reached it.
-        record["val_emotion_nll"] = float(-(outputs["soft"] * np.log(np.maximum(outputs["probs"], 1e-12))).sum(1).mean())
+        log_p = np.log(np.maximum(outputs["probs"], 1e-12))
+        record["val_emotion_nll"] = float(-(outputs["soft"] * log_p).sum(1).mean())
         improved = (record["val_score"], -record["val_emotion_nll"]) > (progress.best_score, -progress.best_nll)
     if improved:
         progress.best_score, progress.best_epoch = record.get("val_score", 0.0), epoch

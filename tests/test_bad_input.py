@@ -380,8 +380,8 @@ def as_saved_before_model_config(run_dir: Path) -> Path:
 
 def test_a_run_saved_before_the_model_config_tests_resumes_and_predicts(demo_dir, tmp_path):
     wav = segment_path(demo_dir, pd.read_csv(demo_dir / "df_speaker.csv")["Segment ID"].iloc[0], ".wav")
-    trained = train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(tmp_path / "exp"),
-                                             *BEFORE_FLAG_VALUES] + TINY))  # what runs of that code could be
+    trained = train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(tmp_path / "exp")]
+                                            + TINY + BEFORE_FLAG_VALUES))  # what runs of that code could be
     expected = predict.predict(trained, [wav], [None], dialogue=False)
     old = as_saved_before_model_config(Path(shutil.copytree(trained, tmp_path / "old")))
     assert main(["--test_only", str(old)]) is None
