@@ -30,7 +30,7 @@ from errors import FlagError, one_line_errors
 from experiment import is_experiment, run_experiment
 from functionals import FUNCTIONALS
 from metric import ccc, emotion_metrics
-from normalization import group_index, zscores
+from normalization import speaker_zscores
 from options import Parser, add_data_args, parse_modalities
 from protocol import DataSpec, prepare_data, resolve_data
 from trained_run import VAL_PREDICTIONS, write_predictions, write_run_args, write_test_outputs
@@ -39,7 +39,6 @@ from utils import make_run_dir, summary_table
 AUDIO_FEATURES = [*FUNCTIONALS, "speech"]
 C_GRID = [0.01, 0.1, 1.0, 10.0]
 ALPHA_GRID = [1.0, 10.0, 100.0, 1000.0]
-VOICED_RANGE_DB = 40.0  # frames within 40 dB of the loudest frame of the clip count as voiced
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -77,15 +76,16 @@ def audio_feature_names(audio_features: str, speech_model: str | None) -> tuple[
 
 
 def feature_blocks(names: tuple[str, ...], no_text: bool, spec: DataSpec, corpus: Corpus) -> dict[str, np.ndarray]:
-    """The feature blocks: the corpus's functionals (the names of --audio_features but speech; speaker z-scores
-    with --feature_norm speaker), a --speech_model's layer average, the sentence embeddings unless --no_text."""
+    """The feature blocks: the corpus's functionals (the names of --audio_features but speech) and a
+    --speech_model's layer average, both as speaker z-scores with --feature_norm speaker; the sentence embeddings
+    unless --no_text."""
     blocks = {}
     if corpus.functionals is not None:
         blocks["functionals"] = corpus.functionals
     if "speech" in names:
-        speech = replace(spec, functionals=(), feature_norm="training").corpus()
-        average = speech_layer_average(speech)
-        blocks["speech"] = zscores(average, group_index(speech.speakers)) if spec.feature_norm == "speaker" else average
+        blocks["speech"] = speech_layer_average(replace(spec, functionals=(), feature_norm="training").corpus())
+    if spec.feature_norm == "speaker":
+        blocks = {name: speaker_zscores(block, corpus.speakers) for name, block in blocks.items()}
     if not no_text:
         blocks["text"] = corpus.text
     if not blocks:
@@ -137,7 +137,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     names = audio_feature_names(audio_features, spec.speech_model)
     spec = replace(spec, functionals=tuple(n for n in names if n != "speech"))
     prepare_data(spec)
-    corpus = replace(spec, speech_model=None).corpus()
+    corpus = replace(spec, speech_model=None, feature_norm="training").corpus()  # (z-scored in feature_blocks)
     spec.check_split(corpus.sessions, corpus.first_label)  # before the run folder: a refused split leaves none
     modalities = parse_modalities(args.modalities, corpus.has_text, corpus.modalities, corpus.bio is not None)
     if "audio" not in modalities:

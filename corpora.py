@@ -31,7 +31,7 @@ import pandas as pd
 from constants import CORPUS_NAMES, KEMDY, KEMDY_FACTS
 from errors import CorpusError
 from readers import (TABLE_COLUMNS, FileIndex, ReadReport, annotation_files, annotation_kind, clean_transcript,
-                     decode_text, hidden, nfc, parse_rating, printable, read_corpus)
+                     decode_text, hidden, natural_key, nfc, parse_rating, printable, read_corpus)
 
 MANIFEST_FILE = "manifest.csv"
 RAVDESS_EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
@@ -240,11 +240,6 @@ def manifest_rows(data_dir: Path, wavs: FileIndex) -> list[ManifestRow]:
     return rows
 
 
-def natural_key(name: str) -> list:
-    """Names in natural order: spk2 before spk10, "1" before "10"."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def _sessions_of(rows: list[ManifestRow]) -> list[str]:
     return sorted({row.session for row in rows if row.problem is None}, key=natural_key)
 
@@ -268,7 +263,7 @@ def read_manifest(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[
         if speakers.setdefault(speaker, row.session) != row.session:  # could be trained and tested
             report.kept["speaker in several sessions (the splits may put them on both sides)"].append(speaker)
         text = cells.get("text", "")
-        txt = wavs.get(Path(row.seg_id).with_suffix(".txt").as_posix())
+        txt = wavs.get(row.seg_id + ".txt")  # (the id is the wav's path without its suffix: "take.v2" stays whole)
         if "text" not in cells and txt is not None:
             try:
                 text = decode_text(txt.read_bytes(), txt)

@@ -23,7 +23,7 @@ from constants import (CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, KEMDY_FACTS, MAN
                        SAMPLE_RATE, TEXT_MAX_LENGTH, WAVS)
 from errors import CorpusError, FlagError
 from functionals import load_opensmile, logmel_band_statistics
-from normalization import FrameNorm, group_index, row_statistics, speaker_keys, zscores
+from normalization import FrameNorm, row_statistics, speaker_frame_norm, speaker_keys, speaker_zscores
 from speech_features import MIN_SAMPLES, speech_cache_paths
 from text_encoder import KoBertTokenizer, embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings, tokenize
 from utils import atomic_path, read_json, split_data_dir
@@ -112,7 +112,8 @@ class Corpus:
     (speech_features.py); `audio_settings` says which. `functionals` (rows, F) holds the utterance functionals
     named (functionals.py; None without). With `feature_norm` "speaker", the functionals are z-scores over each
     speaker's utterances and `frame_norm` holds each speaker's frame statistics (normalization.py), applied as
-    batches are assembled; with "training", both stay raw (the model standardises them with training statistics).
+    batches are assembled; with "training", both stay raw (the model standardises log-mel bands and functionals
+    with training statistics; a speech model's layer rows are layer-normalised in the model either way).
     """
 
     def __init__(self, folders: list[Path] | str | Path, role: str, text_dim: int, speech_model: str | None = None,
@@ -127,11 +128,10 @@ class Corpus:
         self.feature_norm, self.frame_norm = feature_norm, None
         self.raw_functionals = self.functionals
         if feature_norm == "speaker":
-            groups = group_index(self.speakers)
-            self.frame_norm = FrameNorm.of(self.frames, self.offsets, self.lengths, groups,
-                                           max(self.speech_shape()[0], 1))
+            self.frame_norm = speaker_frame_norm(self.frames, self.offsets, self.lengths, self.speakers,
+                                                 max(self.speech_shape()[0], 1))
             if self.functionals is not None:
-                self.functionals = zscores(self.functionals, groups)
+                self.functionals = speaker_zscores(self.functionals, self.speakers)
 
     def _read(self, folder: Path, role: str, text_dim: int, speech_model: str | None,
               label_map: tuple[tuple[str, str], ...], bio_alignment: str, functionals: tuple[str, ...]) -> None:

@@ -275,18 +275,23 @@ def retrain_classifier(model: EmotionModel, loader: DataLoader, val_loader: Data
                        device: torch.device, dtype: torch.dtype | None, epochs: int = CRT_EPOCHS) -> dict:
     """--imbalance crt, classifier re-training (Kang et al., ICLR 2020, "Decoupling representation and classifier"):
     the representation learnt with the data's own class shares stays fixed (evaluation mode: no dropout or
-    SpecAugment), the emotion head is initialised again and trained alone on class-balanced batches (`loader`),
-    and the epoch with the best validation score is kept -> its record."""
-    head = model.emotion_head
+    SpecAugment), the emotion head is initialised again and trained on class-balanced batches (`loader`), and the
+    epoch with the best validation score is kept -> its record. Where the arousal/valence trunk reads the emotion
+    probabilities (ModelConfig.emotion_concat), it and the arousal/valence heads are trained on with them (the
+    whole loss), since the re-trained head changes what they read; otherwise the head trains on the emotion term
+    alone."""
+    concat = model.emotion_concat
+    head = torch.nn.ModuleList([model.emotion_head, *((model.av_trunk, model.arousal_head, model.valence_head)
+                                                       if concat else ())])
     frozen = [p for p in model.parameters() if p.requires_grad]
     for parameter in frozen:
         parameter.requires_grad_(False)
     torch.manual_seed(spec.seed)
-    head.reset_parameters()
+    model.emotion_head.reset_parameters()
     for parameter in head.parameters():
         parameter.requires_grad_(True)
     optimizer = make_optimizer(head.parameters(), spec.optim, spec.lr, spec.weight_decay)
-    loss_fn = EmotionLoss(1.0, focal_gamma=spec.focal_gamma).to(device)  # the emotion term alone
+    loss_fn = EmotionLoss(spec.lam if concat else 1.0, av_loss=spec.av_loss, focal_gamma=spec.focal_gamma).to(device)
     best, best_epoch, kept = float("-inf"), 0, None
     for epoch in range(1, epochs + 1):
         loader.sampler.epoch = loader.dataset.epoch = epoch

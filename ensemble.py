@@ -106,10 +106,12 @@ def select_weights(members: list[Predictions], rounds: int) -> np.ndarray:
 
 
 def _aligned(predictions: list[Predictions], what: str, runs: list[Path]) -> None:
+    first = predictions[0]
     for p, run in zip(predictions[1:], runs[1:]):
-        if p.classes != predictions[0].classes or not np.array_equal(p.ids, predictions[0].ids):
-            raise RunFolderError(f"{run} has other {what} utterances or classes than {runs[0]}: members of one fold "
-                                 "must be runs of one corpus and split")
+        if p.classes != first.classes or not np.array_equal(p.ids, first.ids) or not np.array_equal(p.emotion,
+                                                                                                    first.emotion):
+            raise RunFolderError(f"{run} has other {what} utterances, classes or labels than {runs[0]}: members of "
+                                 "one fold must be runs of one corpus, split and labels (--SorL, --label_map)")
 
 
 def ensemble_fold(runs: list[Path], method: str) -> tuple[dict, Predictions, tuple, Predictions | None, tuple | None]:
@@ -161,10 +163,11 @@ def run_ensemble(paths: list[str], method: str, save_path: str) -> Path:
     for run in runs:
         args = json.loads((run / "args.json").read_text(encoding="utf-8"))
         folds.setdefault(str(args.get("test_split")), []).append(run)
+    fitted = [ensemble_fold(members, method) for members in folds.values()]  # refusals before any folder
     folder = make_run_dir(save_path, "ensemble")
     plan, records = [], []
-    for k, (test_split, members) in enumerate(folds.items(), 1):
-        record, test, combined, val, val_combined = ensemble_fold(members, method)
+    for k, ((test_split, members), (record, test, combined, val, val_combined)) in enumerate(
+            zip(folds.items(), fitted), 1):
         metrics = _write_fold(folder / f"fold{k}", record, test, combined, val, val_combined, method, test_split)
         plan.append({"name": f"fold{k}", "seed": None, "test_split": test_split})
         records.append({"test_split": test_split, **record})

@@ -52,10 +52,13 @@ class EmotionLoss(nn.Module):
                 av_target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         log_p = F.log_softmax(logits.float() + self.logit_adjustment if self.logit_adjustment.numel()
                               else logits.float(), dim=1)
-        # KL(target || p) per class; with one-hot targets and class weights this is Cui's CB cross-entropy.
-        kl = torch.xlogy(soft_target, soft_target) - soft_target * log_p
+        # KL(target || p) per class; with one-hot targets and class weights this is Cui's CB cross-entropy. The focal
+        # factor scales the cross-entropy term alone (-t (1 - p)^gamma log p, Lin et al.): scaling the target's
+        # entropy term too would give soft labels a gradient that does not come from fitting them.
+        cross = -soft_target * log_p
         if self.focal_gamma:
-            kl = kl * (1 - log_p.exp()) ** self.focal_gamma
+            cross = cross * (1 - log_p.exp()) ** self.focal_gamma
+        kl = torch.xlogy(soft_target, soft_target) + cross
         if self.class_weights.numel():
             kl = kl * self.class_weights
         emotion = kl.sum(1).mean()

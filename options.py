@@ -306,8 +306,18 @@ def check_args(args: argparse.Namespace) -> None:
     for ok, message in checks:
         if not ok:
             raise FlagError(message)
-    if args.loss == "cbloss" and "weight" in parse_imbalance(args.imbalance):
+    imbalance = parse_imbalance(args.imbalance)
+    if args.loss == "cbloss" and "weight" in imbalance:
         raise FlagError("--loss cbloss and --imbalance weight both weight the emotion loss per class; choose one")
+    fitted = sorted(imbalance & {"crt", "val_bias"})
+    if fitted and args.val_split == "none":
+        raise FlagError(f"--imbalance {','.join(fitted)} is fitted on the validation sessions; --val_split none "
+                        "leaves none")
+    if args.finetune_speech and args.feature_norm == "speaker":
+        # The fine-tuned encoder reads raw waveforms, which a speaker's cached statistics do not reach: its live
+        # rows would meet speaker z-scored context rows on another scale.
+        raise FlagError("--finetune_speech reads raw waveforms, which --feature_norm speaker (the default) does not "
+                        "standardise: add --feature_norm training")
 
 
 def parse_imbalance(text: str) -> frozenset[str]:
@@ -383,7 +393,8 @@ def parse_modalities(text: str | None, has_text: bool, default: tuple[str, ...] 
     return chosen
 
 
-# Flags whose default is not what runs did before the flag existed: a run saved without them gets these values.
+# Flags whose default is not what runs did before the flag existed: a run saved without them gets these values
+# (baseline.py's runs, saved with --audio_features, read its default functionals already, as they still do).
 BEFORE_FLAGS = {"feature_norm": "training", "functionals": "none"}
 
 
@@ -393,7 +404,8 @@ def run_arguments(saved: dict, overrides: dict | None = None,
     gets the value that reproduces what runs did before it existed (its default, main.py's or those of
     `defaults`, or BEFORE_FLAGS'); then the `overrides` given."""
     defaults = defaults if defaults is not None else get_parser().parse_args([])
-    return argparse.Namespace(**{**vars(defaults), **BEFORE_FLAGS, **saved, **(overrides or {})})
+    before = {k: v for k, v in BEFORE_FLAGS.items() if not (k == "functionals" and "audio_features" in saved)}
+    return argparse.Namespace(**{**vars(defaults), **before, **saved, **(overrides or {})})
 
 
 def explicit_flags(argv: list[str]) -> dict:

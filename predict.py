@@ -16,7 +16,6 @@ wavs predicted without a transcript. Only the run folder is needed: no corpus, n
 """
 import argparse
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +31,10 @@ from errors import CorpusError, FlagError, RunFolderError, one_line_errors
 from finetune import run_tokenizer
 from functionals import band_statistics, clip_opensmile
 from model import model_inputs
+import normalization
 from normalization import FrameNorm, zscores
 from options import Parser
-from readers import clean_transcript, decode_text, hidden, nfc
+from readers import clean_transcript, decode_text, hidden, natural_key, nfc
 from speech_features import encode_clips, load_speech_config, load_speech_model, speech_settings
 from text_encoder import tokenize
 from trained_run import load_trained_model, run_text_encoder, trained_on_demo
@@ -68,15 +68,11 @@ def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str | Non
     if skipped:
         print(f"skipped {len(skipped)} hidden files and macOS leftovers in {folder} ({', '.join(sorted(skipped)[:3])}"
               f"{', ...' if len(skipped) > 3 else ''})")
-    wavs = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".wav" and not hidden(p.name)), key=natural_key)
+    wavs = sorted((p for p in folder.iterdir() if p.suffix.lower() == ".wav" and not hidden(p.name)),
+                  key=lambda p: natural_key(p.name))
     if not wavs:
         raise CorpusError(f"no .wav files in {folder}")
     return wavs, [None] * len(wavs), bool(args.dialogue)
-
-
-def natural_key(path: Path) -> list:
-    """File-name order with numbers compared as numbers: utt2 before utt10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
 def audio_features(audios: list[np.ndarray], speech_model: str | None, trained_on: dict,
@@ -146,24 +142,26 @@ def standardization(feature_norm: str, frames: np.ndarray, offsets: np.ndarray, 
                     normalize_with: str) -> tuple[FrameNorm | None, np.ndarray | None, str]:
     """How a run's inputs are standardised for new recordings -> (the frames' FrameNorm, the functionals, a note).
     A run trained on speaker z-scores (--feature_norm speaker) takes the statistics of the recordings given, as
-    one speaker (`normalize_with` "files", two or more of them), else those of its training rows (one recording,
-    or `normalize_with` "training"); a run trained on training statistics standardises in its model."""
+    one speaker (`normalize_with` "files", MIN_SPEAKER_UTTERANCES of them or more, as in training), else those of
+    its training rows (fewer recordings, or `normalize_with` "training"); a run trained on training statistics
+    standardises in its model."""
     if feature_norm != "speaker":
         return None, functionals, ""
-    one = np.zeros(len(offsets), dtype=int)
-    if normalize_with == "files" and len(offsets) > 1:
+    one, enough = np.zeros(len(offsets), dtype=int), normalization.MIN_SPEAKER_UTTERANCES
+    if normalize_with == "files" and len(offsets) >= enough:
         norm = FrameNorm.of(frames, offsets, lengths, one, rows_per_clip)
         return (norm, None if functionals is None else zscores(functionals, one),
                 f"speaker statistics of the {len(offsets)} recordings given")
     if statistics is None:
-        raise RunFolderError("the run holds no training statistics (it predates them): give two or more recordings "
-                             "of the speaker, which are standardised with their own")
+        raise RunFolderError(f"the run holds no training statistics (it predates them): give {enough} or more "
+                             "recordings of the speaker, which are standardised with their own")
     mean, std = (s.numpy() for s in statistics["frames"])
     norm = FrameNorm(one, mean[None], std[None])
     if functionals is not None:
         f_mean, f_std = (s.numpy() for s in statistics["functionals"])
         functionals = (functionals - f_mean) / f_std
-    return norm, functionals, "training statistics (a lone recording)"
+    return norm, functionals, ("training statistics" if normalize_with == "training" else
+                               f"training statistics (fewer than {enough} recordings)")
 
 
 def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.device, trust_pickle: bool,
@@ -295,8 +293,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     text.add_argument("--txt", help="a .txt file with the transcript of --wav")
     parser.add_argument("--normalize_with", choices=["files", "training"], default="files",
                         help="a run trained on speaker z-scores (--feature_norm speaker): files = the recordings of "
-                             "this call are one speaker, standardised with their own statistics (two or more); "
-                             "training = with the run's training statistics, each alone (default: %(default)s)")
+                             "this call are one speaker, standardised with their own statistics (five or more; fewer "
+                             "take the training statistics); training = with the run's training statistics, each "
+                             "alone (default: %(default)s)")
     parser.add_argument("--out", help="write the table to a .csv or .json file")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(default: %(default)s)")
     parser.add_argument("--trust_run", action="store_true",

@@ -194,8 +194,9 @@ def parse_label_map(text: str | None) -> tuple[tuple[str, str], ...]:
 def resolve_data(args: argparse.Namespace) -> DataSpec:
     """The DataSpec of the data and split flags (--data_dir, --cache_dir, --corpus, --SorL, --test_split,
     --val_split, --cv_folds, --text_encoder, --text_dim, --speech_model, --label_map, --bio_alignment,
-    --feature_norm, --functionals). Reads only annotation file names;
-    a listener run on a corpus without listener labels stops here, before any work."""
+    --feature_norm, --functionals). Reads only annotation file names (and, without --text_dim, a transformer
+    --text_encoder's config for its width); a listener run on a corpus without listener labels stops here, before
+    any work."""
     folders = split_data_dir(args.data_dir)
     kinds = _corpus_kinds(folders, args.corpus, args.data_dir)
     protocols, names = zip(*(corpus_protocol(kind, folder) for kind, folder in zip(kinds, folders)))

@@ -53,6 +53,11 @@ def nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+def natural_key(name: str) -> list:
+    """Names in natural order, numbers compared as numbers: spk2 before spk10, utt2 before utt10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def decode_text(raw: bytes, path: Path, lenient: bool = False) -> str:
     """UTF-8 (with or without BOM), UTF-16 with a BOM (Windows Notepad's "Unicode"), else cp949 (the
     sister corpus KEMDy20's encoding); else CorpusError, or with `lenient` UTF-8 with U+FFFD for the bad

@@ -1,5 +1,6 @@
 """Bad input and self-contained runs: nothing the user had is overwritten, one bad file never stops a
 run, a run folder evaluates and predicts from anywhere, and every error is one line without a traceback."""
+import argparse
 import json
 import os
 import pickle
@@ -168,7 +169,7 @@ def test_predict_needs_only_the_moved_run_folder(moved_run, demo_dir, tmp_path):
     assert "trained on the synthetic demo corpus" in result.stdout
     table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert [f.split("/")[-1] for f in table["file"]] == ["a.wav", "b.wav", "c_short.wav"]
-    given = "audio standardised with speaker statistics of the 3 recordings given"  # one speaker, the run's default
+    given = "audio standardised with training statistics (fewer than 5 recordings)"  # too few to be a speaker's own
     assert table["note"].tolist() == [given, given, "silent (no sample above -60 dBFS); no transcript (audio alone); "
                                                     + given]
     np.testing.assert_allclose(table[EMOTIONS].sum(1), 1.0, rtol=1e-5)
@@ -290,13 +291,16 @@ def test_composed_and_decomposed_hangul_predict_alike(moved_run, demo_dir, tmp_p
     (folder / "기쁜 말.txt").write_text(text, encoding="utf-8")
     by_name = predict.predict(moved_run, list(folder.glob("*.wav")), [None], dialogue=False)
     pd.testing.assert_frame_equal(by_name[scores], composed[scores])
-    assert by_name["note"].tolist() == ["audio standardised with training statistics (a lone recording)"]
+    assert by_name["note"].tolist() == ["audio standardised with training statistics (fewer than 5 recordings)"]
 
 
-def test_dialogue_files_are_ordered_by_name_with_numbers_as_numbers():
-    names = ["utt10.wav", "utt2.wav", "utt1.wav", "intro.wav"]
-    assert [p.name for p in sorted(map(Path, names), key=predict.natural_key)] == \
-        ["intro.wav", "utt1.wav", "utt2.wav", "utt10.wav"]  # plain sorting would put utt10 before utt2
+def test_dialogue_files_are_ordered_by_name_with_numbers_as_numbers(tmp_path):
+    for name in ["utt10.wav", "utt2.wav", "utt1.WAV", "intro.wav", "._utt3.wav", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"")
+    args = argparse.Namespace(wav=None, input_dir=None, dialogue=str(tmp_path))
+    wavs, texts, dialogue = predict.collect_inputs(args)
+    # plain sorting would put utt10 before utt2; the AppleDouble twin is no recording
+    assert [p.name for p in wavs] == ["intro.wav", "utt1.WAV", "utt2.wav", "utt10.wav"] and dialogue
 
 
 def run_on_read_only(folder: Path, script: str, argv: list[str]) -> subprocess.CompletedProcess:

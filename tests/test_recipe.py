@@ -9,10 +9,12 @@ import pytest
 import torch
 
 import ensemble
+import normalization
 import predict
 from conftest import TEXT_DIM
 from dataset import Corpus, assemble_batch
 from engine import train
+from errors import RunFolderError
 from loss import EmotionLoss
 from normalization import FrameNorm, group_index, speaker_keys, zscores
 from options import get_parser
@@ -24,7 +26,13 @@ from trained_run import VAL_PREDICTIONS
 SMALL = TINY
 
 
-def test_speaker_keys_and_z_scores_per_speaker(demo_dir):
+def test_speaker_keys_and_z_scores_per_speaker(demo_dir, monkeypatch):
+    # The test demo's speakers have 3 to 5 utterances: under a floor of 6 all are pooled, without one each is its own.
+    monkeypatch.setattr(normalization, "MIN_SPEAKER_UTTERANCES", 6)
+    pooled = Corpus([demo_dir], "speaker", TEXT_DIM, feature_norm="speaker", functionals=("logmel",))
+    assert np.allclose(pooled.functionals.mean(0), 0, atol=1e-4) and len(pooled.frame_norm.mean) == 40
+    assert np.allclose(pooled.frame_norm.mean, pooled.frame_norm.mean[:1])  # every speaker: all utterances
+    monkeypatch.setattr(normalization, "MIN_SPEAKER_UTTERANCES", 1)
     corpus = Corpus([demo_dir], "speaker", TEXT_DIM, feature_norm="speaker", functionals=("logmel",))
     # KEMDy19's actors are F and M within a session: the key joins both (Sess01_F is not Sess02_F).
     assert set(corpus.speakers) == {f"Sess{s:02d}_{g}" for s in range(1, 21) for g in "FM"}
@@ -56,6 +64,12 @@ def test_frame_norm_of_layer_rows_and_nan_cells():
     x = np.array([[1.0, np.nan], [3.0, 2.0], [5.0, 4.0], [7.0, 7.0]])
     z = zscores(x, np.array([0, 0, 1, 1]))
     assert z[:, 0].tolist() == [-1.0, 1.0, -1.0, 1.0] and np.isnan(z[0, 1]) and z[1, 1] == 0.0  # one value: centred
+    # A speaker of fewer utterances than asked for takes the statistics of all utterances pooled.
+    pooled = zscores(x[:3, :1], np.array([0, 0, 1]), min_rows=2)
+    assert pooled[:, 0].tolist() == [-1.0, 1.0, pytest.approx(np.sqrt(1.5))]  # speaker 1's 5: (5 - 3) / std(1, 3, 5)
+    rare = FrameNorm.of(frames, np.array([0, 3, 6, 9]), np.array([3, 3, 3, 3]), np.array([0, 0, 0, 1]), 3,
+                        min_utterances=2)
+    assert np.array_equal(rare.mean[1], frames.reshape(4, 3, 2).mean(0))
 
 
 def test_focal_loss_by_hand():
@@ -66,6 +80,12 @@ def test_focal_loss_by_hand():
     focal, _ = EmotionLoss(1.0, focal_gamma=2.0)(logits, av, soft, av)
     assert plain.item() == pytest.approx(-torch.log(p).item())
     assert focal.item() == pytest.approx(-((1 - p) ** 2 * torch.log(p)).item())
+    # Soft targets: the focal factor scales the cross-entropy terms, not the target's entropy (which has no p in it).
+    soft = torch.tensor([[0.5, 0.5]])
+    q = torch.softmax(logits, 1)[0]
+    focal, _ = EmotionLoss(1.0, focal_gamma=2.0)(logits, av, soft, av)
+    expected = (0.5 * torch.log(torch.tensor(0.5)) * 2 - (0.5 * (1 - q) ** 2 * torch.log(q)).sum()).item()
+    assert focal.item() == pytest.approx(expected)
 
 
 def test_functionals_in_the_model_and_classifier_retraining(demo_dir, tmp_path):
@@ -76,9 +96,11 @@ def test_functionals_in_the_model_and_classifier_retraining(demo_dir, tmp_path):
     assert before["model_config"]["functionals"] == ("logmel",) and before["model_config"]["functional_dim"] == 458
     assert before["statistics"]["functionals"][0].shape == (458,)
     changed = {k for k in before["model"] if not torch.equal(before["model"][k], after["model"][k])}
-    # Classifier re-training changes the emotion head alone (and the maps fitted after it on validation).
-    assert {"emotion_head.weight", "emotion_head.bias"} <= changed <= {"emotion_head.weight", "emotion_head.bias",
-                                                                       "av_scale", "av_shift"}
+    # Classifier re-training changes the emotion head and, since the arousal/valence trunk reads its probabilities,
+    # that trunk and its heads (and the maps fitted after them on validation); the representation stays.
+    heads = {f"{name}.{p}" for name in ("emotion_head", "av_trunk.0", "arousal_head", "valence_head")
+             for p in ("weight", "bias")}
+    assert {"emotion_head.weight", "av_trunk.0.weight"} <= changed <= heads | {"av_scale", "av_shift"}
     assert json.loads((retrained / "results.json").read_text())["classifier_retraining"]["epochs"] == 10
     val = pd.read_csv(plain / VAL_PREDICTIONS)
     assert len(val) and set(val.columns) >= {"Segment ID", "emotion", "neutral", "arousal_pred"}
@@ -114,14 +136,22 @@ def test_ensembles_average_and_stack_on_validation_alone(tmp_path, capsys):
     assert [m["weight"] for m in json.loads((again / "members.json").read_text())["folds"][0]["members"]] == weights
     averaged = ensemble.run_ensemble([str(good), str(bad)], "average", str(tmp_path / "exp"))
     assert pd.read_csv(averaged / "fold1" / "predictions_val.csv")["a"].tolist() == pytest.approx([0.55, 0.55, 0.5])
+    relabelled = _member(tmp_path / "runs", "listener", np.array([0.9, 0.2, 0.8]), np.array([0.9, 0.2, 0.1]))
+    table = pd.read_csv(relabelled / "predictions.csv")
+    table.assign(emotion=["b", "b", "a"]).to_csv(relabelled / "predictions.csv", index=False)  # other labels
+    with pytest.raises(RunFolderError, match="listener has other test utterances, classes or labels"):
+        ensemble.run_ensemble([str(good), str(relabelled)], "average", str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()  # refused before any folder
     table = report([str(good), str(stacked)])
     assert table.set_index("run").loc[stacked.name, "kind"] == "ensemble"
     assert table["kind"].tolist() == ["single", "ensemble"]  # single models first, never mixed
 
 
-def test_predict_standardises_a_speaker_with_its_own_recordings_as_evaluation_does(demo_dir, tmp_path):
+def test_predict_standardises_a_speaker_with_its_own_recordings_as_evaluation_does(demo_dir, tmp_path, monkeypatch):
     # Windows of one utterance (ws 1): predict.py --input_dir of all of one test speaker's recordings sees what
-    # evaluation saw, its speaker statistics included.
+    # evaluation saw, its speaker statistics included (the test demo's speakers have 3 to 5 utterances: the floor
+    # at 2).
+    monkeypatch.setattr(normalization, "MIN_SPEAKER_UTTERANCES", 2)
     run = train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(tmp_path), "--ws", "1"]
                                         + SMALL[:-4] + ["--functionals", "egemaps,logmel"]))
     table = pd.read_csv(demo_dir / "df_speaker.csv", keep_default_na=False)
@@ -137,4 +167,4 @@ def test_predict_standardises_a_speaker_with_its_own_recordings_as_evaluation_do
     np.testing.assert_allclose(predicted[emotions].to_numpy(), evaluated[emotions].to_numpy(), atol=1e-5)
     assert predicted["note"].str.contains(f"speaker statistics of the {len(mine)} recordings").all()
     alone = predict.predict(run, sorted(folder.glob("*.wav"))[:1], [None], dialogue=False)
-    assert alone["note"].tolist() == ["audio standardised with training statistics (a lone recording)"]
+    assert alone["note"].tolist() == ["audio standardised with training statistics (fewer than 2 recordings)"]

@@ -13,7 +13,7 @@ from conftest import ROOT
 from errors import FlagError
 from main import main
 from model import ModelConfig
-from options import TrainSpec, get_parser, parse_args, read_recipe
+from options import TrainSpec, get_parser, parse_args, read_recipe, run_arguments
 from test_train import TINY
 
 DATA_PATH = {"readers", "corpora", "preprocess", "dataset", "protocol", "biosignals", "speech_features",
@@ -68,6 +68,20 @@ def test_train_spec_reads_the_imbalance_once_and_refuses_conflicts():
     assert TrainSpec.from_args(parse_args(["--imbalance", "weight"])).class_weights == "inverse"
     with pytest.raises(FlagError, match="--loss cbloss and --imbalance weight"):
         parse_args(["--loss", "cbloss", "--imbalance", "weight"])
+    with pytest.raises(FlagError, match="--imbalance crt,val_bias is fitted on the validation sessions"):
+        parse_args(["--imbalance", "val_bias,crt", "--val_split", "none"])
+    with pytest.raises(FlagError, match="--finetune_speech .* add --feature_norm training"):
+        parse_args(["--speech_model", "m", "--finetune_speech"])
+    assert parse_args(["--speech_model", "m", "--finetune_speech", "--feature_norm", "training"]).finetune_speech
+
+
+def test_saved_runs_get_the_flags_their_code_had():
+    # A main.py run saved before --feature_norm and --functionals existed trained on raw inputs; baseline.py's runs
+    # (saved with --audio_features) read its default functionals already.
+    network = run_arguments({"seed": 3})
+    assert (network.feature_norm, network.functionals, network.seed) == ("training", "none", 3)
+    baseline = run_arguments({"audio_features": None})
+    assert (baseline.feature_norm, baseline.functionals) == ("training", "egemaps,logmel")
 
 
 def test_resume_reads_the_checkpoint_once_and_the_recipe_travels_with_the_run(demo_dir, tmp_path, monkeypatch):

@@ -86,6 +86,16 @@ def test_2_a_row_with_more_cells_than_its_header_is_dropped_and_named(tmp_path):
     assert set(pd.read_csv(tmp_path / "df_speaker.csv")["speaker"]) == {"s1", "s2"}
 
 
+def test_a_transcript_beside_a_dotted_file_name(tmp_path):
+    rows = ["path,emotion,speaker"] + [f"s{s}/take.v{k}.wav,{'ab'[k % 2]},s{s}" for s in (1, 2) for k in range(2)]
+    root = _manifest(tmp_path, rows)
+    (root / "s1" / "take.v1.txt").write_text("the second take", encoding="utf-8")
+    (root / "s1" / "take.txt").write_text("another file's transcript", encoding="utf-8")
+    preprocess(root, "tfidf", 8)
+    table = pd.read_csv(root / "df_speaker.csv", keep_default_na=False).set_index("Segment ID")
+    assert table.loc["s1/take.v1", "text"] == "the second take" and table.loc["s1/take.v0", "text"] == ""
+
+
 def test_3_absolute_paths_with_a_relative_data_dir(tmp_path, monkeypatch):
     root = tmp_path / "corpus"
     rows = ["path,emotion,speaker"] + [f"{root}/s{s}/{k}.wav,{'ab'[k % 2]},s{s}" for s in (1, 2, 3) for k in range(2)]
