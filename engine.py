@@ -6,6 +6,7 @@ dicts of figures, one JSON line per epoch goes to log.jsonl).
 import argparse
 import json
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,32 +272,27 @@ def fit_decision_bias(model: EmotionModel, outputs: dict[str, np.ndarray]) -> di
     return {"decision_bias": {name: float(b) for name, b in zip(model.config.classes, bias)}}
 
 
-def retrain_classifier(model: EmotionModel, loader: DataLoader, val_loader: DataLoader, spec: TrainSpec,
-                       device: torch.device, dtype: torch.dtype | None, epochs: int = CRT_EPOCHS) -> dict:
-    """--imbalance crt, classifier re-training (Kang et al., ICLR 2020, "Decoupling representation and classifier"):
-    the representation learnt with the data's own class shares stays fixed (evaluation mode: no dropout or
-    SpecAugment), the emotion head is initialised again and trained on class-balanced batches (`loader`), and the
-    epoch with the best validation score is kept -> its record. Where the arousal/valence trunk reads the emotion
-    probabilities (ModelConfig.emotion_concat), it and the arousal/valence heads are trained on with them (the
-    whole loss), since the re-trained head changes what they read; otherwise the head trains on the emotion term
-    alone."""
-    concat = model.emotion_concat
-    head = torch.nn.ModuleList([model.emotion_head, *((model.av_trunk, model.arousal_head, model.valence_head)
-                                                       if concat else ())])
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for parameter in frozen:
+def _train_part(model: EmotionModel, part: torch.nn.Module, loader: DataLoader, val_loader: DataLoader,
+                loss_fn: EmotionLoss, score: Callable[[dict], float], spec: TrainSpec, device: torch.device,
+                dtype: torch.dtype | None, epochs: int, desc: str, reset: bool = False) -> tuple[int, float]:
+    """`part` of the model trained alone on `loader` (the rest fixed and in evaluation mode: no dropout or
+    SpecAugment), initialised again with `reset`, the epoch with the best validation `score` kept; the part as it
+    was (epoch 0) is kept unless an epoch beats it -> (the epoch kept, its validation score)."""
+    best, best_epoch = score(evaluate(model, val_loader, device, desc="val", dtype=dtype)[0]), 0
+    kept = {k: v.clone() for k, v in part.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
         parameter.requires_grad_(False)
     torch.manual_seed(spec.seed)
-    model.emotion_head.reset_parameters()
-    for parameter in head.parameters():
+    if reset:
+        part.reset_parameters()
+    for parameter in part.parameters():
         parameter.requires_grad_(True)
-    optimizer = make_optimizer(head.parameters(), spec.optim, spec.lr, spec.weight_decay)
-    loss_fn = EmotionLoss(spec.lam if concat else 1.0, av_loss=spec.av_loss, focal_gamma=spec.focal_gamma).to(device)
-    best, best_epoch, kept = float("-inf"), 0, None
+    optimizer = make_optimizer(part.parameters(), spec.optim, spec.lr, spec.weight_decay)
     for epoch in range(1, epochs + 1):
         loader.sampler.epoch = loader.dataset.epoch = epoch
         model.eval()
-        for batch in progress_bar(loader, desc=f"classifier re-training {epoch}", unit="batch", leave=False):
+        for batch in progress_bar(loader, desc=f"{desc} {epoch}", unit="batch", leave=False):
             batch = _to(batch, device)
             with autocast(device, dtype):
                 logits, av = model(**model_inputs(batch))
@@ -304,15 +300,42 @@ def retrain_classifier(model: EmotionModel, loader: DataLoader, val_loader: Data
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        score = selection_score(evaluate(model, val_loader, device, desc="val", dtype=dtype)[0])
-        if score > best:
-            best, best_epoch, kept = score, epoch, {k: v.clone() for k, v in head.state_dict().items()}
-    head.load_state_dict(kept)
-    for parameter in frozen:
+        value = score(evaluate(model, val_loader, device, desc="val", dtype=dtype)[0])
+        if value > best:
+            best, best_epoch, kept = value, epoch, {k: v.clone() for k, v in part.state_dict().items()}
+    part.load_state_dict(kept)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in trainable:
         parameter.requires_grad_(True)
-    print(f"classifier re-trained on class-balanced batches: epoch {best_epoch} of {epochs} kept "
-          f"(validation score {best:.3f})")
-    return {"classifier_retraining": {"epochs": epochs, "best_epoch": best_epoch, "val_score": round(best, 4)}}
+    return best_epoch, best
+
+
+def retrain_classifier(model: EmotionModel, balanced: DataLoader, loader: DataLoader, val_loader: DataLoader,
+                       spec: TrainSpec, device: torch.device, dtype: torch.dtype | None,
+                       epochs: int = CRT_EPOCHS) -> dict:
+    """--imbalance crt, classifier re-training (Kang et al., ICLR 2020, "Decoupling representation and classifier"):
+    the representation learnt with the data's own class shares stays fixed, the emotion head is initialised again
+    and trained on the emotion term alone on class-balanced batches (`balanced`), and the epoch with the best
+    validation macro-F1 is kept, the head as trained if none beats it. Where the arousal/valence trunk reads the
+    emotion probabilities (ModelConfig.emotion_concat) of a rated corpus, a new head changes what it reads: the
+    trunk and the arousal/valence heads are then trained on the arousal/valence terms alone on the usual batches
+    (`loader`), the best validation score kept -> the record of both."""
+    head_epoch, head_score = _train_part(
+        model, model.emotion_head, balanced, val_loader, EmotionLoss(1.0, focal_gamma=spec.focal_gamma).to(device),
+        lambda m: m["macro_f1"], spec, device, dtype, epochs, "classifier re-training", reset=True)
+    record = {"epochs": epochs, "best_epoch": head_epoch, "val_macro_f1": round(head_score, 4)}
+    print(f"classifier re-trained on class-balanced batches: epoch {head_epoch} of {epochs} kept (0 = the head as "
+          f"trained; validation macro-F1 {head_score:.3f})")
+    if head_epoch and model.emotion_concat and loader.dataset.corpus.has_av:
+        av_path = torch.nn.ModuleList([model.av_trunk, model.arousal_head, model.valence_head])
+        av_epoch, av_score = _train_part(model, av_path, loader, val_loader,
+                                         EmotionLoss(0.0, av_loss=spec.av_loss).to(device), selection_score, spec,
+                                         device, dtype, epochs, "arousal/valence re-training")
+        record.update(av_best_epoch=av_epoch, val_score=round(av_score, 4))
+        print(f"arousal/valence trunk re-trained on the new head: epoch {av_epoch} of {epochs} kept "
+              f"(validation score {av_score:.3f})")
+    return {"classifier_retraining": record}
 
 
 def calibrate(model: EmotionModel, val_loader: DataLoader, spec: TrainSpec, device: torch.device,
@@ -447,9 +470,10 @@ def _finish(t: Training, loaders: dict, run_dir: Path, corpus: Corpus, data: Dat
     t.model.load_state_dict(best["model"])
     calibration = {}
     if spec.crt and loaders["val"] is not None:
-        balanced = make_loader(corpus, data.train, spec.ws, spec.batch_size, True, spec.seed, spec.num_workers,
-                               t.device.type == "cuda", class_balanced=True, live=loaders["train"].dataset.live)
-        calibration.update(retrain_classifier(t.model, balanced, loaders["val"], spec, t.device, t.dtype))
+        balanced, usual = (make_loader(corpus, data.train, spec.ws, spec.batch_size, True, spec.seed, spec.num_workers,
+                                       t.device.type == "cuda", class_balanced=weighted,
+                                       live=loaders["train"].dataset.live) for weighted in (True, False))
+        calibration.update(retrain_classifier(t.model, balanced, usual, loaders["val"], spec, t.device, t.dtype))
     if loaders["val"] is not None:
         calibration.update(calibrate(t.model, loaders["val"], spec, t.device, t.dtype))
     if calibration:
