@@ -340,8 +340,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     return figures
 
 
-QUICK = {"utterances": 240, "train_windows": 64, "reference_batches": 1, "predict_files": 4, "speech_size": "tiny",
-         "speech_utterances": 20, "finetune_steps": 1}
+QUICK = {"utterances": 160, "train_windows": 32, "reference_batches": 1, "predict_files": 4, "speech_size": "tiny",
+         "speech_utterances": 10, "finetune_steps": 1}
 TARGETS = {"loader_speedup": (">=", 100), "published_data_wait_share": ("<=", 0.05),
            "recipe_data_wait_share": ("<=", 0.05), "kemdy19_spectrogram_minutes": ("<", 5),
            "published_peak_rss_gb_kemdy19": ("<", 4), "recipe_peak_rss_gb_kemdy19": ("<", 4)}
@@ -370,7 +370,7 @@ def main_cli(argv: list[str] | None = None) -> dict:
                         help="length of every clip of a timed fine-tuning step (default: %(default)s)")
     parser.add_argument("--finetune_steps", type=int, default=2,
                         help="fine-tuning steps timed after a warm-up step (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="smoke size: 240 utterances, few windows, a tiny "
+    parser.add_argument("--quick", action="store_true", help="smoke size: 160 utterances, few windows, a tiny "
                                                              "speech model")
     parser.add_argument("--cache_dir", default=None, metavar="DIR",
                         help="put the demo corpus's derived files (spectrogram and feature caches) in DIR/<name> "

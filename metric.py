@@ -1,6 +1,5 @@
 """Emotion scores (the contest's instance-level P/R/F1 and standard per-utterance scores) and CCC."""
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
 
 from constants import EMOTIONS
 
@@ -51,6 +50,8 @@ def emotion_metrics(probs: np.ndarray, av_pred: np.ndarray, labels: np.ndarray, 
     """Every test metric of results.json; arrays hold one row per utterance, probabilities and labels one column
     per class of `classes`, av columns (arousal, valence), NaN where not rated. UA (unweighted accuracy) is the
     mean of the per-class recalls over the classes in the truth; accuracy is WA (weighted accuracy)."""
+    # scikit-learn takes about a second to import: loaded by the first evaluation, not by every command's start
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
     pred = probs.argmax(1)
     true = resolve_ties(pred, labels, first_label)
     index = list(range(len(classes)))
@@ -77,6 +78,7 @@ def emotion_metrics(probs: np.ndarray, av_pred: np.ndarray, labels: np.ndarray, 
 def macro_f1(true: np.ndarray, pred: np.ndarray) -> float:
     """Macro-F1 over the classes in the truth or the predictions (scikit-learn's default): a class absent from
     both has no F1 to average (a fold without a single fear utterance is not a fear F1 of 0)."""
+    from sklearn.metrics import f1_score
     return float(f1_score(true, pred, labels=np.union1d(true, pred), average="macro", zero_division=0))
 
 

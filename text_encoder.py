@@ -3,22 +3,26 @@
 A sentence embedding is the mean of the encoder's token states under the attention mask; an
 empty transcript gets the zero vector, as in the published method.
 """
+from __future__ import annotations
+
 import json
 import pickle
 import zipfile
 import unicodedata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sentencepiece as spm
 import torch
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.pipeline import Pipeline
 
 from constants import DEFAULT_TEXT_DIM, TEXT_MAX_LENGTH
 from errors import CorpusError, FlagError
 from utils import atomic_path, first_line, from_pretrained, progress_bar
+
+if TYPE_CHECKING:  # scikit-learn takes about a second to import: only the TF-IDF paths load it
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import Pipeline
 
 SPIECE_UNDERLINE = "\u2581"
 
@@ -161,11 +165,14 @@ def transformer_embeddings(texts: list[str], name: str, batch_size: int = 64,
 
 
 def _tfidf_vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    from sklearn.feature_extraction.text import TfidfVectorizer
     return TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, vocabulary=vocabulary)
 
 
 def fit_tfidf(texts: list[str], dim: int, seed: int = 0) -> Pipeline:
     """Character n-gram TF-IDF + truncated SVD: an offline encoder for the demo (no download)."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.pipeline import Pipeline
     vectorizer = _tfidf_vectorizer()
     features = vectorizer.fit_transform([t for t in texts if t.strip()])
     # SVD rank is bounded by the corpus; columns past it are zero-filled in tfidf_embeddings.
@@ -207,6 +214,8 @@ def save_tfidf(pipeline: Pipeline, base: Path) -> None:
 def load_tfidf(base: Path) -> Pipeline:
     """The pipeline `save_tfidf` wrote (arrays and a vocabulary only: no pickle is read); CorpusError, one line,
     for files that are damaged, of another format, or hold pickled objects."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.pipeline import Pipeline
     try:
         meta = json.loads(base.with_name(base.name + ".json").read_text(encoding="utf-8"))
         if meta.get("format") != TFIDF_FORMAT:

@@ -1,6 +1,12 @@
+import os
 import shutil
 import sys
 from pathlib import Path
+
+# One torch thread per test process: the tests' models are tiny, so two pytest-xdist workers (-n 2) fill two cores
+# where one process's two threads mostly wait on each other. Set before anything imports torch; the CLIs the tests
+# start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

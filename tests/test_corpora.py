@@ -160,7 +160,7 @@ def test_emodb_speakers_labels_and_no_text(tmp_path):
     assert saved["test_split"] == "16" and resolve_data(argparse.Namespace(**saved)).test == (10,)
     folds = resolve_data(get_parser().parse_args(["--data_dir", str(emodb), "--cv"]))
     assert [folds.format(f) for f in folds.cv_folds] == ["03", "08", "09", "10", "11", "12", "13", "14", "15", "16"]
-    one_line_error_here(main, ["--data_dir", str(emodb), "--modalities", "text"],
+    one_line_error_here(main, ["--data_dir", str(emodb), "--modalities", "text", "--functionals", "logmel"],
                         "--modalities text: the corpus has no transcripts")
 
 

@@ -35,7 +35,7 @@ def _cli(argv: list[str], **kwargs) -> subprocess.Popen:
 
 
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(demo_dir, tmp_path):
-    argv = ["--data_dir", str(demo_dir)] + TINY[:-4] + ["--ws", "4", "--epochs", "6"]
+    argv = ["--data_dir", str(demo_dir)] + TINY[:-4] + ["--ws", "4", "--epochs", "4"]
     killed_save = tmp_path / "killed"
     process = _cli(argv + ["--save_path", str(killed_save)])
     deadline = time.time() + 120
@@ -48,11 +48,11 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(demo_dir, tmp_pat
     process.wait()
     run_dir = logs[0].parent
     epochs_done = torch.load(run_dir / "checkpoint.pth", weights_only=True)["epoch"]
-    assert not (run_dir / "results.json").exists() and 1 <= epochs_done < 6, "the run was not killed mid-training"
+    assert not (run_dir / "results.json").exists() and 1 <= epochs_done < 4, "the run was not killed mid-training"
     assert subprocess.run([sys.executable, str(ROOT / "main.py"), "--resume", str(run_dir)], cwd=ROOT,
                           capture_output=True).returncode == 0
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]  # appended, no epoch twice
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]  # appended, no epoch twice
 
     straight = _cli(argv + ["--save_path", str(tmp_path / "straight")])
     assert straight.wait() == 0

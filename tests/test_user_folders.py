@@ -141,18 +141,19 @@ def test_5_other_audio_formats_are_watched_and_names_match_in_nfc(tmp_path):
 
 def test_6_both_clis_check_a_split_the_same_way_before_any_folder(tmp_path):
     corpus = make_ravdess(tmp_path / "RAVDESS", actors=16)  # no actors 17/18: the default validation is empty
-    save = tmp_path / "exp"
+    save, fast = tmp_path / "exp", ["--functionals", "logmel"]
     for cli in (main, baseline.main):
-        one_line_error_here(cli, ["--data_dir", str(corpus), "--save_path", str(save), "--test_split", "1,2,3,4,5,6"],
+        one_line_error_here(cli, ["--data_dir", str(corpus), "--save_path", str(save), "--test_split", "1,2,3,4,5,6"]
+                            + fast,
                             "--val_split: the validation sessions (Actor_23,Actor_24) have no utterances")
-        one_line_error_here(cli, ["--data_dir", str(corpus), "--save_path", str(save), "--cv"],
+        one_line_error_here(cli, ["--data_dir", str(corpus), "--save_path", str(save), "--cv"] + fast,
                             "--val_split: the validation sessions")
     rows = ["path,emotion,speaker"] + [f"s{s}/{k}.wav,{'a' if s < 3 else 'ab'[k % 2]},s{s}" for s in (1, 2, 3, 4)
                                        for k in range(2)]
     one = _manifest(tmp_path / "one", rows)  # training speakers s1, s2 hold class a alone
     for cli in (main, baseline.main):
         one_line_error_here(cli, ["--data_dir", str(one), "--save_path", str(save), "--test_split", "s4",
-                                  "--val_split", "s3"], "the training sessions (s1,s2) hold one class alone")
+                                  "--val_split", "s3"] + fast, "the training sessions (s1,s2) hold one class alone")
     assert not save.exists()  # no run or experiment folder left behind
 
 
