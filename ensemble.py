@@ -108,8 +108,9 @@ def select_weights(members: list[Predictions], rounds: int) -> np.ndarray:
 def _aligned(predictions: list[Predictions], what: str, runs: list[Path]) -> None:
     first = predictions[0]
     for p, run in zip(predictions[1:], runs[1:]):
-        if p.classes != first.classes or not np.array_equal(p.ids, first.ids) or not np.array_equal(p.emotion,
-                                                                                                    first.emotion):
+        same = (p.classes == first.classes and np.array_equal(p.ids, first.ids)
+                and np.array_equal(p.emotion, first.emotion))
+        if not same:
             raise RunFolderError(f"{run} has other {what} utterances, classes or labels than {runs[0]}: members of "
                                  "one fold must be runs of one corpus, split and labels (--SorL, --label_map)")
 
