@@ -52,6 +52,16 @@ def member_runs(paths: list[str]) -> list[Path]:
     return runs
 
 
+def runs_by_fold(runs: list[Path]) -> dict[str, list[Path]]:
+    """The runs grouped by the test sessions they were tested on (their --test_split), in the order given."""
+    folds: dict[str, list[Path]] = {}
+    for run in runs:
+        # a run records its split in args.json, the fold of an ensemble folder in its results.json
+        record = run / "args.json" if (run / "args.json").exists() else run / "results.json"
+        folds.setdefault(str(json.loads(record.read_text(encoding="utf-8")).get("test_split")), []).append(run)
+    return folds
+
+
 class Predictions:
     """A predictions CSV of a run (trained_run.write_predictions): its rows sorted by Segment ID, the class
     probabilities (rows, classes), arousal/valence predictions (rows, 2; NaN where the corpus has none), and what
@@ -60,7 +70,7 @@ class Predictions:
     def __init__(self, path: Path):
         if not path.exists():
             raise RunFolderError(f"{path} is missing: the run was trained before runs wrote it, or it has no "
-                                 "validation sessions; stacking needs every member's validation predictions")
+                                 "validation sessions (stacking and compare.py --split val need them)")
         table = pd.read_csv(path, keep_default_na=False).sort_values("Segment ID", kind="stable")
         columns = list(table.columns)
         self.classes = tuple(c for c in columns[2:] if not c.startswith(("arousal_", "valence_")))
@@ -105,13 +115,13 @@ def select_weights(members: list[Predictions], rounds: int) -> np.ndarray:
     return counts / counts.sum()
 
 
-def _aligned(predictions: list[Predictions], what: str, runs: list[Path]) -> None:
+def check_aligned(predictions: list[Predictions], what: str, runs: list[Path]) -> None:
     first = predictions[0]
     for p, run in zip(predictions[1:], runs[1:]):
         same = (p.classes == first.classes and np.array_equal(p.ids, first.ids)
                 and np.array_equal(p.emotion, first.emotion))
         if not same:
-            raise RunFolderError(f"{run} has other {what} utterances, classes or labels than {runs[0]}: members of "
+            raise RunFolderError(f"{run} has other {what} utterances, classes or labels than {runs[0]}: the runs of "
                                  "one fold must be runs of one corpus, split and labels (--SorL, --label_map)")
 
 
@@ -119,14 +129,17 @@ def ensemble_fold(runs: list[Path], method: str) -> tuple[dict, Predictions, tup
     """One fold's ensemble of `runs` -> (record: members and weights, the test predictions and their combined
     (probs, av), the same for validation where every member has it)."""
     tests = [Predictions(run / "predictions.csv") for run in runs]
-    _aligned(tests, "test", runs)
+    check_aligned(tests, "test", runs)
     has_val = all((run / VAL_PREDICTIONS).exists() for run in runs)
     vals = [Predictions(run / VAL_PREDICTIONS) for run in runs] if has_val or method == "stacking" else None
     if vals is not None:
-        _aligned(vals, "validation", runs)
+        check_aligned(vals, "validation", runs)
     weights = (select_weights(vals, ROUNDS_PER_MEMBER * len(runs)) if method == "stacking"
                else np.full(len(runs), 1 / len(runs)))
     models = [json.loads((run / "results.json").read_text(encoding="utf-8")).get("model", "neural") for run in runs]
+    if "ensemble" in models:
+        raise RunFolderError(f"{runs[models.index('ensemble')]} is a fold of an ensemble: give the folders of its "
+                             "members instead")
     record = {"members": [{"run": str(run.resolve()), "model": model, "weight": round(float(w), 6)}
                           for run, model, w in zip(runs, models, weights)]}
     return (record, tests[0], combine(tests, weights), vals[0] if vals else None,
@@ -159,11 +172,7 @@ def run_ensemble(paths: list[str], method: str, save_path: str) -> Path:
     """The ensembles of every fold of the runs under `paths` (see the module's text) in a new folder."""
     if method not in METHODS:
         raise FlagError(f"--method {method}: choose {' or '.join(METHODS)}")
-    runs = member_runs(paths)
-    folds: dict[str, list[Path]] = {}
-    for run in runs:
-        args = json.loads((run / "args.json").read_text(encoding="utf-8"))
-        folds.setdefault(str(args.get("test_split")), []).append(run)
+    folds = runs_by_fold(member_runs(paths))
     fitted = [ensemble_fold(members, method) for members in folds.values()]  # refusals before any folder
     folder = make_run_dir(save_path, "ensemble")
     plan, records = [], []

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+import compare
 import ensemble
 import normalization
 import predict
@@ -16,6 +17,7 @@ from dataset import Corpus, assemble_batch
 from engine import train
 from errors import RunFolderError
 from loss import EmotionLoss
+from metric import emotion_metrics, resampled_scores
 from normalization import FrameNorm, group_index, speaker_keys, zscores
 from options import get_parser
 from readers import segment_path
@@ -148,6 +150,60 @@ def test_ensembles_average_and_stack_on_validation_alone(tmp_path, capsys):
     table = report([str(good), str(stacked)])
     assert table.set_index("run").loc[stacked.name, "kind"] == "ensemble"
     assert table["kind"].tolist() == ["single", "ensemble"]  # single models first, never mixed
+
+
+def test_resampled_scores_equal_emotion_metrics_row_by_row():
+    rng = np.random.default_rng(0)
+    labels = np.eye(4)[rng.integers(0, 3, 40)]  # class 3 never true: predicted, it enters macro-F1 alone
+    labels[:6, 1] = 1  # ties: a prediction among the tied labels is right
+    first = labels.argmax(1)
+    pred = rng.integers(0, 4, (5, 40))
+    scores = resampled_scores(pred, labels, first)
+    for r in range(5):
+        expected = emotion_metrics(np.eye(4)[pred[r]], np.full((40, 2), np.nan), labels, first,
+                                   np.full((40, 2), np.nan), ("a", "b", "c", "d"))
+        for metric in ("ua", "macro_f1", "accuracy"):
+            assert scores[metric][r] == pytest.approx(expected[metric])
+
+
+def _scored_run(folder, name: str, predicted: list[str], test_split: str = "1"):
+    """A run folder with what compare.py reads: 12 test utterances, 8 of class a and 4 of class b."""
+    run = folder / name
+    run.mkdir(parents=True)
+    (run / "args.json").write_text(json.dumps({"test_split": test_split}))
+    (run / "results.json").write_text(json.dumps({"model": "neural", "test": {}}))
+    is_a = np.array(predicted) == "a"
+    pd.DataFrame({"Segment ID": [f"u{k:02d}" for k in range(12)], "emotion": ["a"] * 8 + ["b"] * 4,
+                  "a": is_a * 0.8 + 0.1, "b": ~is_a * 0.8 + 0.1}).to_csv(run / "predictions.csv", index=False)
+    return run
+
+
+def test_compare_pairs_runs_by_fold_and_tests_the_difference(tmp_path, capsys):
+    right = _scored_run(tmp_path, "right", ["a"] * 8 + ["b"] * 4)
+    wrong = _scored_run(tmp_path, "wrong", ["b"] * 8 + ["a"] * 4)
+    half = _scored_run(tmp_path, "half", ["a"] * 8 + ["a"] * 4)  # every b missed: UA 0.5
+    result = compare.main([str(right), "--versus", str(wrong), "--resamples", "4000"])
+    assert result["ua"]["difference"] == 1.0 and (result["ua"]["ahead"], result["ua"]["behind"]) == (1, 0)
+    # Only the 2 of 4,096 swap patterns that swap all or none reach the observed difference: p near 1/2048.
+    assert result["ua"]["p"] < 0.01
+    same = compare.main([str(right), "--versus", str(right), "--resamples", "200"])
+    assert same["macro_f1"]["difference"] == 0 and same["macro_f1"]["level"] == 1 and same["macro_f1"]["p"] == 1.0
+    # Each run of A meets each run of B of its fold: two pairs, their mean difference.
+    two = compare.main([str(right), str(half), "--versus", str(wrong), "--resamples", "200"])
+    assert two["ua"]["a"] == 0.75 and two["ua"]["difference"] == pytest.approx((1.0 + 0.5) / 2 - 0.0)
+    assert "2 pairs of runs on the same folds, test sessions" in capsys.readouterr().out
+    # --split val reads the validation predictions: here B's are A's, so nothing differs.
+    for run in (right, wrong):
+        shutil.copy(right / "predictions.csv", run / VAL_PREDICTIONS)
+    assert compare.main([str(right), "--versus", str(wrong), "--split", "val"])["ua"]["difference"] == 0
+    # An ensemble folder is model A or B as its runs are: its folds paired by their test sessions.
+    alone = ensemble.run_ensemble([str(right)], "average", str(tmp_path / "exp"))
+    assert compare.main([str(alone), "--versus", str(wrong), "--resamples", "200"])["ua"]["difference"] == 1.0
+    with pytest.raises(RunFolderError, match="is a fold of an ensemble: give the folders of its members"):
+        ensemble.run_ensemble([str(alone)], "average", str(tmp_path / "exp"))
+    other = _scored_run(tmp_path, "other_fold", ["a"] * 12, test_split="2")
+    with pytest.raises(SystemExit, match="other_fold was tested on 2, which no run of --versus was tested on"):
+        compare.main([str(other), "--versus", str(wrong)])
 
 
 def test_predict_standardises_a_speaker_with_its_own_recordings_as_evaluation_does(demo_dir, tmp_path, monkeypatch):
