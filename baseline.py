@@ -31,7 +31,7 @@ from experiment import is_experiment, run_experiment
 from functionals import FUNCTIONALS
 from metric import ccc, emotion_metrics
 from normalization import speaker_zscores
-from options import Parser, add_data_args, parse_modalities
+from options import Parser, add_data_args, modality_check, parse_modalities
 from protocol import DataSpec, prepare_data, resolve_data
 from trained_run import VAL_PREDICTIONS, write_predictions, write_run_args, write_test_outputs
 from utils import make_run_dir, summary_table
@@ -136,7 +136,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     audio_features = args.audio_features or ("speech" if args.speech_model else args.functionals)
     names = audio_feature_names(audio_features, spec.speech_model)
     spec = replace(spec, functionals=tuple(n for n in names if n != "speech"))
-    prepare_data(spec)
+    prepare_data(spec, modality_check(args.modalities))
     corpus = replace(spec, speech_model=None, feature_norm="training").corpus()  # (z-scored in feature_blocks)
     spec.check_split(corpus.sessions, corpus.first_label)  # before the run folder: a refused split leaves none
     modalities = parse_modalities(args.modalities, corpus.has_text, corpus.modalities, corpus.bio is not None)

@@ -24,7 +24,8 @@ from finetune import finetune_inputs, run_tokenizer, save_backbones
 from loss import EmotionLoss, class_balanced_weights, inverse_frequency_weights
 from metric import av_calibration, decision_bias, emotion_metrics, selection_score
 from model import Backbones, EmotionModel, ModelConfig, model_inputs
-from options import RECIPE_COPY, TrainSpec, check_args, parse_modalities, recipe_path, run_arguments
+from options import (RECIPE_COPY, TrainSpec, check_args, modality_check, parse_modalities, recipe_path,
+                     run_arguments)
 from protocol import DataSpec, prepare_data, resolve_data
 from trained_run import (VAL_PREDICTIONS, Progress, ResumeState, check_corpus_unchanged, checkpoint_config, find_run,
                          load_checkpoint, load_trained_model, restore_training, resume_state, save_checkpoint,
@@ -508,7 +509,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume: ResumeS
     if run_dir is None and rank == 0:
         check_save_path(args.save_path)  # before any data is prepared
     # Data first: bad data stops the start before a run folder exists, so none is left behind.
-    broadcast(prepare_data(data) if rank == 0 else None, world_size)  # the others wait for rank 0
+    broadcast(prepare_data(data, modality_check(args.modalities)) if rank == 0 else None, world_size)  # others wait
     corpus = data.corpus()
     data.check_split(corpus.sessions, corpus.first_label)
     checkpoint = resume.checkpoint if resume is not None else None

@@ -10,6 +10,7 @@ A recipe (`--recipe NAME_OR_PATH`) is a YAML file of flag values, `recipes/<NAME
 replace the defaults and the flags given on the command line replace its values; the run folder keeps a copy.
 """
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -391,6 +392,13 @@ def parse_modalities(text: str | None, has_text: bool, default: tuple[str, ...] 
     if "bio" in chosen and not has_bio:
         raise FlagError(f"--modalities {text}: the corpus has no bio-signals (KEMDy's EDA/, TEMP/, IBI/ folders)")
     return chosen
+
+
+def modality_check(text: str | None) -> Callable[[dict], None]:
+    """--modalities checked against a corpus's facts (preprocess's `check_facts`): FlagError as parse_modalities."""
+    def check(facts: dict) -> None:
+        parse_modalities(text, facts["text"], tuple(facts["modalities"]), facts["bio"])
+    return check
 
 
 # Flags whose default is not what runs did before the flag existed: a run saved without them gets these values

@@ -16,7 +16,7 @@ paths relative to the corpus, so a copied, moved or re-pathed corpus is not reco
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from audio import feature_settings, load_audio, log_mel, read_audio
-from biosignals import SIGNALS, build_bio_cache
+from biosignals import SIGNALS, bio_files, build_bio_cache
 from constants import (AUDIO_SUFFIXES, CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
-                       DEFAULT_TEXT_ENCODER_REAL, DEMO_MARKER_FILE, KEMDY, KEMDY20_CLASS_COUNTS, MANIFEST, N_FFT,
+                       DEFAULT_TEXT_ENCODER_REAL, DEMO_MARKER_FILE, KEMDY, KEMDY20_CLASS_COUNTS, KEMDY_FACTS, MANIFEST,
+                       N_FFT,
                        N_MELS, SUMMARY, WAVS)
 from corpora import detect_corpus, read_any, source_files
 from dataset import corpus_wavs
@@ -119,14 +120,16 @@ def cache_lock(folder: Path) -> Iterator[bool]:
 def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
                text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0, speech_model: str | None = None,
                corpus: str = "auto", cache_dir: str | Path | None = None, bio_alignment: str = "clock",
-               functionals: tuple[str, ...] = ()) -> dict:
+               functionals: tuple[str, ...] = (), check_facts: Callable[[dict], None] | None = None) -> dict:
     """Run every step that is not up to date; return the summary (corpus, rows per role, classes, repairs, drops)
     with the seconds taken by the steps that ran (`seconds`). With `speech_model`, also the cache of its pooled
     layer features (speech_features.py). `corpus` (kemdy19/kemdy20) overrides the detection; `cache_dir` moves
     every derived file out of the corpus folder (`cache_folder`). A KEMDy corpus with bio-signal folders also gets
     its per-utterance bio features, aligned by `bio_alignment` (biosignals.py), and the openSMILE sets among
-    `functionals` are cached (functionals.py). Raises CorpusError (one line) on a corpus it
-    cannot read, and when outputs must be rebuilt in a folder that cannot be written."""
+    `functionals` are cached (functionals.py). `check_facts` is called with the corpus's facts (classes, text,
+    modalities, arousal_valence, and bio: whether it has bio-signal folders) once the tables are made, before the
+    embeddings and features: a flag the corpus cannot serve is refused before the slow steps. Raises CorpusError
+    (one line) on a corpus it cannot read, and when outputs must be rebuilt in a folder that cannot be written."""
     data_dir = Path(data_dir)
     out = cache_folder(data_dir, cache_dir)
     kind = detect_corpus(data_dir, corpus)  # --corpus can only confirm what the files say
@@ -171,6 +174,10 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             manifest = {"sources": sources, "features": feature_settings(), "corpus": kind,
                         "corpus_dir": str(data_dir.resolve()), "facts": facts}
             write_json(out / MANIFEST, manifest)
+        if check_facts is not None:
+            # (the facts as dataset.Corpus reads them: an older manifest's missing ones are KEMDy's)
+            has_bio = kind in KEMDY and bool(bio_files(data_dir))
+            check_facts({**KEMDY_FACTS, **manifest.get("facts", {}), "bio": has_bio})
         if out != data_dir and given_embedding.exists() and not npy_path.exists() and not meta_path.exists():
             may_write("sentence embeddings")
             npy_path.symlink_to(given_embedding.resolve())

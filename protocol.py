@@ -7,6 +7,7 @@ Several corpora (--data_dir A,B) are trained as their union: session 3 of KEMDy1
 """
 import argparse
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,9 +235,10 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
                     feature_norm=args.feature_norm, functionals=parse_functionals(args.functionals))
 
 
-def prepare_data(spec: DataSpec) -> None:
+def prepare_data(spec: DataSpec, check_facts: Callable[[dict], None] | None = None) -> None:
     """Make the demo corpus if the default folder is empty, then preprocess every corpus folder (a no-op when up
-    to date). Jobs that share a corpus (folds spread over GPUs) take turns (preprocess's lock)."""
+    to date; `check_facts` sees each corpus's facts before its slow steps, see preprocess). Jobs that share a
+    corpus (folds spread over GPUs) take turns (preprocess's lock)."""
     for folder, kind in zip(spec.folders, spec.kinds):
         if not (folder / "annotation").exists() and folder == Path(DEFAULT_DATA_DIR).resolve():
             from demo_corpus import make_demo_corpus
@@ -244,6 +246,7 @@ def prepare_data(spec: DataSpec) -> None:
                   "say nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
             make_demo_corpus(folder, seed=0)
         preprocess(folder, spec.text_encoder, spec.text_dim, speech_model=spec.speech_model, corpus=kind,
-                   cache_dir=spec.cache_dir, bio_alignment=spec.bio_alignment, functionals=spec.functionals)
+                   cache_dir=spec.cache_dir, bio_alignment=spec.bio_alignment, functionals=spec.functionals,
+                   check_facts=check_facts)
         if is_demo_corpus(folder):
             print(f"NOTE: {folder} is the synthetic demo corpus, not {CORPUS_NAMES[kind]}.")
