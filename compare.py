@@ -79,7 +79,7 @@ def to_markdown(result: dict[str, dict], pairs: int, split: str = "test") -> str
              "| metric | A | B | A - B | pairs A ahead / level / behind | p (paired permutation) |",
              "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {m} | {r['a']:.3f} | {r['b']:.3f} | {r['difference']:+.3f} | {r['ahead']} / {r['level']} / "
-              f"{r['behind']} | {r['p']:.3f} |" for m, r in result.items()]
+              f"{r['behind']} | {r['p']:.4f} |" for m, r in result.items()]
     return "\n".join(lines)
 
 
