@@ -9,10 +9,11 @@ of B over the pairs, the mean of A - B, in how many pairs A is ahead, level and 
 the mean difference: an approximate paired permutation (randomisation) test (Noreen 1989; recommended for NLP and
 speech metrics that are not means over utterances, such as macro-F1 and UA, by Dror et al., ACL 2018).
 `--split val` compares the validation predictions instead (predictions_val.csv): whether a choice made on
-validation rests on more than chance, without looking at the test sessions. Under the
-null hypothesis that A's and B's predictions are exchangeable, each test utterance's two predictions are swapped
-with probability 1/2, independently in every pair, `--resamples` times; p = (1 + resamples whose mean difference is
-at least as far from 0 as the observed one) / (1 + resamples). On a skewed corpus a rare class has one to a few
+validation rests on more than chance, without looking at the test sessions. Under the null hypothesis that A's and
+B's predictions are exchangeable, each test utterance's predictions are swapped between A and B with probability
+1/2, `--resamples` times, with one swap pattern for every pair of a fold (pairs that share a run, or seeds that
+repeat each other, are not independent evidence); p = (1 + resamples whose mean difference is at least as far from
+0 as the observed one) / (1 + resamples). On a skewed corpus a rare class has one to a few
 test utterances a fold, and the UA of a fold moves by 1/(classes present) with each of them: the p-value says
 whether a lead is more than that. Writes nothing.
 """
@@ -25,15 +26,20 @@ from options import Parser
 from trained_run import VAL_PREDICTIONS
 
 METRICS = ("ua", "macro_f1", "accuracy")
-CHUNK = 500  # resamples scored at once: (CHUNK, utterances, classes) booleans
+CELLS = 5_000_000  # resamples x utterances x classes scored at once (booleans): memory bounded on large folds
 
 
-def paired_runs(a: list[str], b: list[str], split: str = "test") -> list[tuple[Predictions, Predictions]]:
-    """The (A, B) predictions of `split` ("test" or "val") of every pair of runs tested on the same fold;
+Pair = tuple[Predictions, Predictions]
+
+
+def paired_runs(a: list[str], b: list[str], split: str = "test") -> list[list[Pair]]:
+    """Per fold of A, the (A, B) predictions of `split` ("test" or "val") of every pair of runs tested on it;
     RunFolderError naming a fold of A that no run of B was tested on (or runs of one fold with other utterances or
-    labels, or without validation predictions)."""
+    labels, or without validation predictions). B's folds that A lacks are named and left out."""
     folds_a, folds_b = runs_by_fold(member_runs(a)), runs_by_fold(member_runs(b))
-    pairs = []
+    if unpaired := [fold for fold in folds_b if fold not in folds_a]:
+        print(f"note: --versus runs tested on {'; '.join(unpaired)} have no run of A on the same sessions: left out")
+    folds = []
     for fold, runs in folds_a.items():
         if fold not in folds_b:
             raise RunFolderError(f"{runs[0]} was tested on {fold}, which no run of --versus was tested on: compare "
@@ -41,27 +47,32 @@ def paired_runs(a: list[str], b: list[str], split: str = "test") -> list[tuple[P
         both = runs + folds_b[fold]
         predictions = [Predictions(run / ("predictions.csv" if split == "test" else VAL_PREDICTIONS)) for run in both]
         check_aligned(predictions, {"test": "test", "val": "validation"}[split], both)
-        pairs += [(predictions[i], predictions[j]) for i in range(len(runs)) for j in range(len(runs), len(both))]
-    return pairs
+        folds.append([(predictions[i], predictions[j]) for i in range(len(runs)) for j in range(len(runs), len(both))])
+    return folds
 
 
-def permutation_test(pairs: list[tuple[Predictions, Predictions]], resamples: int = 10000,
-                     seed: int = 0) -> dict[str, dict]:
-    """{metric: {a, b, difference (means over the pairs), ahead, level, behind (pairs), p}} of A against B."""
+def permutation_test(folds: list[list[Pair]], resamples: int = 10000, seed: int = 0) -> dict[str, dict]:
+    """{metric: {a, b, difference (means over the pairs), ahead, level, behind (pairs), p}} of A against B, the
+    pairs given per fold (paired_runs)."""
     rng = np.random.default_rng(seed)
+    pairs = [pair for fold in folds for pair in fold]
     observed = {m: np.zeros((len(pairs), 2)) for m in METRICS}
     null = {m: np.zeros(resamples) for m in METRICS}
     for k, (a, b) in enumerate(pairs):
-        pred_a, pred_b = a.probs.argmax(1), b.probs.argmax(1)
-        both = resampled_scores(np.stack([pred_a, pred_b]), a.labels, a.first)
+        both = resampled_scores(np.stack([a.probs.argmax(1), b.probs.argmax(1)]), a.labels, a.first)
         for m in METRICS:
             observed[m][k] = both[m]
-        for start in range(0, resamples, CHUNK):
-            swap = rng.random((min(CHUNK, resamples - start), len(pred_a))) < 0.5
-            first = resampled_scores(np.where(swap, pred_b, pred_a), a.labels, a.first)
-            second = resampled_scores(np.where(swap, pred_a, pred_b), a.labels, a.first)
-            for m in METRICS:
-                null[m][start:start + len(swap)] += (first[m] - second[m]) / len(pairs)
+    for fold in folds:
+        labels, first = fold[0][0].labels, fold[0][0].first
+        chunk = max(1, CELLS // labels.size)
+        for start in range(0, resamples, chunk):
+            swap = rng.random((min(chunk, resamples - start), len(first))) < 0.5  # one pattern for the fold's pairs
+            for a, b in fold:
+                pred_a, pred_b = a.probs.argmax(1), b.probs.argmax(1)
+                one = resampled_scores(np.where(swap, pred_b, pred_a), labels, first)
+                other = resampled_scores(np.where(swap, pred_a, pred_b), labels, first)
+                for m in METRICS:
+                    null[m][start:start + len(swap)] += (one[m] - other[m]) / len(pairs)
     result = {}
     for m in METRICS:
         difference = observed[m][:, 0] - observed[m][:, 1]
@@ -95,9 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     if args.resamples < 1:
         parser.error("--resamples must be >= 1")
     with one_line_errors():
-        pairs = paired_runs(args.runs, args.versus, args.split)
-        result = permutation_test(pairs, args.resamples, args.seed)
-    print(to_markdown(result, len(pairs), args.split))
+        folds = paired_runs(args.runs, args.versus, args.split)
+        result = permutation_test(folds, args.resamples, args.seed)
+    print(to_markdown(result, sum(map(len, folds)), args.split))
     return result
 
 

@@ -47,7 +47,7 @@ def member_runs(paths: list[str]) -> list[Path]:
         else:
             found = [path] if (path / "results.json").exists() else []
         if not found:
-            raise RunFolderError(f"{path} holds no finished run (no results.json): nothing to ensemble")
+            raise RunFolderError(f"{path} holds no finished run (no results.json)")
         runs += found
     return runs
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from audio import feature_settings, load_audio, log_mel, read_audio
-from biosignals import SIGNALS, bio_files, build_bio_cache
+from biosignals import SIGNALS, build_bio_cache
 from constants import (AUDIO_SUFFIXES, CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
                        DEFAULT_TEXT_ENCODER_REAL, DEMO_MARKER_FILE, KEMDY, KEMDY20_CLASS_COUNTS, KEMDY_FACTS, MANIFEST,
                        N_FFT,
@@ -127,8 +127,8 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     every derived file out of the corpus folder (`cache_folder`). A KEMDy corpus with bio-signal folders also gets
     its per-utterance bio features, aligned by `bio_alignment` (biosignals.py), and the openSMILE sets among
     `functionals` are cached (functionals.py). `check_facts` is called with the corpus's facts (classes, text,
-    modalities, arousal_valence, and bio: whether it has bio-signal folders) once the tables are made, before the
-    embeddings and features: a flag the corpus cannot serve is refused before the slow steps. Raises CorpusError
+    modalities, arousal_valence) once the tables are made, before the embeddings and features: a flag the corpus
+    cannot serve is refused before the slow steps. Raises CorpusError
     (one line) on a corpus it cannot read, and when outputs must be rebuilt in a folder that cannot be written."""
     data_dir = Path(data_dir)
     out = cache_folder(data_dir, cache_dir)
@@ -174,10 +174,8 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             manifest = {"sources": sources, "features": feature_settings(), "corpus": kind,
                         "corpus_dir": str(data_dir.resolve()), "facts": facts}
             write_json(out / MANIFEST, manifest)
-        if check_facts is not None:
-            # (the facts as dataset.Corpus reads them: an older manifest's missing ones are KEMDy's)
-            has_bio = kind in KEMDY and bool(bio_files(data_dir))
-            check_facts({**KEMDY_FACTS, **manifest.get("facts", {}), "bio": has_bio})
+        if check_facts is not None:  # the facts as dataset.Corpus reads them: an old manifest's missing ones KEMDy's
+            check_facts({**KEMDY_FACTS, **manifest.get("facts", {})})
         if out != data_dir and given_embedding.exists() and not npy_path.exists() and not meta_path.exists():
             may_write("sentence embeddings")
             npy_path.symlink_to(given_embedding.resolve())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biosignals import bio_files
 from constants import CORPUS_CODES, CORPUS_NAMES, DEFAULT_DATA_DIR, KEMDY, PROTOCOLS, Protocol, manifest_protocol
 from corpora import detect_corpus, manifest_sessions, session_names
 from errors import FlagError
@@ -237,8 +238,13 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
 
 def prepare_data(spec: DataSpec, check_facts: Callable[[dict], None] | None = None) -> None:
     """Make the demo corpus if the default folder is empty, then preprocess every corpus folder (a no-op when up
-    to date; `check_facts` sees each corpus's facts before its slow steps, see preprocess). Jobs that share a
-    corpus (folds spread over GPUs) take turns (preprocess's lock)."""
+    to date; `check_facts` sees each corpus's facts before its slow steps, see preprocess, and "bio": whether any
+    corpus of the spec has bio-signal folders). Jobs that share a corpus (folds spread over GPUs) take turns
+    (preprocess's lock)."""
+    def with_bio(facts: dict) -> None:
+        # a union has bio-signals if one of its corpora has: dataset.Corpus zero-fills and masks the other's rows
+        check_facts({**facts, "bio": any(k in KEMDY and bio_files(f) for f, k in zip(spec.folders, spec.kinds))})
+
     for folder, kind in zip(spec.folders, spec.kinds):
         if not (folder / "annotation").exists() and folder == Path(DEFAULT_DATA_DIR).resolve():
             from demo_corpus import make_demo_corpus
@@ -247,6 +253,6 @@ def prepare_data(spec: DataSpec, check_facts: Callable[[dict], None] | None = No
             make_demo_corpus(folder, seed=0)
         preprocess(folder, spec.text_encoder, spec.text_dim, speech_model=spec.speech_model, corpus=kind,
                    cache_dir=spec.cache_dir, bio_alignment=spec.bio_alignment, functionals=spec.functionals,
-                   check_facts=check_facts)
+                   check_facts=None if check_facts is None else with_bio)
         if is_demo_corpus(folder):
             print(f"NOTE: {folder} is the synthetic demo corpus, not {CORPUS_NAMES[kind]}.")

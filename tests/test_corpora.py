@@ -3,6 +3,7 @@ manifest: detection, speakers, labels, sessions and splits, the corpus's own cla
 prediction, corpora without ratings or transcripts, --modalities, --label_map and UA."""
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,11 +14,13 @@ import predict
 import preprocess as preprocess_module
 from constants import SUMMARY
 from corpora import detect_corpus
+from demo_corpus import make_demo_corpus
 from engine import train
+from errors import FlagError
 from main import main
-from options import get_parser
+from options import get_parser, modality_check
 from preprocess import preprocess
-from protocol import resolve_data
+from protocol import prepare_data, resolve_data
 from test_bad_input import assert_one_line_error, one_line_error_here, run_cli
 
 TINY = ["--text_dim", "8", "--hidden_size", "8", "--num_layers", "1", "--audio_dim", "8", "--batch_size", "16",
@@ -239,3 +242,19 @@ def test_label_map_errors_are_one_line(ravdess):
                                                                          "fearful", "disgust", "surprised"))],
                             "drops every class")]:
         one_line_error_here(main, ["--data_dir", str(ravdess)] + flags + TINY, message)
+
+
+def test_modalities_are_checked_on_the_whole_union_before_its_features(tmp_path):
+    # A KEMDy19 + KEMDy20 union trains on bio-signals when one of its corpora has them (dataset.Corpus zero-fills
+    # and masks the other's rows): the early check asks the union, not each folder.
+    with_bio = make_demo_corpus(tmp_path / "KEMDy19", seed=0, n_sessions=3, n_scripts=1, n_impros=0, n_turns=3)
+    without = make_demo_corpus(tmp_path / "KEMDy20", seed=0, n_sessions=3, n_scripts=1, n_turns=3, layout="kemdy20")
+    for name in ("EDA", "TEMP", "IBI"):
+        shutil.rmtree(without / name, ignore_errors=True)
+    spec = resolve_data(get_parser().parse_args(["--data_dir", f"{with_bio},{without}", "--functionals", "none"]))
+    seen = []
+    prepare_data(spec, lambda facts: seen.append(facts["bio"]) or modality_check("audio,bio")(facts))
+    assert seen == [True, True]
+    only = resolve_data(get_parser().parse_args(["--data_dir", str(without), "--functionals", "none"]))
+    with pytest.raises(FlagError, match="the corpus has no bio-signals"):
+        prepare_data(only, modality_check("audio,bio"))

@@ -192,6 +192,13 @@ def test_compare_pairs_runs_by_fold_and_tests_the_difference(tmp_path, capsys):
     two = compare.main([str(right), str(half), "--versus", str(wrong), "--resamples", "200"])
     assert two["ua"]["a"] == 0.75 and two["ua"]["difference"] == pytest.approx((1.0 + 0.5) / 2 - 0.0)
     assert "2 pairs of runs on the same folds, test sessions" in capsys.readouterr().out
+    # A seed that repeats another adds no evidence: the pairs of a fold share one swap pattern, so the p-value of
+    # two identical runs against B is the p-value of one (independent swaps per pair made it shrink towards 0).
+    some = _scored_run(tmp_path, "some", ["a"] * 8 + ["b", "b", "a", "a"])
+    copy = shutil.copytree(some, tmp_path / "copy")
+    alone_p = compare.main([str(some), "--versus", str(half), "--resamples", "2000"])["ua"]["p"]
+    assert 0.2 < alone_p < 0.6  # 2 of 4 b utterances: within chance
+    assert compare.main([str(some), str(copy), "--versus", str(half), "--resamples", "2000"])["ua"]["p"] == alone_p
     # --split val reads the validation predictions: here B's are A's, so nothing differs.
     for run in (right, wrong):
         shutil.copy(right / "predictions.csv", run / VAL_PREDICTIONS)
