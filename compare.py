@@ -27,6 +27,7 @@ from trained_run import VAL_PREDICTIONS
 
 METRICS = ("ua", "macro_f1", "accuracy")
 CELLS = 5_000_000  # resamples x utterances x classes scored at once (booleans): memory bounded on large folds
+SPLITS = {"test": ("predictions.csv", "test"), "val": (VAL_PREDICTIONS, "validation")}  # --split: file, name
 
 
 Pair = tuple[Predictions, Predictions]
@@ -45,8 +46,9 @@ def paired_runs(a: list[str], b: list[str], split: str = "test") -> list[list[Pa
             raise RunFolderError(f"{runs[0]} was tested on {fold}, which no run of --versus was tested on: compare "
                                  f"runs of the same folds (--versus folds: {'; '.join(folds_b)})")
         both = runs + folds_b[fold]
-        predictions = [Predictions(run / ("predictions.csv" if split == "test" else VAL_PREDICTIONS)) for run in both]
-        check_aligned(predictions, {"test": "test", "val": "validation"}[split], both)
+        file, name = SPLITS[split]
+        predictions = [Predictions(run / file) for run in both]
+        check_aligned(predictions, name, both)
         folds.append([(predictions[i], predictions[j]) for i in range(len(runs)) for j in range(len(runs), len(both))])
     return folds
 
@@ -55,38 +57,39 @@ def permutation_test(folds: list[list[Pair]], resamples: int = 10000, seed: int 
     """{metric: {a, b, difference (means over the pairs), ahead, level, behind (pairs), p}} of A against B, the
     pairs given per fold (paired_runs)."""
     rng = np.random.default_rng(seed)
-    pairs = [pair for fold in folds for pair in fold]
-    observed = {m: np.zeros((len(pairs), 2)) for m in METRICS}
+    n_pairs = sum(map(len, folds))
+    observed = {m: [] for m in METRICS}  # per pair: (A's score, B's score)
     null = {m: np.zeros(resamples) for m in METRICS}
-    for k, (a, b) in enumerate(pairs):
-        both = resampled_scores(np.stack([a.probs.argmax(1), b.probs.argmax(1)]), a.labels, a.first)
-        for m in METRICS:
-            observed[m][k] = both[m]
     for fold in folds:
         labels, first = fold[0][0].labels, fold[0][0].first
+        predicted = [(a.probs.argmax(1), b.probs.argmax(1)) for a, b in fold]  # class indices, once per pair
+        for pred_a, pred_b in predicted:
+            both = resampled_scores(np.stack([pred_a, pred_b]), labels, first)
+            for m in METRICS:
+                observed[m].append(both[m])
         chunk = max(1, CELLS // labels.size)
         for start in range(0, resamples, chunk):
             swap = rng.random((min(chunk, resamples - start), len(first))) < 0.5  # one pattern for the fold's pairs
-            for a, b in fold:
-                pred_a, pred_b = a.probs.argmax(1), b.probs.argmax(1)
+            for pred_a, pred_b in predicted:
                 one = resampled_scores(np.where(swap, pred_b, pred_a), labels, first)
                 other = resampled_scores(np.where(swap, pred_a, pred_b), labels, first)
                 for m in METRICS:
-                    null[m][start:start + len(swap)] += (one[m] - other[m]) / len(pairs)
+                    null[m][start:start + len(swap)] += (one[m] - other[m]) / n_pairs
     result = {}
     for m in METRICS:
-        difference = observed[m][:, 0] - observed[m][:, 1]
+        scores = np.array(observed[m])
+        difference = scores[:, 0] - scores[:, 1]
         mean = float(difference.mean())
         # a tolerance, so that a resample that ties the observed difference counts as reaching it
         extreme = int((np.abs(null[m]) >= abs(mean) - 1e-12).sum())
-        result[m] = {"a": float(observed[m][:, 0].mean()), "b": float(observed[m][:, 1].mean()), "difference": mean,
+        result[m] = {"a": float(scores[:, 0].mean()), "b": float(scores[:, 1].mean()), "difference": mean,
                      "ahead": int((difference > 0).sum()), "level": int((difference == 0).sum()),
                      "behind": int((difference < 0).sum()), "p": (1 + extreme) / (1 + resamples)}
     return result
 
 
 def to_markdown(result: dict[str, dict], pairs: int, split: str = "test") -> str:
-    lines = [f"{pairs} pairs of runs on the same folds, {'test' if split == 'test' else 'validation'} sessions", "",
+    lines = [f"{pairs} pairs of runs on the same folds, {SPLITS[split][1]} sessions", "",
              "| metric | A | B | A - B | pairs A ahead / level / behind | p (paired permutation) |",
              "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {m} | {r['a']:.3f} | {r['b']:.3f} | {r['difference']:+.3f} | {r['ahead']} / {r['level']} / "

@@ -27,8 +27,7 @@ from audio import feature_settings, load_audio, log_mel, read_audio
 from biosignals import SIGNALS, build_bio_cache
 from constants import (AUDIO_SUFFIXES, CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
                        DEFAULT_TEXT_ENCODER_REAL, DEMO_MARKER_FILE, KEMDY, KEMDY20_CLASS_COUNTS, KEMDY_FACTS, MANIFEST,
-                       N_FFT,
-                       N_MELS, SUMMARY, WAVS)
+                       N_FFT, N_MELS, SUMMARY, WAVS)
 from corpora import detect_corpus, read_any, source_files
 from dataset import corpus_wavs
 from errors import CorpusError, one_line_errors
@@ -128,8 +127,8 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     its per-utterance bio features, aligned by `bio_alignment` (biosignals.py), and the openSMILE sets among
     `functionals` are cached (functionals.py). `check_facts` is called with the corpus's facts (classes, text,
     modalities, arousal_valence) once the tables are made, before the embeddings and features: a flag the corpus
-    cannot serve is refused before the slow steps. Raises CorpusError
-    (one line) on a corpus it cannot read, and when outputs must be rebuilt in a folder that cannot be written."""
+    cannot serve is refused before the slow steps. Raises CorpusError (one line) on a corpus it cannot read, and
+    when outputs must be rebuilt in a folder that cannot be written."""
     data_dir = Path(data_dir)
     out = cache_folder(data_dir, cache_dir)
     kind = detect_corpus(data_dir, corpus)  # --corpus can only confirm what the files say

@@ -241,18 +241,19 @@ def prepare_data(spec: DataSpec, check_facts: Callable[[dict], None] | None = No
     to date; `check_facts` sees each corpus's facts before its slow steps, see preprocess, and "bio": whether any
     corpus of the spec has bio-signal folders). Jobs that share a corpus (folds spread over GPUs) take turns
     (preprocess's lock)."""
-    def with_bio(facts: dict) -> None:
-        # a union has bio-signals if one of its corpora has: dataset.Corpus zero-fills and masks the other's rows
-        check_facts({**facts, "bio": any(k in KEMDY and bio_files(f) for f, k in zip(spec.folders, spec.kinds))})
-
-    for folder, kind in zip(spec.folders, spec.kinds):
+    for folder in spec.folders:
         if not (folder / "annotation").exists() and folder == Path(DEFAULT_DATA_DIR).resolve():
             from demo_corpus import make_demo_corpus
             print(f"No KEMDy19 corpus in {DEFAULT_DATA_DIR}: making the synthetic DEMO corpus there. Results on it "
                   "say nothing about KEMDy19; put the licensed corpus in its place for real numbers.")
             make_demo_corpus(folder, seed=0)
+    # Found once for all folders: a union has bio-signals if one of its corpora has (dataset.Corpus zero-fills and
+    # masks the other's rows).
+    bio = check_facts is not None and any(kind in KEMDY and bio_files(folder)
+                                          for folder, kind in zip(spec.folders, spec.kinds))
+    for folder, kind in zip(spec.folders, spec.kinds):
         preprocess(folder, spec.text_encoder, spec.text_dim, speech_model=spec.speech_model, corpus=kind,
                    cache_dir=spec.cache_dir, bio_alignment=spec.bio_alignment, functionals=spec.functionals,
-                   check_facts=None if check_facts is None else with_bio)
+                   check_facts=None if check_facts is None else lambda facts: check_facts({**facts, "bio": bio}))
         if is_demo_corpus(folder):
             print(f"NOTE: {folder} is the synthetic demo corpus, not {CORPUS_NAMES[kind]}.")
