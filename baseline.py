@@ -34,7 +34,7 @@ from normalization import speaker_zscores
 from options import Parser, add_data_args, modality_check, parse_modalities
 from protocol import DataSpec, prepare_data, resolve_data
 from trained_run import VAL_PREDICTIONS, write_predictions, write_run_args, write_test_outputs
-from utils import make_run_dir, summary_table
+from utils import open_run_dir, summary_table
 
 AUDIO_FEATURES = [*FUNCTIONALS, "speech"]
 C_GRID = [0.01, 0.1, 1.0, 10.0]
@@ -142,10 +142,10 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     modalities = parse_modalities(args.modalities, corpus.has_text, corpus.modalities, corpus.bio is not None)
     if "audio" not in modalities:
         names, corpus.functionals, audio_features = (), None, "none"
-    run_dir = run_dir or make_run_dir(args.save_path, f"baseline_{args.SorL}")
+    run_dir = open_run_dir(run_dir, args.save_path, f"baseline_{args.SorL}")
     write_run_args(run_dir, {**vars(args), **spec.flags(), "audio_features": audio_features})
     shown = spec.record(set(corpus.sessions.tolist()))
-    print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
+    print(f"run folder: {run_dir}\n{spec.describe(set(corpus.sessions.tolist()), corpus.split_unit)}")
     rows = {name: np.flatnonzero(np.isin(corpus.sessions, sessions)) for name, sessions in
             (("train", spec.train), ("val", spec.val), ("test", spec.test))}
     blocks = feature_blocks(names, args.no_text or "text" not in modalities, spec, corpus)
@@ -184,7 +184,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     write_test_outputs(run_dir, corpus, rows["test"], probs, av_pred, metrics, "results.json", {
         "model": "baseline", "features": {k: int(v.shape[1]) for k, v in blocks.items()}, "audio_features": names,
         "chosen": {"C": best_c, **dict(zip(("alpha_arousal", "alpha_valence"), best_alpha))}, "val": val,
-        "sessions": shown})
+        "sessions": shown, "split_unit": corpus.split_unit})
     print(f"baseline: {args.classifier} C={best_c}, ridge alpha {best_alpha} (chosen on validation)")
     print(summary_table(metrics, f"test {shown['test']}"))
     print(f"results: {run_dir / 'results.json'}")

@@ -4,8 +4,10 @@ from dataclasses import dataclass
 
 EMOTIONS = ["neutral", "happy", "surprise", "angry", "sad", "disgust", "fear"]
 # What preprocessing records of a KEMDy corpus (other corpora: corpora.read_labelled): its classes, whether it has
-# transcripts, the modalities a run uses by default, and whether it has arousal/valence ratings.
-KEMDY_FACTS = {"classes": EMOTIONS, "text": True, "modalities": ["audio", "text"], "arousal_valence": True}
+# transcripts, the modalities a run uses by default, whether it has arousal/valence ratings, and what a session (the
+# unit of the splits) is.
+KEMDY_FACTS = {"classes": EMOTIONS, "text": True, "modalities": ["audio", "text"], "arousal_valence": True,
+               "split_unit": "session (its two speakers speak in no other session)"}
 # The corpus spells disgust as "disqust" in places; both mean the same class.
 EMOTION_ALIASES = {"disqust": "disgust"}
 NUM_RATERS = 10

@@ -50,6 +50,10 @@ EMODB_NAME = re.compile(r"^(\d\d)([ab]\d\d)([WLEAFTN])([a-z])$")
 LAYOUTS_HELP = {"csv": "a manifest.csv at the folder's root", "ravdess": "Actor_NN/03-01-EE-II-SS-RR-AA.wav",
                 "tess": "OAF_<emotion>/, YAF_<emotion>/ folders of <speaker>_<word>_<emotion>.wav",
                 "emodb": "wav/SSTTTEV.wav"}  # what --corpus expects; the README's Your data shows every layout
+# What a session (the unit of the splits) is: a manifest's is its speaker where it names them (split_units), else its
+# session; KEMDy's is a recording session of two actors (constants.KEMDY_FACTS).
+SPLIT_UNITS = {"ravdess": "speaker", "emodb": "speaker", "tess": "speaker (validation: a word group of the training "
+                                                                  "speaker)"}
 CLASSES = {"ravdess": list(RAVDESS_EMOTIONS.values()), "tess": list(TESS_EMOTIONS.values()),
            "emodb": [EMODB_EMOTIONS[k] for k in "NWLEAFT"]}
 
@@ -175,12 +179,14 @@ def read_emodb(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[lis
 class ManifestRow:
     """One data row of manifest.csv: its line (the last, for a quoted cell spanning lines), its cells by lower-cased
     column, its wav (found through the corpus's file index, names compared in NFC) and Segment ID (the wav's path
-    relative to the folder, without suffix), its session, and why it cannot be used (None: it can)."""
+    relative to the folder, without suffix), its session and speaker (each defaults to the other), and why it cannot
+    be used (None: it can)."""
     line: int
     cells: dict[str, str]
     wav: Path | None
     seg_id: str
     session: str
+    speaker: str
     problem: str | None
     detail: str = ""  # what the problem was in this row, beside the reason shared by rows
 
@@ -219,6 +225,7 @@ def manifest_rows(data_dir: Path, wavs: FileIndex) -> list[ManifestRow]:
         relative = _relative_wav(data_dir, row["path"]) if row.get("path") else None
         wav = wavs.get(relative) if relative else None
         session = row.get("session") or row.get("speaker", "")
+        speaker = row.get("speaker") or session
         problem = ("a cell count other than the header's (an unquoted comma in a cell?)" if len(cells) != len(header)
                    else "path outside the corpus folder" if row["path"] and relative is None else
                    "no wav" if wav is None else "no emotion label" if not row["emotion"] else
@@ -236,32 +243,57 @@ def manifest_rows(data_dir: Path, wavs: FileIndex) -> list[ManifestRow]:
         if problem is None:
             seen[wav] = reader.line_num
         seg_id = nfc(Path(relative).with_suffix("").as_posix()) if relative else row.get("path") or "?"
-        rows.append(ManifestRow(reader.line_num, row, wav, seg_id, session, problem, detail))
+        rows.append(ManifestRow(reader.line_num, row, wav, seg_id, session, speaker, problem, detail))
     return rows
 
 
-def _sessions_of(rows: list[ManifestRow]) -> list[str]:
-    return sorted({row.session for row in rows if row.problem is None}, key=natural_key)
+def split_units(rows: list[ManifestRow]) -> dict[str, str]:
+    """Session -> the unit of the splits it belongs to, for the usable rows: where the manifest names speakers, a
+    group of speakers linked by shared sessions (a speaker's sessions all go to one side of every split, and so do
+    the speakers of a shared session: `alice+bob`), named by its speakers; else the session itself."""
+    usable = [row for row in rows if row.problem is None]
+    if not any("speaker" in row.cells for row in usable):
+        return {row.session: row.session for row in usable}
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(node: tuple[str, str]) -> tuple[str, str]:
+        while parent.setdefault(node, node) != node:
+            node = parent[node]
+        return node
+    for row in usable:  # union-find over speakers and sessions
+        parent[root(("speaker", row.speaker))] = root(("session", row.session))
+    speakers: dict[tuple[str, str], set[str]] = {}
+    for row in usable:
+        speakers.setdefault(root(("session", row.session)), set()).add(row.speaker)
+    return {row.session: "+".join(sorted(speakers[root(("session", row.session))], key=natural_key))
+            for row in usable}
+
+
+def _units_of(rows: list[ManifestRow]) -> list[str]:
+    return sorted(set(split_units(rows).values()), key=natural_key)
 
 
 def manifest_sessions(data_dir: Path) -> list[str]:
-    """The session names (the `session` column, else the `speaker`) of the manifest's usable rows, in natural order:
-    session k is the k-th."""
-    return _sessions_of(manifest_rows(data_dir, FileIndex(data_dir)))
+    """The names of the manifest's units of the splits (`split_units`: its speakers, or groups of speakers that share
+    a session; its sessions where it names no speaker), in natural order: session k is the k-th."""
+    return _units_of(manifest_rows(data_dir, FileIndex(data_dir)))
 
 
 def read_manifest(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[list[dict], dict[str, Path]]:
     rows = manifest_rows(data_dir, wavs)
-    sessions = _sessions_of(rows)
-    records, paths, speakers = [], {}, {}
+    unit_of = split_units(rows)
+    units = _units_of(rows)
+    for unit in units:
+        sessions = sorted({s for s, u in unit_of.items() if u == unit}, key=natural_key)
+        if len(sessions) > 1:  # kept on one side of every split
+            report.kept["sessions of one speaker (or of speakers who share one) split as one unit"].append(
+                f"{unit}: {', '.join(sessions)}")
+    records, paths = [], {}
     for row in rows:
         cells, where = row.cells, f"{MANIFEST_FILE} line {row.line}"
         if row.problem:
             report.dropped[row.problem].append(f"{row.seg_id} ({where}{': ' + row.detail if row.detail else ''})")
             continue
-        speaker = cells.get("speaker") or row.session
-        if speakers.setdefault(speaker, row.session) != row.session:  # could be trained and tested
-            report.kept["speaker in several sessions (the splits may put them on both sides)"].append(speaker)
         text = cells.get("text", "")
         txt = wavs.get(row.seg_id + ".txt")  # (the id is the wav's path without its suffix: "take.v2" stays whole)
         if "text" not in cells and txt is not None:
@@ -274,11 +306,18 @@ def read_manifest(data_dir: Path, wavs: FileIndex, report: ReadReport) -> tuple[
         ratings = {k: parse_rating(cells[k]) if cells.get(k) else np.nan for k in ("valence", "arousal")}
         # A dialogue is named within its session: context windows never join two sessions' utterances.
         dialogue = f"{row.session}/{cells['dialogue']}" if cells.get("dialogue") else None
-        records.append(_utterance(row.seg_id, emotion, speaker, sessions.index(row.session) + 1,
+        records.append(_utterance(row.seg_id, emotion, row.speaker, units.index(unit_of[row.session]) + 1,
                                   clean_transcript(text), dialogue=dialogue,
                                   start=float(cells["start"]) if cells.get("start") else float(row.line),
                                   sequence=row.line, valence=ratings["valence"], arousal=ratings["arousal"]))
     return records, paths
+
+
+def _names_speakers(data_dir: Path) -> bool:
+    """Whether manifest.csv has a `speaker` column (its header alone is read)."""
+    with open(data_dir / MANIFEST_FILE, "rb") as f:
+        header = decode_text(f.readline(), data_dir / MANIFEST_FILE, lenient=True)
+    return "speaker" in (c.strip().lower() for c in next(csv.reader([header]), []))
 
 
 def session_names(kind: str) -> list[str]:
@@ -307,7 +346,8 @@ def read_labelled(data_dir: Path, kind: str, wavs: FileIndex) -> tuple[pd.DataFr
     # RAVDESS's and TESS's transcripts are carrier sentences, the same for every emotion: audio alone by default.
     facts = {"classes": classes, "text": bool((table["text"] != "").any()),
              "modalities": ["audio"] if kind in ("ravdess", "tess", "emodb") else ["audio", "text"],
-             "arousal_valence": bool(table[["Arousal", "Valence"]].notna().to_numpy().any())}
+             "arousal_valence": bool(table[["Arousal", "Valence"]].notna().to_numpy().any()),
+             "split_unit": SPLIT_UNITS.get(kind) or ("speaker" if _names_speakers(data_dir) else "session")}
     return table, paths, report, facts
 
 

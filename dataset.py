@@ -21,7 +21,7 @@ from audio import load_audio
 from biosignals import FEATURES as BIO_FEATURES, load_bio
 from constants import (CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, KEMDY_FACTS, MANIFEST, MAX_FRAMES, NUM_RATERS,
                        SAMPLE_RATE, TEXT_MAX_LENGTH, WAVS)
-from errors import CorpusError, FlagError
+from errors import CorpusError, FlagError, load_json
 from functionals import load_opensmile, logmel_band_statistics
 from normalization import FrameNorm, row_statistics, speaker_frame_norm, speaker_keys, speaker_zscores
 from speech_features import MIN_SAMPLES, speech_cache_paths
@@ -136,9 +136,10 @@ class Corpus:
     def _read(self, folder: Path, role: str, text_dim: int, speech_model: str | None,
               label_map: tuple[tuple[str, str], ...], bio_alignment: str, functionals: tuple[str, ...]) -> None:
         self.folders, self.text_pipeline = [folder], None
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        manifest = load_json(folder / MANIFEST, CorpusError)
         self.kind, facts = manifest["corpus"], manifest.get("facts", KEMDY_FACTS)
         self.has_text, self.has_av = facts["text"], facts["arousal_valence"]
+        self.split_unit = facts["split_unit"]  # what a session is (corpora.split_units)
         self.modalities = tuple(facts.get("modalities", KEMDY_FACTS["modalities"]))  # the corpus's default
         self.table, self.classes = pd.read_csv(folder / f"df_{role}.csv", keep_default_na=False), facts["classes"]
         if label_map:
@@ -182,7 +183,7 @@ class Corpus:
         if not meta_path.exists():
             raise CorpusError(f"no features of --speech_model {speech_model} in {folder}; make them with "
                               f"python preprocess.py --data_dir <corpus> --speech_model {speech_model}")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = load_json(meta_path, CorpusError)
         position = {seg: i for i, seg in enumerate(meta["ids"])}
         rows = self.table["Segment ID"].map(position).to_numpy()
         return (meta["settings"], np.load(npy_path, mmap_mode="r"), np.asarray(meta["offsets"], dtype=np.int64)[rows],
@@ -220,7 +221,7 @@ class Corpus:
         self.table = pd.concat(tables, ignore_index=True)
         self.folders, self.kind = [p.folders[0] for p in parts], "+".join(p.kind for p in parts)
         self.classes, self.has_text, self.has_av = parts[0].classes, parts[0].has_text, parts[0].has_av  # KEMDy's
-        self.modalities = parts[0].modalities
+        self.modalities, self.split_unit = parts[0].modalities, parts[0].split_unit
         self.source = np.concatenate([np.full(len(p.table), k) for k, p in enumerate(parts)])
         self.audio_settings, self.text_encoder = settings[0], encoders.pop()
         self.frames = ConcatFrames([p.frames for p in parts])

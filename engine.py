@@ -24,14 +24,14 @@ from finetune import finetune_inputs, run_tokenizer, save_backbones
 from loss import EmotionLoss, class_balanced_weights, inverse_frequency_weights
 from metric import av_calibration, decision_bias, emotion_metrics, selection_score
 from model import Backbones, EmotionModel, ModelConfig, model_inputs
-from options import (RECIPE_COPY, TrainSpec, check_args, modality_check, parse_modalities, recipe_path,
-                     run_arguments)
+from options import (RECIPE_COPY, TrainSpec, check_args, check_fitted, modality_check, parse_imbalance,
+                     parse_modalities, recipe_record, run_arguments)
 from protocol import DataSpec, prepare_data, resolve_data
 from trained_run import (VAL_PREDICTIONS, Progress, ResumeState, check_corpus_unchanged, checkpoint_config, find_run,
                          load_checkpoint, load_trained_model, restore_training, resume_state, save_checkpoint,
                          save_corpus_record, write_predictions, write_run_args, write_test_outputs)
 from utils import (amp_dtype, append_jsonl, atomic_torch_save, autocast, broadcast, check_save_path, init_distributed,
-                   make_run_dir, plot_curves, progress_bar, restore_rng_states, set_seed, summary_table, write_text)
+                   open_run_dir, plot_curves, progress_bar, restore_rng_states, set_seed, summary_table, write_text)
 
 CRT_EPOCHS = 10  # --imbalance crt: epochs of the emotion head's re-training (Kang et al. train it for 10)
 
@@ -486,8 +486,9 @@ def _finish(t: Training, loaders: dict, run_dir: Path, corpus: Corpus, data: Dat
     shown = data.record(set(corpus.sessions.tolist()))
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics, "results.json",
                        {"model": "neural", "best_epoch": progress.best_epoch, "val": progress.best_val,
-                        "sessions": shown, "processes": t.world_size, **calibration, **speech_record(t.model, corpus)})
-    print(f"best epoch {progress.best_epoch} (by {'validation score' if loaders['val'] else 'last epoch, --val_split none'})")
+                        "sessions": shown, "split_unit": corpus.split_unit, "processes": t.world_size, **calibration,
+                        **speech_record(t.model, corpus)})
+    print(f"best epoch {progress.best_epoch} (by {'validation score' if loaders['val'] else 'the last epoch: no validation sessions'})")
     print(summary_table(metrics, f"test {shown['test']}"))
     print(f"results: {run_dir / 'results.json'}")
 
@@ -506,6 +507,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume: ResumeS
         device = torch.device(f"cuda:{local_rank}")
     set_seed(spec.seed)
     data = resolve_data(args)
+    check_fitted(parse_imbalance(args.imbalance), data.val, args.val_split)
     if run_dir is None and rank == 0:
         check_save_path(args.save_path)  # before any data is prepared
     # Data first: bad data stops the start before a run folder exists, so none is left behind.
@@ -524,17 +526,16 @@ def train(args: argparse.Namespace, run_dir: Path | None = None, resume: ResumeS
                                   "--val_split", live=live) if data.val else None,
                "test": make_loader(corpus, data.test, spec.ws, spec.batch_size, False, spec.seed, spec.num_workers,
                                    pin, "--test_split", live=live)}
-    run_dir = broadcast(run_dir or (make_run_dir(args.save_path, run_name(args)) if rank == 0 else None), world_size)
+    run_dir = broadcast(open_run_dir(run_dir, args.save_path, run_name(args)) if rank == 0 else None, world_size)
     run_args = {**vars(args), **data.flags()}  # what the run records: the flags, the data ones resolved
     if resume is None and rank == 0:  # a resumed run keeps its args.json; checkpoints carry overrides
         write_run_args(run_dir, run_args)
         save_corpus_record(run_dir, corpus, data)
-        if args.recipe:
-            write_text(run_dir / RECIPE_COPY, recipe_path(args.recipe).read_text(encoding="utf-8"))
+        if args.recipe_values:
+            write_text(run_dir / RECIPE_COPY, recipe_record(args))
     if backbones is not None and checkpoint is None and rank == 0:  # (again for a run stopped before its first epoch)
         save_backbones(run_dir, backbones)
-    shown = data.record(set(corpus.sessions.tolist()))
-    print(f"run folder: {run_dir}\nsessions: train {shown['train']}, val {shown['val'] or 'none'}, test {shown['test']}")
+    print(f"run folder: {run_dir}\n{data.describe(set(corpus.sessions.tolist()), corpus.split_unit)}")
     if world_size > 1:
         print(f"data-parallel over {world_size} processes: {world_size} x {spec.batch_size} windows per step")
     t = setup(config, spec, corpus, np.flatnonzero(np.isin(corpus.sessions, data.train)), device, rank, world_size,
@@ -560,17 +561,27 @@ def resume_run(run_dir: Path, overrides: dict) -> Path:
     return train(args, run_dir, state, overrides)
 
 
-def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_change: bool) -> dict:
+def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_change: bool,
+                 overrides: dict | None = None) -> dict:
     """--test_only: the saved run's test metrics on its corpus, as it is now (refused if it changed, unless
-    `allow_corpus_change`); writes results_test_only.json, predictions_test_only.csv, confusion_test_only.png."""
+    `allow_corpus_change`); writes results_test_only.json (with the test sessions and corpus folders used),
+    predictions_test_only.csv, confusion_test_only.png. `overrides`: --test_split (sessions the run neither trained
+    nor validated on), --data_dir and --cache_dir (another copy of the corpus), as given."""
     run_dir = find_run(name, save_path)
     model, saved, checkpoint = load_trained_model(run_dir / "best.pth", device)
-    spec, data = TrainSpec.from_args(saved), resolve_data(saved)
+    trained = resolve_data(saved)
+    args = argparse.Namespace(**{**vars(saved), **(overrides or {})})
+    spec, data = TrainSpec.from_args(args), resolve_data(args)
+    seen = sorted((set(trained.train) | set(trained.val)) & set(data.test))
+    if seen:
+        raise FlagError(f"--test_split {args.test_split}: {run_dir.name} was trained or validated on "
+                        f"{data.format(tuple(seen))}; test it on sessions it never saw (it was tested on "
+                        f"{trained.format(trained.test)})")
     missing = [folder for folder, kind in zip(data.folders, data.kinds)
                if not (folder / "annotation" if kind in KEMDY else folder).is_dir()]
     if missing:
-        raise FlagError(f"the corpus of {run_dir.name} is not at {missing[0]} any more; --test_only needs it "
-                        "(predict.py needs only the run folder)")
+        raise FlagError(f"the corpus of {run_dir.name} is not at {missing[0]} any more; --test_only needs it (give "
+                        "its new place with --data_dir; predict.py needs only the run folder)")
     prepare_data(data)
     check_corpus_unchanged(run_dir, data, allow_corpus_change)
     corpus = data.corpus()
@@ -579,9 +590,12 @@ def evaluate_run(name: str, save_path: str, device: torch.device, allow_corpus_c
     test_loader = make_loader(corpus, data.test, spec.ws, spec.batch_size, False, spec.seed, spec.num_workers,
                               device.type == "cuda", "--test_split", live=live)
     metrics, outputs = evaluate(model, test_loader, device, desc="test", dtype=amp_dtype(device, spec.amp))
+    shown = data.record(set(corpus.sessions.tolist()))
     write_test_outputs(run_dir, corpus, outputs["rows"], outputs["probs"], outputs["av"], metrics,
                        "results_test_only.json", {"model": "neural", "best_epoch": checkpoint["best_epoch"],
+                                                  "test_split": data.format(data.test),
+                                                  "data_dir": data.flags()["data_dir"], "sessions": shown,
                                                   **speech_record(model, corpus)})
-    print(summary_table(metrics, f"test {list(data.test)} ({run_dir.name})"))
+    print(summary_table(metrics, f"test {shown['test']} ({run_dir.name})"))
     print(f"results: {run_dir / 'results_test_only.json'}")
     return metrics

@@ -17,18 +17,17 @@ predict.py reads), one folder per fold with results.json, predictions.csv, predi
 (the schema of a run), and summary.json / summary.md (mean ± std over the folds); report.py lists it on a row of
 its own.
 """
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from errors import FlagError, RunFolderError, one_line_errors
+from errors import FlagError, RunFolderError, load_json, one_line_errors
 from experiment import summarize_runs, summary_markdown
 from metric import emotion_metrics, selection_score
 from options import Parser
-from trained_run import VAL_PREDICTIONS
-from utils import make_run_dir, plot_confusion, summary_table, write_json, write_text
+from trained_run import VAL_PREDICTIONS, finished
+from utils import first_line, make_run_dir, plot_confusion, summary_table, write_json, write_text
 
 MEMBERS = "members.json"
 METHODS = ("average", "stacking")
@@ -42,14 +41,47 @@ def member_runs(paths: list[str]) -> list[Path]:
     runs = []
     for path in map(Path, paths):
         if (path / "runs.json").exists():
-            plan = json.loads((path / "runs.json").read_text(encoding="utf-8"))
-            found = [path / r["name"] for r in plan["runs"] if (path / r["name"] / "results.json").exists()]
+            plan = load_json(path / "runs.json")
+            found = [path / r["name"] for r in plan["runs"] if finished(path / r["name"])]
         else:
-            found = [path] if (path / "results.json").exists() else []
+            found = [path] if finished(path) else []
         if not found:
             raise RunFolderError(f"{path} holds no finished run (no results.json)")
         runs += found
     return runs
+
+
+def corpus_of(run: Path) -> str:
+    """What a run was trained and tested on, as its args.json records it: the corpus folders' names (a moved or
+    copied corpus is the same corpus) and kind, whose emotion, and the label map."""
+    args = load_json(run / "args.json")
+    folders = ", ".join(Path(d).name for d in str(args.get("data_dir", "")).split(","))
+    mapped = f", --label_map {args['label_map']}" if args.get("label_map") else ""
+    return f"{folders} ({args.get('corpus')}, --SorL {args.get('SorL')}{mapped})"
+
+
+def check_members(runs: list[Path], folds: dict[str, list[Path]]) -> None:
+    """RunFolderError for a fold of an ensemble, a run given twice, runs of other corpora (or roles, or label maps), and runs that share no
+    fold (each tested on other sessions: there is nothing to combine); a note where a fold has one member."""
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        if load_json(run / "results.json").get("model") == "ensemble":
+            raise RunFolderError(f"{run} is a fold of an ensemble: give the folders of its members instead")
+        if run.resolve() in seen:
+            raise RunFolderError(f"{run} is given twice (also as {seen[run.resolve()]}): each run is one member")
+        seen[run.resolve()] = run
+    first = corpus_of(runs[0])
+    for run in runs[1:]:
+        if corpus_of(run) != first:
+            raise RunFolderError(f"{run} was trained on {corpus_of(run)}, {runs[0]} on {first}: the members of an "
+                                 "ensemble are runs of one corpus and one label set")
+    alone = [fold for fold, members in folds.items() if len(members) == 1]
+    if len(runs) > 1 and len(alone) == len(folds):
+        raise RunFolderError(f"the runs share no fold: each was tested on other sessions ({'; '.join(folds)}); an "
+                             "ensemble combines runs tested on the same sessions")
+    if alone:
+        print(f"note: {'the ensemble has' if len(runs) == 1 else 'on ' + '; '.join(alone) + ','} one member: its "
+              "figures are that run's own")
 
 
 def runs_by_fold(runs: list[Path]) -> dict[str, list[Path]]:
@@ -58,7 +90,7 @@ def runs_by_fold(runs: list[Path]) -> dict[str, list[Path]]:
     for run in runs:
         # a run records its split in args.json, the fold of an ensemble folder in its results.json
         record = run / "args.json" if (run / "args.json").exists() else run / "results.json"
-        folds.setdefault(str(json.loads(record.read_text(encoding="utf-8")).get("test_split")), []).append(run)
+        folds.setdefault(str(load_json(record).get("test_split")), []).append(run)
     return folds
 
 
@@ -71,20 +103,36 @@ class Predictions:
         if not path.exists():
             raise RunFolderError(f"{path} is missing: the run was trained before runs wrote it, or it has no "
                                  "validation sessions (stacking and compare.py --split val need them)")
-        table = pd.read_csv(path, keep_default_na=False).sort_values("Segment ID", kind="stable")
+        try:
+            table = pd.read_csv(path, keep_default_na=False, dtype={"Segment ID": str, "emotion": str})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise RunFolderError(f"{path} is empty or damaged ({first_line(error)}): make the run's predictions "
+                                 "again (python main.py --test_only RUN) or leave the run out") from None
         columns = list(table.columns)
         self.classes = tuple(c for c in columns[2:] if not c.startswith(("arousal_", "valence_")))
-        self.ids = table["Segment ID"].astype(str).to_numpy()
-        self.probs = table[list(self.classes)].to_numpy(np.float64)
+        if columns[:2] != ["Segment ID", "emotion"] or not self.classes or table.empty:
+            raise RunFolderError(f"{path} is not a predictions table of a run (Segment ID, emotion and a probability "
+                                 "per class, one row per utterance)")
+        probs = table[list(self.classes)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        index = {c: i for i, c in enumerate(self.classes)}
+        for row, (cell, finite) in enumerate(zip(table["emotion"], np.isfinite(probs).all(1))):
+            unknown = [n for n in cell.split(";") if n and n not in index]
+            if not finite or unknown or not cell.strip(";"):
+                what = ("a probability is blank or not a number" if not finite else
+                        f"label {(unknown or [cell])[0]!r} is not one of its classes ({', '.join(self.classes)})")
+                raise RunFolderError(f"{path} line {row + 2}: {what}; the file was damaged or edited")
+        order = np.argsort(table["Segment ID"].to_numpy(), kind="stable")
+        table, probs = table.iloc[order].reset_index(drop=True), probs[order]
+        self.ids = table["Segment ID"].to_numpy()
+        self.probs = probs
         rated = all(c in table for c in AV_COLUMNS)
         self.av = (table[list(AV_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64) if rated
                    else np.full((len(table), 2), np.nan))
         self.av_true = (table[["arousal_true", "valence_true"]].apply(pd.to_numeric, errors="coerce")
                         .to_numpy(np.float64) if rated else np.full((len(table), 2), np.nan))
-        index = {c: i for i, c in enumerate(self.classes)}
         self.labels = np.zeros_like(self.probs)
         self.first = np.zeros(len(table), dtype=int)
-        for row, cell in enumerate(table["emotion"].astype(str)):
+        for row, cell in enumerate(table["emotion"]):
             names = [n for n in cell.split(";") if n]
             self.labels[row, [index[n] for n in names]] = 1.0
             self.first[row] = index[names[0]]
@@ -136,10 +184,7 @@ def ensemble_fold(runs: list[Path], method: str) -> tuple[dict, Predictions, tup
         check_aligned(vals, "validation", runs)
     weights = (select_weights(vals, ROUNDS_PER_MEMBER * len(runs)) if method == "stacking"
                else np.full(len(runs), 1 / len(runs)))
-    models = [json.loads((run / "results.json").read_text(encoding="utf-8")).get("model", "neural") for run in runs]
-    if "ensemble" in models:
-        raise RunFolderError(f"{runs[models.index('ensemble')]} is a fold of an ensemble: give the folders of its "
-                             "members instead")
+    models = [load_json(run / "results.json").get("model", "neural") for run in runs]
     record = {"members": [{"run": str(run.resolve()), "model": model, "weight": round(float(w), 6)}
                           for run, model, w in zip(runs, models, weights)]}
     return (record, tests[0], combine(tests, weights), vals[0] if vals else None,
@@ -172,8 +217,14 @@ def run_ensemble(paths: list[str], method: str, save_path: str) -> Path:
     """The ensembles of every fold of the runs under `paths` (see the module's text) in a new folder."""
     if method not in METHODS:
         raise FlagError(f"--method {method}: choose {' or '.join(METHODS)}")
-    folds = runs_by_fold(member_runs(paths))
+    runs = member_runs(paths)
+    folds = runs_by_fold(runs)
+    check_members(runs, folds)
     fitted = [ensemble_fold(members, method) for members in folds.values()]  # refusals before any folder
+    classes = list(dict.fromkeys(test.classes for _, test, _, _, _ in fitted))
+    if len(classes) > 1:
+        raise RunFolderError(f"the runs' classes differ ({' vs '.join(', '.join(c) for c in classes)}): the members "
+                             "of an ensemble are runs of one label set")
     folder = make_run_dir(save_path, "ensemble")
     plan, records = [], []
     for k, ((test_split, members), (record, test, combined, val, val_combined)) in enumerate(

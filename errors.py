@@ -4,8 +4,10 @@ Library code never exits: it raises one of these with a message that names the f
 what was expected. Each CLI's main() runs inside `one_line_errors()`, which prints `error: <message>`
 (exit status 1) without a traceback.
 """
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class KemdyError(Exception):
@@ -17,7 +19,12 @@ class CorpusError(KemdyError, ValueError):
 
 
 class FlagError(KemdyError, ValueError):
-    """A flag's value, or a combination of flags, that cannot work (the message names the flag)."""
+    """A flag's value, or a combination of flags, that cannot work (the message names the flag; `flags`, where
+    given, are the flags at fault by their names, e.g. ("epochs",))."""
+
+    def __init__(self, message: str, flags: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.flags = flags
 
 
 class RunFolderError(KemdyError):
@@ -43,3 +50,14 @@ def one_line_errors() -> Iterator[None]:
         yield
     except KemdyError as error:
         raise SystemExit(f"error: {error}") from None
+
+
+def load_json(path: Path, error: type[KemdyError] = RunFolderError):
+    """A JSON record this repo wrote (a run folder's args.json, results.json, corpus.json...; a cache's index), or
+    `error` (one line) naming the file where it is cut short or damaged; FileNotFoundError where it is missing."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as damage:
+        reason = (str(damage).strip().splitlines() or [type(damage).__name__])[0]
+        raise error(f"{path} is damaged (not JSON: {reason}); it was cut short or edited: restore it from a copy, "
+                    "or make it again") from None

@@ -6,7 +6,6 @@ sample std of every test metric over all its runs). It is resumable: finished ru
 """
 import argparse
 import fcntl
-import json
 import os
 import socket
 import time
@@ -16,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import FlagError, RunFolderError
+from errors import FlagError, RunFolderError, load_json
 from options import run_arguments
 from protocol import prepare_data, resolve_data
+from trained_run import finished
 from utils import SUMMARY_METRICS, figure, make_run_dir, write_json, write_text
 
 
@@ -74,7 +74,10 @@ def _plan(args: argparse.Namespace, name: str) -> tuple[Path, argparse.Namespace
         folder = Path(args.resume)
         if not (folder / "runs.json").exists():
             raise RunFolderError(f"--resume {folder} is not an experiment folder (no runs.json)")
-        saved = json.loads((folder / "runs.json").read_text(encoding="utf-8"))
+        saved = load_json(folder / "runs.json")
+        if saved.get("ensemble"):  # its summary is ensemble.py's, and a resume would overwrite it
+            raise RunFolderError(f"--resume {folder} is an ensemble folder (ensemble.py), which trains nothing and has "
+                                 "nothing to resume; run ensemble.py again on its members to make it anew")
         return folder, run_arguments(saved["args"], {"resume": str(folder)}, defaults=args), saved["runs"]
     seeds = parse_seeds(args.seeds) if args.seeds else [args.seed]
     spec = resolve_data(args)
@@ -92,8 +95,8 @@ def _plan(args: argparse.Namespace, name: str) -> tuple[Path, argparse.Namespace
 
 
 def _run_one(folder: Path, run: dict, args: argparse.Namespace, train_run: Callable, continue_run: Callable | None):
-    """Train one planned run into its folder (a run stopped before its first checkpoint is renamed, never deleted,
-    and trained again), or continue it from its checkpoint."""
+    """Train one planned run into its folder, which the run makes once its checks have passed (a run stopped before
+    its first checkpoint is renamed, never deleted, and trained again), or continue it from its checkpoint."""
     run_dir = folder / run["name"]
     try:
         if continue_run is not None and (run_dir / "checkpoint.pth").exists():
@@ -101,7 +104,6 @@ def _run_one(folder: Path, run: dict, args: argparse.Namespace, train_run: Calla
             return
         if run_dir.exists():
             run_dir.rename(folder / f"{run['name']}_interrupted_{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.mkdir()
         train_run(argparse.Namespace(**{**vars(args), "seed": run["seed"], "test_split": run["test_split"],
                                         "cv": False, "seeds": None}), run_dir)
     except KeyboardInterrupt:
@@ -116,7 +118,7 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
                    continue_run: Callable[[Path], object] | None = None, overrides: dict | None = None) -> Path:
     """Every (seed, fold) of `args` as a run folder in one experiment folder, then the summary.
 
-    `train_run(run_args, folder)` trains one run into an existing empty folder; `continue_run(folder)`,
+    `train_run(run_args, folder)` trains one run into `folder`, which it makes (utils.open_run_dir); `continue_run(folder)`,
     if given, continues a run interrupted after a checkpoint. With `args.resume` (an experiment folder)
     the saved plan is continued (with the `overrides` given, e.g. another --gpu_id): finished runs are
     kept, and a run stopped before its first checkpoint is renamed `<run>_interrupted_<time>` (never
@@ -133,7 +135,7 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
         return folder
     elsewhere = []
     for k, run in enumerate(runs, 1):
-        if (folder / run["name"] / "results.json").exists():
+        if finished(folder / run["name"]):
             print(f"{run['name']} (test {run['test_split']}) already finished: kept")
             continue
         holder = claim_run(folder, run["name"])
@@ -141,12 +143,12 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
             print(f"{run['name']} is being trained by another job (host and pid: {holder}): skipped")
             elsewhere.append(run["name"])
             continue
-        if (folder / run["name"] / "results.json").exists():  # finished by another job between check and claim
+        if finished(folder / run["name"]):  # finished by another job between check and claim
             (folder / ".claims" / run["name"]).unlink(missing_ok=True)
             continue
         print(f"=== run {k}/{len(runs)}: {run['name']}, seed {run['seed']}, test sessions {run['test_split']} ===")
         _run_one(folder, run, args, train_run, continue_run)
-    unfinished = [r["name"] for r in runs if not (folder / r["name"] / "results.json").exists()]
+    unfinished = [r["name"] for r in runs if not finished(folder / r["name"])]
     if unfinished:  # trained by other jobs right now: the last of them writes the summary
         print(f"{len(unfinished)} runs are still being trained by other jobs ({', '.join(elsewhere)}); the job "
               f"that finishes last writes the summary (or run --resume {folder} once they are done)")
@@ -170,7 +172,7 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 def summarize_runs(folder: Path, runs: list[dict]) -> dict:
     """Mean and sample standard deviation over runs of every scalar test metric, and each run's values."""
-    tests = [json.loads((folder / r["name"] / "results.json").read_text(encoding="utf-8"))["test"] for r in runs]
+    tests = [load_json(folder / r["name"] / "results.json")["test"] for r in runs]
     per_run = [{**r, **{m: t.get(m) for m in SUMMARY_METRICS}} for r, t in zip(runs, tests)]
     stats = {m: _mean_std([t.get(m) for t in tests]) for m in SUMMARY_METRICS}
     # Mean over the runs where the class has an F1 (None where no run's test split had or predicted it).

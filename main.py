@@ -19,6 +19,9 @@ from pathlib import Path
 from errors import FlagError, one_line_errors
 from options import RESUME_OVERRIDES, explicit_flags, parse_args
 
+# What --test_only takes: the run and where and how to evaluate it, and the data flags a saved run can take anew.
+TEST_ONLY_FLAGS = ("test_only", "test_path", "save_path", "device", "gpu_id", "allow_corpus_change")
+TEST_ONLY_OVERRIDES = ("test_split", "data_dir", "cache_dir")
 DEPRECATED = {"test_path": "use --test_only RUN", "sr": "audio is always resampled to 16 kHz; drop the flag"}
 
 
@@ -41,8 +44,14 @@ def dispatch(argv: list[str]) -> None:
     if args.test_only is not None or args.test_path:
         if not (args.test_only or args.test_path):
             raise FlagError("--test_only needs a run folder: --test_only exp/<run>")
+        extra = sorted(set(given) - set(TEST_ONLY_FLAGS) - set(TEST_ONLY_OVERRIDES))
+        if extra:
+            raise FlagError(f"--test_only evaluates a saved run as it was trained: {' '.join('--' + k for k in extra)} "
+                            f"cannot apply to it; only {' '.join('--' + k for k in TEST_ONLY_OVERRIDES)} (another "
+                            f"test split, another copy of the corpus) and "
+                            f"{' '.join('--' + k for k in TEST_ONLY_FLAGS[2:])} may be given with it")
         evaluate_run(args.test_only or args.test_path, args.save_path, resolve_device(args.device, args.gpu_id),
-                     args.allow_corpus_change)
+                     args.allow_corpus_change, {k: given[k] for k in TEST_ONLY_OVERRIDES if k in given})
     elif args.resume:
         extra = sorted(set(given) - set(RESUME_OVERRIDES) - {"resume"})
         if extra:

@@ -33,34 +33,40 @@ def group_index(keys: np.ndarray) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1].reshape(-1)
 
 
-def _spread(total: np.ndarray, total_sq: np.ndarray, count: np.ndarray, groups: np.ndarray,
-            min_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std from per-group sums; a group of fewer than `min_rows` rows takes those of all rows pooled."""
+def _spread(total: np.ndarray, total_sq: np.ndarray, count: np.ndarray, groups: np.ndarray, min_rows: int,
+            fallback: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std from per-group sums; a group of fewer than `min_rows` rows takes the `fallback` (mean, std) where
+    given (predict.py: the run's training statistics), else those of all rows pooled."""
     rare = np.bincount(groups, minlength=len(total)) < min_rows
-    if rare.any():
+    if rare.any() and fallback is None:
         total[rare], total_sq[rare], count[rare] = total.sum(0), total_sq.sum(0), count.sum(0)
     mean = total / np.maximum(count, 1)
     std = np.sqrt(np.maximum(total_sq / np.maximum(count, 1) - mean ** 2, 0.0))
-    return mean.astype(np.float32), np.where(std > MIN_STD, std, 1.0).astype(np.float32)
+    std = np.where(std > MIN_STD, std, 1.0)
+    if rare.any() and fallback is not None:
+        mean[rare], std[rare] = fallback
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
-def row_statistics(x: np.ndarray, groups: np.ndarray, min_rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def row_statistics(x: np.ndarray, groups: np.ndarray, min_rows: int = 1,
+                   fallback: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per group, the mean and std of every column of `x` (rows, F) over the group's rows, NaN cells left out ->
     (mean (G, F), std (G, F)); a column constant over a group gets std 1; a group of fewer than `min_rows` rows
-    gets the statistics of all rows."""
+    gets the `fallback` statistics ((F,), (F,)), or without one those of all rows."""
     n_groups, finite = int(groups.max()) + 1 if len(groups) else 0, np.isfinite(x)
     values = np.where(finite, x, 0.0).astype(np.float64)
     total, total_sq, count = (np.zeros((n_groups, x.shape[1])) for _ in range(3))
     np.add.at(total, groups, values)
     np.add.at(total_sq, groups, values ** 2)
     np.add.at(count, groups, finite)
-    return _spread(total, total_sq, count, groups, min_rows)
+    return _spread(total, total_sq, count, groups, min_rows, fallback)
 
 
-def zscores(x: np.ndarray, groups: np.ndarray, min_rows: int = 1) -> np.ndarray:
-    """`x` (rows, F) standardised per group with the group's own `row_statistics` (those of all rows for a group
-    of fewer than `min_rows`); NaN cells stay NaN."""
-    mean, std = row_statistics(x, groups, min_rows)
+def zscores(x: np.ndarray, groups: np.ndarray, min_rows: int = 1,
+            fallback: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """`x` (rows, F) standardised per group with the group's own `row_statistics` (the `fallback`'s, or those of all
+    rows, for a group of fewer than `min_rows`); NaN cells stay NaN."""
+    mean, std = row_statistics(x, groups, min_rows, fallback)
     return ((x - mean[groups]) / std[groups]).astype(np.float32)
 
 
@@ -75,9 +81,10 @@ class FrameNorm:
 
     @classmethod
     def of(cls, frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, groups: np.ndarray,
-           rows_per_utterance: int, min_utterances: int = 1) -> "FrameNorm":
-        """The statistics of every utterance's rows (all of its frames), pooled per group (over all utterances for
-        a group of fewer than `min_utterances`)."""
+           rows_per_utterance: int, min_utterances: int = 1,
+           fallback: tuple[np.ndarray, np.ndarray] | None = None) -> "FrameNorm":
+        """The statistics of every utterance's rows (all of its frames), pooled per group (for a group of fewer than
+        `min_utterances`: the `fallback` statistics ((R, W), (R, W)), or without one those of all utterances)."""
         n_groups, width, r = int(groups.max()) + 1, frames.shape[1], rows_per_utterance
         total, total_sq, count = np.zeros((n_groups, r, width)), np.zeros((n_groups, r, width)), np.zeros((n_groups, r, 1))
         for group, offset, length in zip(groups, offsets, lengths):
@@ -90,7 +97,8 @@ class FrameNorm:
                 total[group] += chunk
                 total_sq[group] += chunk ** 2
                 count[group] += 1
-        return cls(np.asarray(groups), *_spread(total, total_sq, count, np.asarray(groups), min_utterances))
+        return cls(np.asarray(groups), *_spread(total, total_sq, count, np.asarray(groups), min_utterances,
+                                                fallback))
 
     def apply(self, x: np.ndarray, utterances: np.ndarray, take: np.ndarray, first: np.ndarray) -> np.ndarray:
         """`x`: the packed rows of `utterances` (take[k] rows of utterance k, from its row first[k] on) ->
@@ -101,14 +109,23 @@ class FrameNorm:
         return ((x - self.mean[group, row]) / self.std[group, row]).astype(np.float32)
 
 
-def speaker_zscores(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+def speaker_zscores(x: np.ndarray, speakers: np.ndarray,
+                    fallback: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """`x` (rows, F) standardised per speaker (`speakers`: each row's key, `speaker_keys`), a speaker of fewer
-    than MIN_SPEAKER_UTTERANCES rows with the statistics of all rows."""
-    return zscores(x, group_index(speakers), MIN_SPEAKER_UTTERANCES)
+    than MIN_SPEAKER_UTTERANCES rows with the `fallback` statistics, or without one those of all rows."""
+    return zscores(x, group_index(speakers), MIN_SPEAKER_UTTERANCES, fallback)
 
 
 def speaker_frame_norm(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, speakers: np.ndarray,
-                       rows_per_utterance: int) -> FrameNorm:
+                       rows_per_utterance: int, fallback: tuple[np.ndarray, np.ndarray] | None = None) -> FrameNorm:
     """The FrameNorm of a frame cache per speaker (`speakers`: each utterance's key), a speaker of fewer than
-    MIN_SPEAKER_UTTERANCES utterances with the statistics of all utterances."""
-    return FrameNorm.of(frames, offsets, lengths, group_index(speakers), rows_per_utterance, MIN_SPEAKER_UTTERANCES)
+    MIN_SPEAKER_UTTERANCES utterances with the `fallback` statistics, or without one those of all utterances."""
+    return FrameNorm.of(frames, offsets, lengths, group_index(speakers), rows_per_utterance, MIN_SPEAKER_UTTERANCES,
+                        fallback)
+
+
+def below_floor(speakers: np.ndarray) -> np.ndarray:
+    """(rows,) bool: whether each row's speaker has fewer than MIN_SPEAKER_UTTERANCES rows, so that its statistics
+    are not its own (`speaker_zscores`, `speaker_frame_norm`)."""
+    groups = group_index(speakers)
+    return np.bincount(groups)[groups] < MIN_SPEAKER_UTTERANCES

@@ -20,7 +20,7 @@ from errors import FlagError
 # Flags that may be given with --resume (e.g. a lower --lr after a divergence, more --epochs).
 RESUME_OVERRIDES = ("lr", "epochs", "num_workers", "device", "gpu_id", "amp")
 RECIPES = Path(__file__).resolve().parent / "recipes"
-RECIPE_COPY = "recipe.yaml"  # the recipe a run was made with, in its run folder
+RECIPE_COPY = "recipe.yaml"  # the recipe values a run used, in its run folder (`recipe_record`)
 IMBALANCE = ("weight", "sampler", "logit_adjust", "crt", "val_bias")
 LAYOUTS = ("a KEMDy19 or KEMDy20 folder, RAVDESS, TESS or EmoDB as published, or a folder with a manifest.csv "
            "(README, Your data)")
@@ -222,8 +222,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def get_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """main.py's flags, in groups."""
+    """main.py's flags, in groups (and `recipe_values`: the values of a --recipe, set by `parse_args`)."""
     p = Parser(description=description)
+    p.set_defaults(recipe_values=None)
     add_data_args(p)
     _add_model_args(p)
     _add_training_args(p)
@@ -241,8 +242,29 @@ def recipe_path(name: str) -> Path:
     return path
 
 
+def recipe_value(action: argparse.Action, value: object) -> object:
+    """A recipe's YAML value as the flag of `action` takes it: a switch takes true or false; any other flag the text
+    the command line would give it, converted and checked as argparse does (`epochs: 1.7` and `epochs: true` are
+    refused as `--epochs 1.7` is). ValueError saying what was expected."""
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise ValueError(f"{value!r}: --{action.dest} is a switch: true or false")
+        return value
+    if value is None:
+        raise ValueError("no value; give one, or delete the line to keep the default")
+    if isinstance(value, (bool, list, dict)):
+        raise ValueError(f"{value!r} is not a value of --{action.dest}; write it as on the command line")
+    try:
+        value = action.type(str(value)) if action.type is not None else str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a valid value of --{action.dest}") from None
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"{value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
 def read_recipe(parser: argparse.ArgumentParser, name: str) -> dict:
-    """The flag values of a recipe file, each checked as the flag itself would be (type, choices); FlagError naming
+    """The flag values of a recipe file, each checked as the flag itself would be (`recipe_value`); FlagError naming
     the recipe and the key for a key that is no flag of `parser` or a value it refuses."""
     import yaml  # only here: a run without a recipe never needs it
 
@@ -259,66 +281,106 @@ def read_recipe(parser: argparse.ArgumentParser, name: str) -> dict:
         action = actions.get(key)
         if action is None or key in ("recipe", "resume", "test_only", "test_path", "help"):
             raise FlagError(f"--recipe {path}: {key} is not a flag a recipe can set")
-        if isinstance(action, argparse._StoreTrueAction):
-            if not isinstance(value, bool):
-                raise FlagError(f"--recipe {path}: {key} is a switch: true or false, not {value!r}")
-        elif value is not None:
-            try:
-                value = action.type(value) if action.type is not None else str(value)
-            except (TypeError, ValueError):
-                raise FlagError(f"--recipe {path}: {key}: {value!r} is not a valid value of --{key}") from None
-            if action.choices is not None and value not in action.choices:
-                raise FlagError(f"--recipe {path}: {key}: {value!r} is not one of {', '.join(map(str, action.choices))}")
-        recipe[key] = value
+        try:
+            recipe[key] = recipe_value(action, value)
+        except ValueError as error:
+            raise FlagError(f"--recipe {path}: {key}: {error}") from None
     return recipe
 
 
 def parse_args(argv: list[str], description: str | None = None) -> argparse.Namespace:
-    """main.py's flags, a --recipe's values under the flags given, checked (`check_args`)."""
+    """main.py's flags, a --recipe's values under the flags given, checked (`check_args`). A recipe is read once,
+    here: `args.recipe` becomes its absolute path and `args.recipe_values` its values, which the runs record
+    (`recipe_record`) and an experiment's plan keeps, so that neither reads the file again."""
     parser = get_parser(description)
     args = parser.parse_args(argv)
+    recipe = {}
     if args.recipe:
-        parser.set_defaults(**read_recipe(parser, args.recipe))
+        path = recipe_path(args.recipe).resolve()
+        recipe = read_recipe(parser, str(path))
+        parser.set_defaults(**recipe)
         args = parser.parse_args(argv)
-    check_args(args)
+        args.recipe, args.recipe_values = str(path), recipe
+    try:
+        check_args(args)
+    except FlagError as error:
+        given = explicit_flags(argv)
+        from_recipe = [k for k in error.flags if k in recipe and k not in given]
+        if from_recipe:
+            raise FlagError(f"--recipe {args.recipe}: {from_recipe[0]}: {recipe[from_recipe[0]]!r}: {error}") from None
+        raise
     return args
 
 
+def recipe_record(args: argparse.Namespace) -> str:
+    """The run folder's recipe.yaml: the recipe's keys with the values the run used (a flag given beside the recipe
+    wins; the recipe's own value is then in a comment), as read when the flags were parsed."""
+    import yaml
+
+    lines = [f"# --recipe {args.recipe}, as read when the run's flags were parsed; each value is the one the run used",
+             "# (a flag given beside the recipe overrides it: the recipe's value follows in a comment)"]
+    for key, value in args.recipe_values.items():
+        used = vars(args)[key]
+        line = yaml.safe_dump({key: used}, default_flow_style=True, width=1000).strip().strip("{}")
+        lines.append(line + (f"  # recipe: {value!r}" if used != value else ""))
+    return "\n".join(lines) + "\n"
+
+
 def check_args(args: argparse.Namespace) -> None:
-    """FlagError naming the first flag whose value cannot work, or two flags that conflict."""
-    checks = [(args.ws >= 1, "--ws must be at least 1"), (0.0 <= args.lam <= 1.0, "--lam must be in [0, 1]"),
-              (0.0 <= args.beta < 1.0, "--beta must be in [0, 1)"), (args.focal_gamma >= 0, "--focal_gamma must be >= 0"), (args.batch_size >= 1, "--batch_size must be >= 1"),
-              (args.epochs >= 1, "--epochs must be >= 1"), (args.lr > 0, "--lr must be > 0"),
-              (args.sr in (None, SAMPLE_RATE), f"--sr: the feature cache is computed at {SAMPLE_RATE} Hz"),
-              (args.audio_dim % 8 == 0 and args.audio_dim >= 8, "--audio_dim must be a multiple of 8"),
-              (args.patience >= 0, "--patience must be >= 0"), (0.0 <= args.ema < 1.0, "--ema must be in [0, 1)"),
-              (args.num_layers >= 1, "--num_layers must be >= 1"), (args.hidden_size >= 2, "--hidden_size must be >= 2"),
-              (args.text_dim is None or args.text_dim >= 1, "--text_dim must be >= 1"), (0.0 <= args.dropout < 1.0, "--dropout must be in [0, 1)"),
-              (0.0 <= args.functional_dropout < 1.0, "--functional_dropout must be in [0, 1)"),
-              (args.num_workers >= 0, "--num_workers must be >= 0"), (args.seed >= 0, "--seed must be >= 0"),
-              (args.freq_mask >= 0 and args.time_mask >= 0, "--freq_mask and --time_mask must be >= 0"),
-              (not args.plan_only or args.cv or args.seeds, "--plan_only goes with --cv and/or --seeds"),
-              (args.encoder_lr > 0, "--encoder_lr must be > 0"), (args.warmup_steps >= 0, "--warmup_steps must be >= 0"),
-              (args.freeze_layers >= 0, "--freeze_layers must be >= 0"), (args.accum_steps >= 1, "--accum_steps must "
-                                                                                                 "be >= 1"),
-              (0.0 <= args.encoder_time_mask < 1.0, "--encoder_time_mask must be in [0, 1)"),
-              (args.max_seconds > 0, "--max_seconds must be > 0"),
-              (not args.finetune_speech or args.speech_model, "--finetune_speech needs --speech_model ID_OR_DIR")]
-    for ok, message in checks:
+    """FlagError naming the first flag whose value cannot work, or two flags that conflict (its `flags`: the flags
+    at fault, so that a recipe's value is named as the recipe's)."""
+    checks = [(("ws",), args.ws >= 1, "--ws must be at least 1"), (("lam",), 0.0 <= args.lam <= 1.0, "--lam must be in [0, 1]"),
+              (("beta",), 0.0 <= args.beta < 1.0, "--beta must be in [0, 1)"),
+              (("focal_gamma",), args.focal_gamma >= 0, "--focal_gamma must be >= 0"),
+              (("batch_size",), args.batch_size >= 1, "--batch_size must be >= 1"),
+              (("epochs",), args.epochs >= 1, "--epochs must be >= 1"), (("lr",), args.lr > 0, "--lr must be > 0"),
+              (("sr",), args.sr in (None, SAMPLE_RATE), f"--sr: the feature cache is computed at {SAMPLE_RATE} Hz"),
+              (("audio_dim",), args.audio_dim % 8 == 0 and args.audio_dim >= 8, "--audio_dim must be a multiple of 8"),
+              (("patience",), args.patience >= 0, "--patience must be >= 0"),
+              (("ema",), 0.0 <= args.ema < 1.0, "--ema must be in [0, 1)"),
+              (("num_layers",), args.num_layers >= 1, "--num_layers must be >= 1"),
+              (("hidden_size",), args.hidden_size >= 2, "--hidden_size must be >= 2"),
+              (("text_dim",), args.text_dim is None or args.text_dim >= 1, "--text_dim must be >= 1"),
+              (("dropout",), 0.0 <= args.dropout < 1.0, "--dropout must be in [0, 1)"),
+              (("functional_dropout",), 0.0 <= args.functional_dropout < 1.0, "--functional_dropout must be in [0, 1)"),
+              (("num_workers",), args.num_workers >= 0, "--num_workers must be >= 0"),
+              (("seed",), args.seed >= 0, "--seed must be >= 0"),
+              (("freq_mask", "time_mask"), args.freq_mask >= 0 and args.time_mask >= 0,
+               "--freq_mask and --time_mask must be >= 0"),
+              (("plan_only",), not args.plan_only or args.cv or args.seeds, "--plan_only goes with --cv and/or --seeds"),
+              (("encoder_lr",), args.encoder_lr > 0, "--encoder_lr must be > 0"),
+              (("warmup_steps",), args.warmup_steps >= 0, "--warmup_steps must be >= 0"),
+              (("freeze_layers",), args.freeze_layers >= 0, "--freeze_layers must be >= 0"),
+              (("accum_steps",), args.accum_steps >= 1, "--accum_steps must be >= 1"),
+              (("encoder_time_mask",), 0.0 <= args.encoder_time_mask < 1.0, "--encoder_time_mask must be in [0, 1)"),
+              (("max_seconds",), args.max_seconds > 0, "--max_seconds must be > 0"),
+              (("finetune_speech", "speech_model"), not args.finetune_speech or args.speech_model,
+               "--finetune_speech needs --speech_model ID_OR_DIR")]
+    for flags, ok, message in checks:
         if not ok:
-            raise FlagError(message)
+            raise FlagError(message, flags)
     imbalance = parse_imbalance(args.imbalance)
     if args.loss == "cbloss" and "weight" in imbalance:
-        raise FlagError("--loss cbloss and --imbalance weight both weight the emotion loss per class; choose one")
-    fitted = sorted(imbalance & {"crt", "val_bias"})
-    if fitted and args.val_split == "none":
-        raise FlagError(f"--imbalance {','.join(fitted)} is fitted on the validation sessions; --val_split none "
-                        "leaves none")
+        raise FlagError("--loss cbloss and --imbalance weight both weight the emotion loss per class; choose one",
+                        ("loss", "imbalance"))
+    if args.val_split == "none":
+        check_fitted(imbalance, (), args.val_split)
     if args.finetune_speech and args.feature_norm == "speaker":
         # The fine-tuned encoder reads raw waveforms, which a speaker's cached statistics do not reach: its live
         # rows would meet speaker z-scored context rows on another scale.
         raise FlagError("--finetune_speech reads raw waveforms, which --feature_norm speaker (the default) does not "
-                        "standardise: add --feature_norm training")
+                        "standardise: add --feature_norm training", ("finetune_speech", "feature_norm"))
+
+
+def check_fitted(imbalance: frozenset[str], val: tuple, val_split: str) -> None:
+    """FlagError where --imbalance crt or val_bias, fitted on the validation sessions, meets none: --val_split none,
+    or an automatic split that leaves none (a corpus of two speakers: one trains, one tests)."""
+    fitted = sorted(imbalance & {"crt", "val_bias"})
+    if fitted and not val:
+        why = ("--val_split none leaves none" if val_split == "none" else
+               f"--val_split {val_split} leaves none on this corpus (too few sessions: one trains, one tests)")
+        raise FlagError(f"--imbalance {','.join(fitted)} is fitted on the validation sessions; {why}",
+                        ("imbalance", "val_split"))
 
 
 def parse_imbalance(text: str) -> frozenset[str]:
@@ -421,4 +483,5 @@ def explicit_flags(argv: list[str]) -> dict:
     parser = get_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS  # absent flags then stay out of the namespace
-    return vars(parser.parse_args(argv))
+    flags = {action.dest for action in parser._actions}
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if k in flags}

@@ -15,7 +15,9 @@ so a decomposed macOS name matches). The `note` column names silent clips, chann
 wavs predicted without a transcript. Only the run folder is needed: no corpus, no network for a TF-IDF run.
 """
 import argparse
+import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,18 +29,22 @@ from audio import log_mel, read_audio
 from constants import N_FFT, SAMPLE_RATE
 from dataset import assemble_batch, context_windows, crop, pad_waves
 from ensemble import MEMBERS
-from errors import CorpusError, FlagError, RunFolderError, one_line_errors
+from errors import CorpusError, FlagError, RunFolderError, load_json, one_line_errors
 from finetune import run_tokenizer
 from functionals import band_statistics, clip_opensmile
 from model import model_inputs
 import normalization
-from normalization import FrameNorm, zscores
+from normalization import FrameNorm, below_floor, speaker_frame_norm, speaker_zscores
 from options import Parser
 from readers import clean_transcript, decode_text, hidden, natural_key, nfc
 from speech_features import encode_clips, load_speech_config, load_speech_model, speech_settings
 from text_encoder import tokenize
-from trained_run import load_trained_model, run_text_encoder, trained_on_demo
+from trained_run import check_finished, load_trained_model, run_text_encoder, trained_on_demo
 from utils import atomic_path
+
+
+OUT_SUFFIXES = (".csv", ".json")  # what --out writes
+RUN_RECORDS = ("args.json", "best.pth", "checkpoint.pth", "runs.json", MEMBERS)  # a folder holding one is a run's
 
 
 def read_transcript(path: Path) -> str:
@@ -137,39 +143,61 @@ def run_functionals(names: tuple[str, ...], audios: list[np.ndarray]) -> np.ndar
     return np.concatenate(blocks, axis=1)
 
 
+def speakers_of(files: list[Path], pattern: str | None) -> np.ndarray:
+    """Each recording's speaker: the first group (or the whole match) of `pattern` (--speaker_pattern, a regular
+    expression searched in the file name); without a pattern the recordings of one call are one speaker, "". A name
+    the pattern does not match is a speaker of its own (named in its note)."""
+    if pattern is None:
+        return np.full(len(files), "", dtype=object)
+    found = [re.search(pattern, f.name) for f in files]
+    return np.array([(m.group(1) if m.groups() else m.group(0)) if m else f"{f.name} (no match)"
+                     for m, f in zip(found, files)], dtype=object)
+
+
 def standardization(feature_norm: str, frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
                     functionals: np.ndarray | None, statistics: dict | None, rows_per_clip: int,
-                    normalize_with: str) -> tuple[FrameNorm | None, np.ndarray | None, str]:
-    """How a run's inputs are standardised for new recordings -> (the frames' FrameNorm, the functionals, a note).
-    A run trained on speaker z-scores (--feature_norm speaker) takes the statistics of the recordings given, as
-    one speaker (`normalize_with` "files", MIN_SPEAKER_UTTERANCES of them or more, as in training), else those of
-    its training rows (fewer recordings, or `normalize_with` "training"); a run trained on training statistics
-    standardises in its model."""
+                    speakers: np.ndarray | None) -> tuple[FrameNorm | None, np.ndarray | None, list[str]]:
+    """How a run's inputs are standardised for new recordings -> (the frames' FrameNorm, the functionals, a note per
+    recording). A run trained on speaker z-scores (--feature_norm speaker) standardises each recording with the
+    statistics of its speaker's recordings given (`speakers`, see speakers_of), by training's rule
+    (normalization.speaker_frame_norm): a speaker of fewer than MIN_SPEAKER_UTTERANCES recordings, and every
+    recording with `speakers` None (--normalize_with training), takes the run's training statistics instead. A run
+    trained on training statistics standardises in its model."""
     if feature_norm != "speaker":
-        return None, functionals, ""
-    one, enough = np.zeros(len(offsets), dtype=int), normalization.MIN_SPEAKER_UTTERANCES
-    if normalize_with == "files" and len(offsets) >= enough:
-        norm = FrameNorm.of(frames, offsets, lengths, one, rows_per_clip)
-        return (norm, None if functionals is None else zscores(functionals, one),
-                f"speaker statistics of the {len(offsets)} recordings given")
-    if statistics is None:
-        raise RunFolderError(f"the run holds no training statistics (it predates them): give {enough} or more "
-                             "recordings of the speaker, which are standardised with their own")
-    mean, std = (s.numpy() for s in statistics["frames"])
-    norm = FrameNorm(one, mean[None], std[None])
+        return None, functionals, [""] * len(offsets)
+    alone = speakers is None
+    speakers = np.arange(len(offsets)).astype(str) if alone else speakers
+    pooled = below_floor(speakers)
+    if pooled.any() and statistics is None:
+        raise RunFolderError(f"the run holds no training statistics (it predates them): give "
+                             f"{normalization.MIN_SPEAKER_UTTERANCES} or more recordings of each speaker, which are "
+                             "standardised with their own")
+    fallback = {k: tuple(v.numpy() for v in pair) for k, pair in statistics.items()} if statistics else {}
+    norm = speaker_frame_norm(frames, offsets, lengths, speakers, rows_per_clip, fallback.get("frames"))
     if functionals is not None:
-        f_mean, f_std = (s.numpy() for s in statistics["functionals"])
-        functionals = (functionals - f_mean) / f_std
-    return norm, functionals, ("training statistics" if normalize_with == "training" else
-                               f"training statistics (fewer than {enough} recordings)")
+        functionals = speaker_zscores(functionals, speakers, fallback.get("functionals"))
+    counts = dict(zip(*np.unique(speakers, return_counts=True)))
+    notes = []
+    for speaker, rare in zip(speakers, pooled):
+        whose = "its speaker's" if speaker == "" else f"speaker {speaker}'s"
+        notes.append("audio standardised with the run's training statistics (--normalize_with training)" if alone
+                     else f"audio standardised with the run's training statistics ({whose} recordings are fewer than "
+                          f"{normalization.MIN_SPEAKER_UTTERANCES})" if rare
+                     else f"audio standardised with the statistics of {whose} {counts[speaker]} recordings"
+                          + (" (all the files taken as one speaker; --speaker_pattern tells speakers apart)"
+                             if speaker == "" else ""))
+    return norm, functionals, notes
 
 
 def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.device, trust_pickle: bool,
-                normalize_with: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray | None, list[int], list[str]]:
+                speakers: np.ndarray | None) -> tuple[tuple[str, ...], np.ndarray, np.ndarray | None, list[int],
+                                                      list[str]]:
     """One run's outputs for the recordings -> (its classes, probabilities (kept, classes), arousal/valence
-    (kept, 2) or None, the indices of the recordings it could predict, a note per recording)."""
+    (kept, 2) or None, the indices of the recordings it could predict, a note per recording). `speakers`: each
+    recording's speaker (speakers_of), None to standardise every recording with the run's training statistics."""
     if not (run_dir / "best.pth").exists():
         raise RunFolderError(f"{run_dir} has no best.pth (not a finished run folder)")
+    check_finished(run_dir)
     model, run_args, checkpoint = load_trained_model(run_dir / "best.pth", device)
     if trained_on_demo(run_dir):
         print(f"NOTE: {run_dir.name} was trained on the synthetic demo corpus: its predictions say nothing about "
@@ -208,12 +236,17 @@ def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.dev
         live.update(tokens=tokens["input_ids"], token_mask=tokens["attention_mask"])
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     functionals = run_functionals(config.functionals, audios) if config.functional_dim else None
+    if functionals is not None:
+        for k in np.flatnonzero(~np.isfinite(functionals).all(1)):
+            notes[kept[k]].append(f"functionals ({', '.join(config.functionals)}) not computable for a "
+                                  f"{len(audios[k]) / SAMPLE_RATE:.2f}-s clip: the training mean stands in")
     norm, functionals, how = standardization(run_args.feature_norm, frames, offsets, lengths, functionals,
                                              checkpoint.get("statistics"), max(config.speech_layers, 1),
-                                             normalize_with)
-    if how and reads_audio:
-        for i in kept:
-            notes[i].append(f"audio standardised with {how}")
+                                             None if speakers is None else speakers[kept])
+    if reads_audio:
+        for k, note in zip(kept, how):
+            if note:
+                notes[k].append(note)
     if dialogue:  # windows over the files in order, exactly like training
         windows = context_windows(np.zeros(len(kept)), run_args.ws)
     else:  # each utterance alone: a window of padding and itself
@@ -237,7 +270,7 @@ def ensemble_members(folder: Path) -> list[tuple[Path, float]]:
     out over the folds; a run folder alone."""
     if not (folder / MEMBERS).exists():
         return [(folder, 1.0)]
-    record = json.loads((folder / MEMBERS).read_text(encoding="utf-8"))
+    record = load_json(folder / MEMBERS)
     members = [(Path(m["run"]), m["weight"] / len(record["folds"])) for fold in record["folds"]
                for m in fold["members"] if m["model"] == "neural" and m["weight"] > 0]
     others = sum(m["model"] != "neural" for fold in record["folds"] for m in fold["members"])
@@ -252,14 +285,16 @@ def ensemble_members(folder: Path) -> list[tuple[Path, float]]:
 @torch.inference_mode()
 def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: bool,
             device: torch.device | None = None, trust_pickle: bool = False,
-            normalize_with: str = "files") -> pd.DataFrame:
+            normalize_with: str = "files", speaker_pattern: str | None = None) -> pd.DataFrame:
     """One row per readable wav (`texts[i]` None: its same-stem .txt, if any) the run (or the weighted members of
     an ensemble folder) can predict; the others are named and skipped. The `note` column names what the user
-    should know of a row (silent, no transcript, the statistics its audio was standardised with...)."""
+    should know of a row (silent, no transcript, the statistics its audio was standardised with and the speaker
+    they took it as: `speaker_pattern`, see speakers_of...)."""
     device = device or torch.device("cpu")
     inputs = read_inputs(wavs, texts)
     members = ensemble_members(run_dir)
-    outputs = [run_outputs(run, inputs, dialogue, device, trust_pickle, normalize_with) for run, _ in members]
+    speakers = speakers_of(inputs.files, speaker_pattern) if normalize_with == "files" else None
+    outputs = [run_outputs(run, inputs, dialogue, device, trust_pickle, speakers) for run, _ in members]
     classes, _, _, kept, notes = outputs[0]
     if any(o[0] != classes or o[3] != kept for o in outputs):
         raise RunFolderError(f"the members of {run_dir} differ in their classes or in what they can predict")
@@ -292,10 +327,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     text.add_argument("--text", help="the transcript of --wav")
     text.add_argument("--txt", help="a .txt file with the transcript of --wav")
     parser.add_argument("--normalize_with", choices=["files", "training"], default="files",
-                        help="a run trained on speaker z-scores (--feature_norm speaker): files = the recordings of "
-                             "this call are one speaker, standardised with their own statistics (five or more; fewer "
-                             "take the training statistics); training = with the run's training statistics, each "
-                             "alone (default: %(default)s)")
+                        help="a run trained on speaker z-scores (--feature_norm speaker): files = each speaker's "
+                             "recordings of this call standardised with their own statistics (five or more, as in "
+                             "training; fewer take the run's training statistics); training = every recording with "
+                             "the run's training statistics (default: %(default)s)")
+    parser.add_argument("--speaker_pattern", metavar="REGEX",
+                        help="tells the speakers of the files apart: a regular expression searched in each file name, "
+                             "its first group (or the match) the speaker, e.g. '^([^_]+)_' for alice_01.wav "
+                             "(default: all the files of a call are one speaker)")
     parser.add_argument("--out", help="write the table to a .csv or .json file")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(default: %(default)s)")
     parser.add_argument("--trust_run", action="store_true",
@@ -304,19 +343,57 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     if (args.text or args.txt) and not args.wav:
         parser.error("--text/--txt go with --wav")
+    if args.speaker_pattern is not None:
+        try:
+            re.compile(args.speaker_pattern)
+        except re.error as error:
+            parser.error(f"--speaker_pattern {args.speaker_pattern!r} is not a regular expression ({error})")
     with one_line_errors():
         return run(args)
 
 
+def is_predictions_table(path: Path) -> bool:
+    """Whether `path` holds a table this program wrote (a CSV whose header runs from `file` to `note`, or a JSON list
+    of such records): the only existing file --out may replace."""
+    try:
+        if path.suffix.lower() == ".json":
+            records = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(records, list) and all(isinstance(r, dict) and {"file", "note"} <= r.keys()
+                                                     for r in records)
+        with open(path, encoding="utf-8", newline="") as f:
+            header = next(csv.reader(f), [])
+        return header[:1] == ["file"] and header[-1:] == ["note"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error):
+        return False
+
+
+def check_out(out: Path) -> None:
+    """FlagError, before any work, for an --out that is not a .csv or .json file in an existing folder, that lies
+    inside a run, experiment or ensemble folder (whose records it could replace), or that exists and is not a table
+    this program wrote (a user's file is never replaced)."""
+    if out.is_dir():
+        raise FlagError(f"--out {out} is a folder; name a .csv or .json file")
+    if out.suffix.lower() not in OUT_SUFFIXES:
+        raise FlagError(f"--out {out}: name a .csv or .json file for the predictions table, not "
+                        f"{'a ' + out.suffix + ' file' if out.suffix else 'a name without a suffix'}")
+    if not out.parent.is_dir():
+        raise FlagError(f"--out {out}: the folder {out.parent} does not exist")
+    folder = next((f for f in out.resolve().parents if any((f / name).exists() for name in RUN_RECORDS)), None)
+    if folder is not None:
+        raise FlagError(f"--out {out} lies inside the run folder {folder}, whose records predict.py never writes "
+                        "into: choose a path outside it")
+    if out.exists() and not is_predictions_table(out):
+        raise FlagError(f"--out {out} exists and is not a table predict.py wrote; it is never replaced: choose "
+                        "another name")
+
+
 def run(args: argparse.Namespace) -> pd.DataFrame:
     out = Path(args.out) if args.out else None
-    if out is not None and not out.parent.is_dir():  # checked before any work is done
-        raise FlagError(f"--out {out}: the folder {out.parent} does not exist")
-    if out is not None and out.is_dir():
-        raise FlagError(f"--out {out} is a folder; name a .csv or .json file")
+    if out is not None:
+        check_out(out)
     wavs, texts, dialogue = collect_inputs(args)
     table = predict(Path(args.run), wavs, texts, dialogue, torch.device(args.device), args.trust_run,
-                    args.normalize_with)
+                    args.normalize_with, args.speaker_pattern)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if out is not None:
         with atomic_path(out) as tmp:

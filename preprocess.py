@@ -35,8 +35,8 @@ from functionals import OPENSMILE_SETS, build_opensmile_cache
 from options import Parser, add_corpus_args
 from readers import FileIndex
 from speech_features import build_speech_cache, load_speech_config
-from text_encoder import check_text_dim, embedding_paths, fit_tfidf, save_tfidf, tfidf_embeddings, tfidf_exists, \
-    transformer_embeddings
+from text_encoder import check_text_dim, embedding_paths, fit_tfidf, save_tfidf, text_dim_of, tfidf_embeddings, \
+    tfidf_exists, transformer_embeddings
 from utils import cache_folder, fingerprint, progress_bar, read_json, write_array_cache, write_json, write_text
 
 
@@ -156,8 +156,11 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
         outputs = [out / n for n in ("annotation.csv", "df_speaker.csv", "df_listener.csv", SUMMARY, WAVS,
                                      "features/logmel.npy", "features/logmel.json")]
         table = None
+        # (tables of versions that did not record the unit of their splits are made again: a manifest's sessions
+        # were split as written, not by speaker)
         if (manifest.get("sources") == sources and manifest.get("features") == feature_settings()
-                and manifest.get("corpus") == kind and all(p.exists() for p in outputs)):
+                and manifest.get("corpus") == kind and "split_unit" in manifest.get("facts", {})
+                and all(p.exists() for p in outputs)):
             print(f"annotation tables and spectrogram cache in {out} are up to date")
         else:
             may_write("annotation tables and spectrograms")
@@ -314,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
                              class_shares=KEMDY20_CLASS_COUNTS if args.class_shares == "kemdy20" else None)
             print(f"demo corpus written to {args.make_demo}; next: python preprocess.py --data_dir {args.make_demo}")
         else:
-            preprocess(args.data_dir, args.text_encoder, args.text_dim, args.seed, args.speech_model, args.corpus,
+            text_dim = args.text_dim if args.text_dim is not None else text_dim_of(args.text_encoder)
+            preprocess(args.data_dir, args.text_encoder, text_dim, args.seed, args.speech_model, args.corpus,
                        args.cache_dir, args.bio_alignment)
 
 

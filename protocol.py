@@ -78,6 +78,13 @@ class DataSpec:
         return {name: [self.label(k) for k in keys if present is None or k in present] for name, keys in
                 (("train", self.train), ("val", self.val), ("test", self.test))}
 
+    def describe(self, present: set[int], unit: str) -> str:
+        """The split as the console shows it: the sessions `present` in the corpus (`record`), and what a session is
+        (the corpus's `split_unit`)."""
+        shown = self.record(present)
+        return (f"sessions (the unit of the splits: {unit}): train {shown['train']}, val {shown['val'] or 'none'}, "
+                f"test {shown['test']}")
+
     def check_split(self, sessions: np.ndarray, labels: np.ndarray) -> None:
         """FlagError, one line naming the flag, for a split that cannot work on a corpus whose rows have these
         `sessions` and first `labels`: test or validation sessions without an utterance, training sessions without
@@ -154,8 +161,9 @@ def corpus_protocol(kind: str, folder: Path) -> tuple[Protocol, tuple[str, ...]]
     if kind == "csv":
         names = tuple(manifest_sessions(folder))
         if len(names) < 2:
-            raise FlagError(f"{folder}/manifest.csv names {len(names)} session (speaker): a speaker-independent split "
-                            "needs at least two")
+            raise FlagError(f"{folder}/manifest.csv: its speakers form {len(names)} group ({', '.join(names)}) once the "
+                            "speakers of a shared session are kept together; a speaker-independent split needs at "
+                            "least two")
         return manifest_protocol(len(names)), names
     return PROTOCOLS[kind], tuple(session_names(kind))
 

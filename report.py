@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from errors import RunFolderError, load_json
 from options import Parser
 
 REPORT_METRICS = ["instance_precision", "instance_recall", "instance_f1", "macro_f1", "weighted_f1", "accuracy",
@@ -32,23 +33,16 @@ def _spread(mean: float | None, std: float | None = None) -> str:
     return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON (truncated or damaged)") from error
-
-
 def read_run(folder: Path) -> dict:
     """{'run', 'args', 'model', 'status', metrics...} of an experiment folder (runs.json) or a run folder (args.json)."""
     row = {"run": folder.name, "kind": "single", "model": ""}
     if (folder / "runs.json").exists():
-        plan = read_json(folder / "runs.json")
+        plan = load_json(folder / "runs.json")
         row["args"] = plan["args"]
         first = folder / plan["runs"][0]["name"] / "results.json"
-        row["model"] = read_json(first).get("model", "neural") if first.exists() else ""
+        row["model"] = load_json(first).get("model", "neural") if first.exists() else ""
         if (folder / "summary.json").exists():
-            summary = read_json(folder / "summary.json")
+            summary = load_json(folder / "summary.json")
             folds = _count(summary["n_folds"], "fold")
             if "ensemble" in summary:
                 row["kind"] = "ensemble"
@@ -62,9 +56,9 @@ def read_run(folder: Path) -> dict:
         else:
             row["runs"] = "incomplete"
     elif (folder / "args.json").exists():
-        row["args"] = read_json(folder / "args.json")
+        row["args"] = load_json(folder / "args.json")
         if (folder / "results.json").exists():
-            results = read_json(folder / "results.json")
+            results = load_json(folder / "results.json")
             row["model"] = results.get("model", "neural")
             row["runs"] = f"seed {row['args'].get('seed', '')}, test {row['args'].get('test_split', '')}"
             row.update({m: _spread(results["test"].get(m)) for m in REPORT_METRICS})
@@ -83,8 +77,8 @@ def read_run_or_say_why(folder: Path) -> dict:
     """read_run, or a row that names the damaged file: one bad folder never stops the report."""
     try:
         return read_run(folder)
-    except (ValueError, KeyError, IndexError, TypeError) as error:
-        reason = str(error) if isinstance(error, ValueError) else f"{folder}: missing field {error}"
+    except (RunFolderError, KeyError, IndexError, TypeError) as error:
+        reason = str(error) if isinstance(error, RunFolderError) else f"{folder}: missing field {error}"
         print(f"warning: {reason}; listed as damaged", file=sys.stderr)
         return {"run": folder.name, "kind": "single", "model": "", "args": {}, "runs": "damaged"}
 

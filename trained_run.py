@@ -24,7 +24,7 @@ import torch
 from audio import feature_settings
 from constants import DEFAULT_TEXT_ENCODER_REAL
 from dataset import Corpus, audio_cache_paths
-from errors import CorpusError, RunFolderError, StorageError
+from errors import CorpusError, RunFolderError, StorageError, load_json
 from finetune import run_backbones
 from model import EmotionModel, ModelConfig
 from options import run_arguments
@@ -73,7 +73,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
         return torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise RunFolderError(f"{path} does not exist") from None
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        # (a file cut short reads as an OSError "Invalid argument" when its zip directory points past its end)
         raise RunFolderError(f"{path} is damaged or not a checkpoint of this repo ({first_line(error)}); if the run "
                              "was interrupted, continue it with python main.py --resume <run>") from None
 
@@ -119,6 +120,20 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[EmotionModel, 
     return model.eval(), args, checkpoint
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether a folder holds a finished run: its results.json, written by the test after training's last step (a
+    run stopped by Ctrl-C or a crash has a best.pth, the best model so far, but no results.json)."""
+    return (Path(run_dir) / "results.json").exists()
+
+
+def check_finished(run_dir: Path) -> None:
+    """RunFolderError for a run that did not finish training: its best.pth is not the run's model. The one rule of
+    every reader of a run's model (--test_only, predict.py; ensemble.py and compare.py read finished runs alone)."""
+    if not finished(run_dir):
+        raise RunFolderError(f"{run_dir} did not finish training (no results.json), so its best.pth is not the "
+                             f"run's model; finish it first: python main.py --resume {run_dir}")
+
+
 def find_run(name: str, save_path: str) -> Path:
     """A finished run folder named as given or under --save_path; RunFolderError saying what is missing."""
     run_dir = next((p for p in (Path(name), Path(save_path) / name) if p.exists()), None)
@@ -128,9 +143,7 @@ def find_run(name: str, save_path: str) -> Path:
     missing = [f for f in ("args.json", "best.pth") if not (run_dir / f).exists()]
     if not run_dir.is_dir() or missing:
         raise RunFolderError(f"{run_dir} is not a finished run folder (missing {', '.join(missing) or 'folder'})")
-    if not (run_dir / "results.json").exists():
-        raise RunFolderError(f"{run_dir} did not finish training (no results.json), so its best.pth is not the "
-                             f"run's model; finish it first: python main.py --resume {run_dir}")
+    check_finished(run_dir)
     return run_dir
 
 
@@ -170,7 +183,7 @@ def check_corpus_unchanged(run_dir: Path, spec: DataSpec, allow_change: bool) ->
     if not saved_path.exists():
         print(f"warning: {run_dir} has no corpus.json (an older run): cannot check that the corpus is unchanged")
         return
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    saved = load_json(saved_path)
     now = corpus_record(spec, saved["text_dim"])
     changed = [name for name, digest in saved["fingerprint"].items() if now["fingerprint"].get(name) != digest]
     if not changed:
@@ -188,7 +201,7 @@ def trained_on_demo(run_dir: Path) -> bool:
     saved_path = run_dir / "corpus.json"
     if not saved_path.exists():
         return False
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    saved = load_json(saved_path)
     return saved["demo"] if "demo" in saved else any(is_demo_corpus(p) for p in saved["data_dir"].split(","))
 
 
@@ -196,7 +209,7 @@ def run_text_encoder(run_dir: Path, text_dim: int, trust_pickle: bool = False):
     """texts -> (N, text_dim) embeddings with the run's own sentence encoder. A pickled pipeline (runs saved by
     earlier versions) is loaded only with `trust_pickle`: unpickling can run any code its author put in it."""
     saved_path = run_dir / "corpus.json"
-    encoder = json.loads(saved_path.read_text(encoding="utf-8"))["text_encoder"] if saved_path.exists() else None
+    encoder = load_json(saved_path)["text_encoder"] if saved_path.exists() else None
     if encoder == "tfidf":
         if tfidf_exists(run_dir / TFIDF_BASE):
             try:
@@ -275,7 +288,7 @@ def resume_state(run_dir: Path) -> ResumeState | None:
     finished run. An evaluation of the model that training will replace is removed."""
     if not (run_dir / "args.json").exists():
         raise RunFolderError(f"--resume {run_dir} is not a run folder (no args.json)")
-    if (run_dir / "results.json").exists():
+    if finished(run_dir):
         print(f"{run_dir} has finished (results.json exists): nothing to resume")
         return None
     for stale in ("results_test_only.json", "predictions_test_only.csv", "confusion_test_only.png"):
@@ -284,4 +297,4 @@ def resume_state(run_dir: Path) -> ResumeState | None:
         checkpoint = load_checkpoint(run_dir / "checkpoint.pth")
         return ResumeState(checkpoint["args"], checkpoint)
     print(f"{run_dir} has no checkpoint yet (stopped in its first epoch): training it from the start")
-    return ResumeState(json.loads((run_dir / "args.json").read_text(encoding="utf-8")), None)
+    return ResumeState(load_json(run_dir / "args.json"), None)

@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure  # pyplot-free: writes files on a server, leaves a notebook's backend alone
 from tqdm import tqdm
 
-from errors import FlagError, PretrainedError, StorageError
+from errors import CorpusError, FlagError, PretrainedError, StorageError, load_json
 
 SUMMARY_METRICS = ["instance_precision", "instance_recall", "instance_f1", "accuracy", "ua", "macro_f1",
                    "weighted_f1", "ccc_arousal", "ccc_valence"]
@@ -76,6 +76,18 @@ def make_run_dir(save_path: str, name: str) -> Path:
     raise StorageError(f"could not create a new run folder under {root}")
 
 
+def open_run_dir(run_dir: Path | None, save_path: str, name: str) -> Path:
+    """The folder a run writes into: `run_dir` (an interrupted run's, or an experiment's planned run, made only now,
+    once the run's checks have passed, so that a refused start leaves no folder), or a new one (`make_run_dir`)."""
+    if run_dir is None:
+        return make_run_dir(save_path, name)
+    try:
+        Path(run_dir).mkdir(exist_ok=True)
+    except OSError as error:
+        raise StorageError(f"cannot create the run folder {run_dir}: {error.strerror}") from None
+    return Path(run_dir)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary name in the same folder; rename it to `path` once written. A process killed
@@ -100,8 +112,8 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def read_json(path: Path) -> dict:
-    """A JSON file's object; {} where the file does not exist."""
-    return json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).exists() else {}
+    """A cache record's object; {} where the file does not exist; CorpusError where it is damaged."""
+    return load_json(path, CorpusError) if Path(path).exists() else {}
 
 
 def cached_meta(npy_path: Path, meta_path: Path, wanted: dict) -> dict | None:

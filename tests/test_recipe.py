@@ -231,6 +231,7 @@ def test_predict_standardises_a_speaker_with_its_own_recordings_as_evaluation_do
     evaluated = pd.read_csv(run / "predictions.csv").set_index("Segment ID").loc[sorted(mine)]
     emotions = list(evaluated.columns[1:8])
     np.testing.assert_allclose(predicted[emotions].to_numpy(), evaluated[emotions].to_numpy(), atol=1e-5)
-    assert predicted["note"].str.contains(f"speaker statistics of the {len(mine)} recordings").all()
+    assert predicted["note"].str.contains(f"the statistics of its speaker's {len(mine)} recordings").all()
     alone = predict.predict(run, sorted(folder.glob("*.wav"))[:1], [None], dialogue=False)
-    assert alone["note"].tolist() == ["audio standardised with training statistics (fewer than 2 recordings)"]
+    assert alone["note"].tolist() == ["audio standardised with the run's training statistics (its speaker's "
+                                      "recordings are fewer than 2)"]
