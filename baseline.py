@@ -33,6 +33,7 @@ from metric import ccc, emotion_metrics
 from normalization import speaker_zscores
 from options import Parser, add_data_args, modality_check, parse_modalities
 from protocol import DataSpec, prepare_data, resolve_data
+from speech_features import LogMel
 from trained_run import VAL_PREDICTIONS, write_predictions, write_run_args, write_test_outputs
 from utils import open_run_dir, summary_table
 
@@ -137,7 +138,7 @@ def train(args: argparse.Namespace, run_dir: Path | None = None) -> Path:
     names = audio_feature_names(audio_features, spec.speech_model)
     spec = replace(spec, functionals=tuple(n for n in names if n != "speech"))
     prepare_data(spec, modality_check(args.modalities))
-    corpus = replace(spec, speech_model=None, feature_norm="training").corpus()  # (z-scored in feature_blocks)
+    corpus = replace(spec, speech=LogMel(), feature_norm="training").corpus()  # (z-scored in feature_blocks)
     spec.check_split(corpus.sessions, corpus.first_label)  # before the run folder: a refused split leaves none
     modalities = parse_modalities(args.modalities, corpus.has_text, corpus.modalities, corpus.bio is not None)
     if "audio" not in modalities:

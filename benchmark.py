@@ -8,7 +8,9 @@ Prints a table and writes benchmark.json. Targets (2 CPU cores): data path >= 10
 per-sample loader; waiting for data <= 5% of a training step; KEMDy19's spectrogram cache in
 under 5 minutes; peak training memory at KEMDy19's size under 4 GB. Pretrained speech encoders:
 extraction throughput of a randomly initialised base-size wav2vec2 (random weights cost the same
-compute), and its peak memory on one long clip, which chunking keeps independent of the length.
+compute), and its peak memory on one long clip, which chunking keeps independent of the length; Whisper's
+(base-size, or a real model with --whisper DIR) in clips per second and times real time, on one thread and on all,
+float32 and int8, at each clip's own length and padded to 30 s.
 Fine-tuning (--finetune_speech / --finetune_text): a training step of base-size wav2vec2 and BERT
 (both context modes for speech; on CUDA fp32 vs mixed precision, with and without gradient
 checkpointing), with the extrapolated time of a KEMDy19 and a KEMDy20 epoch.
@@ -42,7 +44,7 @@ from predict import predict
 from preprocess import preprocess
 from protocol import resolve_data
 from readers import segment_path
-from speech_features import build_speech_cache, encode_clips, load_speech_model
+from speech_features import build_speech_cache, feature_source
 from utils import amp_dtype, autocast, cache_folder, fingerprint
 
 KEMDY19_UTTERANCES = 10280  # per role
@@ -145,21 +147,64 @@ def _extract_child(model_dir: str, data_dir: str, cache: str, seg_ids: list[str]
     """Speech feature extraction of `seg_ids` in a fresh process, timed from the model being loaded to the cache
     being written."""
     wavs = [segment_path(Path(data_dir), s, ".wav") for s in seg_ids]
-    seconds = build_speech_cache(Path(cache), seg_ids, wavs, model_dir, fingerprint(Path(data_dir), wavs),
-                                 load_audio, torch.device(device))
+    seconds = build_speech_cache(Path(cache), seg_ids, wavs, feature_source(model_dir),
+                                 fingerprint(Path(data_dir), wavs), load_audio, torch.device(device))
     queue.put({"utt_per_s": len(seg_ids) / seconds, "real_time": sum(sf.info(w).duration for w in wavs) / seconds,
                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6})
 
 
 def _clip_child(model_dir: str, clip_seconds: list[float], device: str, queue) -> None:
     """The peak memory after encoding one clip of each length in turn, in a fresh process."""
-    extractor, model = load_speech_model(model_dir, torch.device(device))
+    encode = feature_source(model_dir).encoder(torch.device(device))
     peaks = []
     for seconds in clip_seconds:
         clip = np.random.default_rng(0).standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32) * 0.1
-        encode_clips([clip], extractor, model, torch.device(device))
+        encode([clip])
         peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
     queue.put(peaks)
+
+
+def save_random_whisper(folder: Path, size: str) -> Path:
+    """A randomly initialised Whisper of the base size (its encoder: 6 layers of width 512, as openai/whisper-base)
+    or a tiny one for smoke runs, saved as the hub holds it: its extraction costs what the real weights cost."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    shape = dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8, decoder_attention_heads=8,
+                 encoder_ffn_dim=2048, decoder_ffn_dim=2048) if size == "base" else dict(
+        d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64)
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(WhisperConfig(**shape)).save_pretrained(folder)
+    WhisperFeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+def _whisper_child(model_dir: str, wavs: list[str], precision: str, window: str, threads: int, queue) -> None:
+    """Whisper's pooled layers of the clips `wavs` on the CPU with `threads` threads, in a fresh process: clips per
+    second and times real time, timed after the model is loaded and a first clip is encoded."""
+    torch.set_num_threads(threads)
+    encode = feature_source(model_dir, precision, window).encoder(torch.device("cpu"))
+    audios = [load_audio(Path(w)) for w in wavs]
+    encode(audios[:1])
+    start = time.perf_counter()
+    encode(audios)
+    seconds = time.perf_counter() - start
+    queue.put({"clips_per_s": len(audios) / seconds, "real_time": sum(map(len, audios)) / SAMPLE_RATE / seconds})
+
+
+def whisper_figures(args: argparse.Namespace, work: Path, wavs: list[Path]) -> dict:
+    """Whisper extraction throughput (clips per second, times real time) of --whisper (a real model) or a random
+    base-size one, on one thread and on all, float32 and int8, each clip at its own length; float32 padded to 30 s on
+    all threads too."""
+    model_dir = args.whisper or str(save_random_whisper(work / f"whisper-{args.speech_size}", args.speech_size))
+    every = torch.get_num_threads()
+    cases = [(precision, "clip", threads) for precision in ("float32", "int8") for threads in sorted({1, every})]
+    figures = {}
+    for precision, window, threads in cases + [("float32", "30s", every)]:
+        result = in_child(_whisper_child, model_dir, [str(w) for w in wavs], precision, window, threads,
+                          fresh=not args.quick)
+        name = f"whisper_{precision}_{window}_{threads}thread"
+        figures[f"{name}_clips_per_s"], figures[f"{name}_real_time"] = result["clips_per_s"], result["real_time"]
+    return figures
 
 
 def save_random_text_model(folder: Path, size: str) -> Path:
@@ -336,12 +381,14 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         peaks = in_child(_clip_child, str(model_dir), group, args.device, fresh=not args.quick)
         for seconds, peak in zip(group, peaks):
             figures[f"speech_peak_rss_gb_{seconds:.0f}s_clip"] = peak
+    figures.update(whisper_figures(args, work, [segment_path(data_dir, seg, ".wav") for seg in
+                                                 corpus.table["Segment ID"][:args.whisper_utterances]]))
     figures.update(finetune_figures(args, work))
     return figures
 
 
 QUICK = {"utterances": 160, "train_windows": 32, "reference_batches": 1, "predict_files": 4, "speech_size": "tiny",
-         "speech_utterances": 10, "finetune_steps": 1}
+         "speech_utterances": 10, "finetune_steps": 1, "whisper_utterances": 2}
 TARGETS = {"loader_speedup": (">=", 100), "published_data_wait_share": ("<=", 0.05),
            "recipe_data_wait_share": ("<=", 0.05), "kemdy19_spectrogram_minutes": ("<", 5),
            "published_peak_rss_gb_kemdy19": ("<", 4), "recipe_peak_rss_gb_kemdy19": ("<", 4)}
@@ -364,6 +411,11 @@ def main_cli(argv: list[str] | None = None) -> dict:
                         help="random wav2vec2 timed for speech feature extraction (default: %(default)s)")
     parser.add_argument("--speech_utterances", type=int, default=200,
                         help="utterances timed for speech feature extraction (default: %(default)s)")
+    parser.add_argument("--whisper", default=None, metavar="DIR",
+                        help="a Whisper model (README: Whisper) to time instead of a random one of the same size "
+                             "(default: a random whisper-base, or tiny with --quick)")
+    parser.add_argument("--whisper_utterances", type=int, default=40,
+                        help="utterances timed for Whisper extraction, per setting (default: %(default)s)")
     parser.add_argument("--finetune_batch", type=int, default=4,
                         help="windows per fine-tuning step timed (default: %(default)s, a CPU-sized batch)")
     parser.add_argument("--finetune_clip_seconds", type=float, default=5.0,

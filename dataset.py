@@ -10,6 +10,7 @@ ids (`LiveInputs`), read from the corpus folder as it trains.
 """
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from constants import (CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, KEMDY_FACTS, MAN
 from errors import CorpusError, FlagError, load_json
 from functionals import load_opensmile, logmel_band_statistics
 from normalization import FrameNorm, row_statistics, speaker_frame_norm, speaker_keys, speaker_zscores
-from speech_features import MIN_SAMPLES, speech_cache_paths
+from speech_features import MIN_SAMPLES, FeatureSource, LogMel
 from text_encoder import KoBertTokenizer, embedding_paths, fit_tfidf, load_embeddings, tfidf_embeddings, tokenize
 from utils import atomic_path, read_json, split_data_dir
 
@@ -70,14 +71,6 @@ def context_windows(dialogues: np.ndarray, ws: int) -> np.ndarray:
     return np.where(rows >= start_of[:, None], rows, -1)
 
 
-def audio_cache_paths(folder: str | Path, speech_model: str | None = None) -> tuple[Path, Path]:
-    """(rows .npy, index .json) of the audio features in a cache folder: log-mel frames, or a speech model's
-    pooled layers."""
-    if speech_model:
-        return speech_cache_paths(folder, speech_model)
-    return Path(folder) / "features" / "logmel.npy", Path(folder) / "features" / "logmel.json"
-
-
 class ConcatFrames:
     """Several memory-mapped frame arrays read as one, without copying: rows of part k follow part k-1's."""
 
@@ -108,33 +101,37 @@ class Corpus:
     themselves unless --cache_dir moved them), as a list or a comma-separated string. Several corpora are
     read as their union, with session keys 1903 ("19_03") and dialogues prefixed by the corpus, so that no
     session or dialogue of one meets the other's. `frames` holds the audio features of all utterances, one
-    after the other: log-mel frames, or with `speech_model` the L layer rows of each utterance
-    (speech_features.py); `audio_settings` says which. `functionals` (rows, F) holds the utterance functionals
+    after the other, of the feature source `speech` (speech_features.py): log-mel frames, or a pooled encoder's L
+    layer rows of each utterance; `audio_settings` are the source's settings. `functionals` (rows, F) holds the utterance functionals
     named (functionals.py; None without). With `feature_norm` "speaker", the functionals are z-scores over each
     speaker's utterances and `frame_norm` holds each speaker's frame statistics (normalization.py), applied as
     batches are assembled; with "training", both stay raw (the model standardises log-mel bands and functionals
     with training statistics; a speech model's layer rows are layer-normalised in the model either way).
     """
 
-    def __init__(self, folders: list[Path] | str | Path, role: str, text_dim: int, speech_model: str | None = None,
+    def __init__(self, folders: list[Path] | str | Path, role: str, text_dim: int, speech: FeatureSource = LogMel(),
                  label_map: tuple[tuple[str, str], ...] = (), bio_alignment: str = "clock",
-                 feature_norm: str = "training", functionals: tuple[str, ...] = ()):
+                 feature_norm: str = "training", functionals: tuple[str, ...] = (), logmel: bool = False):
         folders = split_data_dir(folders) if isinstance(folders, (str, Path)) else list(folders)
         if len(folders) > 1:
-            self._union([Corpus([folder], role, text_dim, speech_model, label_map, bio_alignment,
-                                functionals=functionals) for folder in folders], text_dim)
+            self._union([Corpus([folder], role, text_dim, speech, label_map, bio_alignment,
+                                functionals=functionals, logmel=logmel) for folder in folders], text_dim)
         else:
-            self._read(folders[0], role, text_dim, speech_model, label_map, bio_alignment, functionals)
+            self._read(folders[0], role, text_dim, speech, label_map, bio_alignment, functionals, logmel)
         self.feature_norm, self.frame_norm = feature_norm, None
         self.raw_functionals = self.functionals
         if feature_norm == "speaker":
             self.frame_norm = speaker_frame_norm(self.frames, self.offsets, self.lengths, self.speakers,
                                                  max(self.speech_shape()[0], 1))
+            if self.mel is not None:
+                self.mel.norm = speaker_frame_norm(self.mel.frames, self.mel.offsets, self.mel.lengths, self.speakers,
+                                                   1)
             if self.functionals is not None:
                 self.functionals = speaker_zscores(self.functionals, self.speakers)
 
-    def _read(self, folder: Path, role: str, text_dim: int, speech_model: str | None,
-              label_map: tuple[tuple[str, str], ...], bio_alignment: str, functionals: tuple[str, ...]) -> None:
+    def _read(self, folder: Path, role: str, text_dim: int, speech: FeatureSource,
+              label_map: tuple[tuple[str, str], ...], bio_alignment: str, functionals: tuple[str, ...],
+              logmel: bool) -> None:
         self.folders, self.text_pipeline = [folder], None
         manifest = load_json(folder / MANIFEST, CorpusError)
         self.kind, facts = manifest["corpus"], manifest.get("facts", KEMDY_FACTS)
@@ -146,8 +143,9 @@ class Corpus:
             self.table, self.classes = apply_label_map(self.table, self.classes, label_map)
         self.source = np.zeros(len(self.table), dtype=int)  # which of `folders` each row comes from
         self.speakers = speaker_keys(self.table, self.kind)
-        self.audio_settings, self.frames, self.offsets, self.lengths = self._audio_cache(folder, speech_model)
-        self.functional_names, self.functionals = functionals, self._functionals(folder, speech_model, functionals)
+        self.audio_settings, self.frames, self.offsets, self.lengths = self._audio_cache(folder, speech)
+        self.mel = Frames(*self._audio_cache(folder, LogMel())[1:]) if logmel and speech != LogMel() else None
+        self.functional_names, self.functionals = functionals, self._functionals(folder, speech, functionals)
         npy_path = embedding_paths(folder, text_dim)[0]
         embeddings = load_embeddings(npy_path)
         zero = np.zeros(text_dim, dtype=np.float32)
@@ -176,25 +174,24 @@ class Corpus:
         # Per-utterance bio-signal features (biosignals.py), or None for a corpus without bio folders.
         self.bio = load_bio(folder, bio_alignment, self.table)
 
-    def _audio_cache(self, folder: Path, speech_model: str | None) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-        """(settings, frames memory-mapped, offsets and lengths of the table's rows) of the log-mel cache or, with
-        `speech_model`, of that model's layer features."""
-        npy_path, meta_path = audio_cache_paths(folder, speech_model)
+    def _audio_cache(self, folder: Path, speech: FeatureSource) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+        """(settings, frames memory-mapped, offsets and lengths of the table's rows) of the cache of `speech`."""
+        npy_path, meta_path = speech.paths(folder)
         if not meta_path.exists():
-            raise CorpusError(f"no features of --speech_model {speech_model} in {folder}; make them with "
-                              f"python preprocess.py --data_dir <corpus> --speech_model {speech_model}")
+            raise CorpusError(f"no features of --speech_model {speech.name} in {folder}; make them with "
+                              f"python preprocess.py --data_dir <corpus> --speech_model {speech.name}")
         meta = load_json(meta_path, CorpusError)
         position = {seg: i for i, seg in enumerate(meta["ids"])}
         rows = self.table["Segment ID"].map(position).to_numpy()
         return (meta["settings"], np.load(npy_path, mmap_mode="r"), np.asarray(meta["offsets"], dtype=np.int64)[rows],
                 np.asarray(meta["lengths"], dtype=np.int64)[rows])
 
-    def _functionals(self, folder: Path, speech_model: str | None, names: tuple[str, ...]) -> np.ndarray | None:
+    def _functionals(self, folder: Path, speech: FeatureSource, names: tuple[str, ...]) -> np.ndarray | None:
         """(rows, F) float32: the utterance functionals `names`, side by side in that order; None without."""
         blocks = []
         for name in names:
             if name == "logmel":  # from the log-mel cache, also when the audio path reads a speech model's layers
-                _, frames, offsets, lengths = (self._audio_cache(folder, None) if speech_model else
+                _, frames, offsets, lengths = (self._audio_cache(folder, LogMel()) if speech != LogMel() else
                                                (None, self.frames, self.offsets, self.lengths))
                 blocks.append(logmel_band_statistics(frames, offsets, lengths))
             else:
@@ -226,6 +223,11 @@ class Corpus:
         self.audio_settings, self.text_encoder = settings[0], encoders.pop()
         self.frames = ConcatFrames([p.frames for p in parts])
         self.offsets = np.concatenate([p.offsets + start for p, start in zip(parts, self.frames.starts)])
+        self.mel = None
+        if parts[0].mel is not None:
+            frames = ConcatFrames([p.mel.frames for p in parts])
+            self.mel = Frames(frames, np.concatenate([p.mel.offsets + start for p, start in zip(parts, frames.starts)]),
+                              np.concatenate([p.mel.lengths for p in parts]))
         for name in ("lengths", "labels", "first_label", "soft", "arousal_valence"):
             setattr(self, name, np.concatenate([getattr(p, name) for p in parts]))
         self.text_pipeline = None
@@ -249,11 +251,14 @@ class Corpus:
 
     def training_statistics(self, rows: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The raw features' mean and std over `rows` (the training utterances): "frames" (R, W) per frame row
-        (log-mel: one per band; a speech model's layer rows: one per layer), "functionals" (F,) where the corpus
-        has them. What a recording without other utterances of its speaker is standardised with (predict.py)."""
+        (log-mel: one per band; a speech model's layer rows: one per layer), "mel" (1, mels) for the log-mel frames
+        read beside a speech model's, "functionals" (F,) where the corpus has them. What a recording without other utterances of its speaker is standardised with (predict.py)."""
         groups = np.zeros(len(rows), dtype=int)
         norm = FrameNorm.of(self.frames, self.offsets[rows], self.lengths[rows], groups, max(self.speech_shape()[0], 1))
         out = {"frames": (norm.mean[0], norm.std[0])}
+        if self.mel is not None:
+            mel = FrameNorm.of(self.mel.frames, self.mel.offsets[rows], self.mel.lengths[rows], groups, 1)
+            out["mel"] = (mel.mean[0], mel.std[0])
         if self.raw_functionals is not None:
             mean, std = row_statistics(self.raw_functionals[rows], groups)
             out["functionals"] = (mean[0], std[0])
@@ -282,7 +287,7 @@ class WindowDataset(Dataset):
         # Random 10 s crops of longer clips in training, seeded by (seed, epoch, batch) for reproducibility.
         rng = np.random.default_rng((self.seed, self.epoch, int(indices[0]))) if self.train else None
         batch = assemble_batch(c.frames, c.offsets, c.lengths, c.text, windows, rng, c.bio, c.frame_norm,
-                               c.functionals)
+                               c.functionals, c.mel)
         last = windows[:, -1]
         batch.update(soft=torch.from_numpy(c.soft[last]), labels=torch.from_numpy(c.labels[last]),
                      first_label=torch.from_numpy(c.first_label[last]),
@@ -292,21 +297,20 @@ class WindowDataset(Dataset):
         return batch
 
 
-def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, text: np.ndarray,
-                   windows: np.ndarray, rng: np.random.Generator | None = None, bio: np.ndarray | None = None,
-                   norm: FrameNorm | None = None, functionals: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-    """Model inputs for `windows` (B, ws) of utterance indices (-1 = padding).
+@dataclass
+class Frames:
+    """An audio feature cache read for a table's rows: every utterance's rows (memory-mapped), each row's offset and
+    length in them, and with speaker normalisation the speakers' statistics (`norm`)."""
+    frames: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    norm: FrameNorm | None = None
 
-    The distinct utterances are cropped once from `frames` (all utterances' frames concatenated;
-    utterance i is frames[offsets[i]:offsets[i] + lengths[i]]): a random 10 s crop with `rng`,
-    else the first 10 s. They are returned packed, without padding: `spec` is their frames one
-    after the other and `spec_lengths` their lengths. `slots` maps each window step to its
-    utterance (its row in `text`). With `bio` (utterances x bio features), `bio` holds theirs, and likewise
-    `functionals`. `norm` standardises the frames with their speakers' statistics.
-    """
-    utterances, inverse = np.unique(windows[windows >= 0], return_inverse=True)
-    slots = np.full(windows.shape, -1)
-    slots[windows >= 0] = inverse
+
+def _crop(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, utterances: np.ndarray,
+          rng: np.random.Generator | None, norm: FrameNorm | None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of `utterances`, packed -> (rows float32, rows taken per utterance): at most 10 s of frames each, a
+    random stretch with `rng`, else the first; standardised with their speakers' statistics by `norm`."""
     lengths = lengths[utterances]
     take = np.minimum(lengths, MAX_FRAMES)
     starts = offsets[utterances]
@@ -314,9 +318,30 @@ def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
         starts = starts + (rng.random(len(utterances)) * (lengths - take + 1)).astype(np.int64)
     packed_starts = np.cumsum(take) - take
     frame_index = np.arange(take.sum()) + np.repeat(starts - packed_starts, take)
-    spec = np.asarray(frames[frame_index], dtype=np.float32)
+    rows = np.asarray(frames[frame_index], dtype=np.float32)
     if norm is not None:
-        spec = norm.apply(spec, utterances, take, starts - offsets[utterances])
+        rows = norm.apply(rows, utterances, take, starts - offsets[utterances])
+    return rows, take
+
+
+def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, text: np.ndarray,
+                   windows: np.ndarray, rng: np.random.Generator | None = None, bio: np.ndarray | None = None,
+                   norm: FrameNorm | None = None, functionals: np.ndarray | None = None,
+                   mel: Frames | None = None) -> dict[str, torch.Tensor]:
+    """Model inputs for `windows` (B, ws) of utterance indices (-1 = padding).
+
+    The distinct utterances are cropped once from `frames` (all utterances' frames concatenated;
+    utterance i is frames[offsets[i]:offsets[i] + lengths[i]]): a random 10 s crop with `rng`,
+    else the first 10 s. They are returned packed, without padding: `spec` is their frames one
+    after the other and `spec_lengths` their lengths. `slots` maps each window step to its
+    utterance (its row in `text`). With `bio` (utterances x bio features), `bio` holds theirs, and likewise
+    `functionals`, and `mel`/`mel_lengths` their log-mel frames cropped so (read beside a speech model's rows).
+    `norm` standardises the frames with their speakers' statistics.
+    """
+    utterances, inverse = np.unique(windows[windows >= 0], return_inverse=True)
+    slots = np.full(windows.shape, -1)
+    slots[windows >= 0] = inverse
+    spec, take = _crop(frames, offsets, lengths, utterances, rng, norm)
     batch = {"spec": torch.from_numpy(spec),
              "spec_lengths": torch.from_numpy(take), "text": torch.from_numpy(np.asarray(text[utterances])),
              "slots": torch.from_numpy(slots)}
@@ -324,6 +349,9 @@ def assemble_batch(frames: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
         batch["bio"] = torch.from_numpy(bio[utterances])
     if functionals is not None:
         batch["functionals"] = torch.from_numpy(functionals[utterances])
+    if mel is not None:
+        rows, take = _crop(mel.frames, mel.offsets, mel.lengths, utterances, rng, mel.norm)
+        batch.update(mel=torch.from_numpy(rows), mel_lengths=torch.from_numpy(take))
     return batch
 
 

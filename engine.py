@@ -138,6 +138,9 @@ def setup(config: ModelConfig, spec: TrainSpec, corpus: Corpus, train_rows: np.n
         if "audio" in config.modalities and not config.speech_layers:
             model.audio.mel_mean.copy_(torch.from_numpy(statistics["frames"][0][0]))
             model.audio.mel_std.copy_(torch.from_numpy(statistics["frames"][1][0]))
+        if hasattr(model, "logmel"):
+            model.logmel.mel_mean.copy_(torch.from_numpy(statistics["mel"][0][0]))
+            model.logmel.mel_std.copy_(torch.from_numpy(statistics["mel"][1][0]))
         if config.functional_dim:
             model.functional_mean.copy_(torch.from_numpy(statistics["functionals"][0]))
             model.functional_std.copy_(torch.from_numpy(statistics["functionals"][1]))

@@ -122,6 +122,9 @@ def finetune_inputs(config, corpus, data_dirs: tuple[Path, ...], speech_model: s
     if speech and not config.speech_layers:
         raise FlagError("--finetune_speech needs --speech_model ID_OR_DIR (preprocessed with it: its frozen features "
                         "give the windows' context utterances)")
+    if speech and corpus.audio_settings.get("model_type") == "whisper":
+        raise FlagError("--finetune_speech trains the wav2vec2 family (wav2vec2, HuBERT, WavLM, XLS-R); a Whisper "
+                        "--speech_model is read frozen: drop --finetune_speech")
     if text and corpus.text_encoder in ("tfidf", "given", "none"):
         raise FlagError(f"--finetune_text needs a transformer --text_encoder ID_OR_DIR (BERT, RoBERTa, ELECTRA), not "
                         f"the corpus's {corpus.text_encoder} embeddings")

@@ -26,7 +26,8 @@ BIO_WIDTH = 16  # the bio-signal features' projection, fused with the audio and 
 
 def model_inputs(batch: dict) -> dict:
     """The entries of a batch that EmotionModel.forward takes, by name."""
-    return {k: batch[k] for k in MODEL_INPUTS + LIVE_INPUTS + ("bio", "functionals") if k in batch}
+    return {k: batch[k] for k in MODEL_INPUTS + LIVE_INPUTS + ("bio", "functionals", "mel", "mel_lengths")
+            if k in batch}
 
 
 def _time_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -276,6 +277,7 @@ class ModelConfig:
     time_mask: int = 20  # SpecAugment: widest time mask in frames, 0 = off
     speech_layers: int = 0  # > 0: a speech model's pooled layers (L rows of width 2 * speech_dim), not log-mel
     speech_dim: int = 0
+    fuse_logmel: bool = False  # with speech_layers: the log-mel CNN too, its features beside the speech model's
     classes: tuple[str, ...] = tuple(EMOTIONS)  # the corpus's emotion classes (KEMDy's seven by default)
     modalities: tuple[str, ...] = ("audio", "text")  # what the fusion sees: audio, text, bio (KEMDy wearables)
     bio_dim: int = 0  # bio-signal features per utterance (biosignals.FEATURES), with "bio" in modalities
@@ -304,6 +306,7 @@ class ModelConfig:
                    emotion_concat=not args["no_cat"], dropout=args["dropout"], audio_pool=args["audio_pool"],
                    direct=not args["no_direct"], freq_mask=args.get("freq_mask", 0),
                    time_mask=args.get("time_mask", 0), speech_layers=layers, speech_dim=width,
+                   fuse_logmel=bool(layers) and args.get("fuse_logmel", False),
                    finetune_speech=args.get("finetune_speech", False), finetune_text=args.get("finetune_text", False),
                    finetune_context=args.get("finetune_context", "cache"), text_pool=args.get("text_pool", "cls"),
                    freeze_cnn=not args.get("train_cnn", False), freeze_layers=args.get("freeze_layers", 0),
@@ -328,6 +331,9 @@ class EmotionModel(nn.Module):
             self.audio = (SpeechEncoder(c.speech_layers, c.speech_dim, c.audio_dim, c.dropout) if c.speech_layers
                           else AudioEncoder(c.audio_dim, pool=c.audio_pool, freq_mask=c.freq_mask,
                                             time_mask=c.time_mask, dropout=c.dropout))
+        if "audio" in c.modalities and c.fuse_logmel:  # the log-mel CNN beside a speech model's layers
+            self.logmel = AudioEncoder(c.audio_dim, pool=c.audio_pool, freq_mask=c.freq_mask, time_mask=c.time_mask,
+                                       dropout=c.dropout)
         if "text" in c.modalities:
             self.text_norm = nn.LayerNorm(c.text_dim)
         if "bio" in c.modalities:  # z-scored statistics, counts and presence masks: one linear layer
@@ -341,7 +347,8 @@ class EmotionModel(nn.Module):
             self.functional = nn.Sequential(nn.Dropout(c.functional_dropout), nn.Linear(c.functional_dim, c.audio_dim),
                                             nn.ReLU(inplace=True))
         width = (c.audio_dim if "audio" in c.modalities else 0) + (c.text_dim if "text" in c.modalities else 0) + (
-            BIO_WIDTH if "bio" in c.modalities else 0) + (c.audio_dim if c.functional_dim else 0)
+            BIO_WIDTH if "bio" in c.modalities else 0) + (c.audio_dim if c.functional_dim else 0) + (
+            c.audio_dim if hasattr(self, "logmel") else 0)
         self.fuse = nn.Sequential(nn.Linear(width, c.hidden_size), nn.ReLU(inplace=True), nn.Dropout(c.dropout))
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[c.backbone]
         self.rnn = rnn(c.hidden_size + 1, c.hidden_size, num_layers=c.num_layers, batch_first=True,
@@ -392,13 +399,15 @@ class EmotionModel(nn.Module):
                 waves: torch.Tensor | None = None, wave_lengths: torch.Tensor | None = None,
                 wave_slots: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
                 token_mask: torch.Tensor | None = None, bio: torch.Tensor | None = None,
-                functionals: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                functionals: torch.Tensor | None = None, mel: torch.Tensor | None = None,
+                mel_lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """spec: packed frames of the batch's distinct utterances (see AudioEncoder), text: their
         embeddings; slots (B, ws): index into them, -1 = padding. The last slot is the target.
         Fine-tuned encoders also read waves (W, T) at 16 kHz with their lengths (W,) for the utterances
         `wave_slots` (W,), and the token ids (U, N) of every utterance with their mask (dataset.LiveInputs).
         bio (U, bio_dim): the utterances' bio-signal features (zeros and 0 masks where absent); functionals
-        (U, functional_dim): their utterance functionals (NaN where openSMILE failed: the mean).
+        (U, functional_dim): their utterance functionals (NaN where openSMILE failed: the mean); mel, mel_lengths:
+        their log-mel frames, packed like `spec` (the log-mel CNN beside a speech model's layers, fuse_logmel).
 
         Returns emotion logits (B, classes) and arousal/valence (B, 2) in [1, 5].
         """
@@ -409,6 +418,9 @@ class EmotionModel(nn.Module):
         live = self.waveform(waves, wave_lengths) if c.finetune_speech and waves is not None else None
         if "audio" in c.modalities:
             parts.append(self.audio(spec, spec_lengths, live) if live is not None else self.audio(spec, spec_lengths))
+        if hasattr(self, "logmel"):
+            cnn = self.logmel(mel, mel_lengths)
+            parts.append(torch.cat([cnn, cnn[wave_slots]]) if live is not None else cnn)
         if "text" in c.modalities:
             text = self.text_norm(self.token_encoder(tokens, token_mask) if c.finetune_text else text)
             parts.append(torch.cat([text, text[wave_slots]]) if live is not None else text)

@@ -55,8 +55,16 @@ def add_corpus_args(p: argparse.ArgumentParser) -> None:
                                            "KEMDy), a Hugging Face id or folder, or tfidf (default for the demo and "
                                            "the other corpora)")
     a("--speech_model", default=None, metavar="ID_OR_DIR",
-      help="audio from this pretrained speech encoder's cached layer features (a Hugging Face id or local folder: "
-           "wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R) instead of log-mel spectrograms (default: log-mel)")
+      help="audio from this pretrained speech encoder's cached layer features instead of log-mel spectrograms: a "
+           "Hugging Face id or folder of wav2vec2, HuBERT, WavLM, data2vec-audio, XLS-R or Whisper (openai/whisper-"
+           "base...), or a CTranslate2 / faster-whisper folder (README: Whisper) (default: log-mel)")
+    a("--speech_precision", choices=["float32", "int8"], default="float32",
+      help="the --speech_model's extraction: float32, or int8 = its linear layers dynamically quantised (CPU; faster, "
+           "features within a few percent) (default: %(default)s)")
+    a("--whisper_input", choices=["clip", "30s"], default="clip",
+      help="a Whisper --speech_model's input: clip = each clip at its own length, 30s = padded to 30 s as Whisper "
+           "was trained (about ten times the cost of a 3-s clip); its layers are pooled over the clip's frames "
+           "either way (default: %(default)s)")
     a("--text_dim", type=int, default=None,
       help=f"sentence embedding size (default: the --text_encoder's hidden size, from its config; {DEFAULT_TEXT_DIM} "
            "for tfidf and KoBERT)")
@@ -115,6 +123,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     a("--dropout", type=float, default=0.2,
       help="dropout in fusion, recurrent and arousal/valence layers (default: %(default)s)")
     a("--bidirectional", action="store_true", help="bidirectional recurrent backbone (default: off)")
+    a("--fuse_logmel", action="store_true",
+      help="with --speech_model: the log-mel CNN too, its features fused beside the speech model's layers at every "
+           "window step (default: the speech model's layers in its place)")
     a("--functional_dropout", type=float, default=0.5,
       help="dropout on the standardised --functionals before their projection (default: %(default)s)")
     a("--no_cat", action="store_true", help="ablation: do not feed emotion probabilities to the arousal/valence trunk")
@@ -355,7 +366,9 @@ def check_args(args: argparse.Namespace) -> None:
               (("encoder_time_mask",), 0.0 <= args.encoder_time_mask < 1.0, "--encoder_time_mask must be in [0, 1)"),
               (("max_seconds",), args.max_seconds > 0, "--max_seconds must be > 0"),
               (("finetune_speech", "speech_model"), not args.finetune_speech or args.speech_model,
-               "--finetune_speech needs --speech_model ID_OR_DIR")]
+               "--finetune_speech needs --speech_model ID_OR_DIR"),
+              (("fuse_logmel", "speech_model"), not args.fuse_logmel or args.speech_model,
+               "--fuse_logmel fuses the log-mel CNN beside a --speech_model's layers; without one the CNN is the audio")]
     for flags, ok, message in checks:
         if not ok:
             raise FlagError(message, flags)

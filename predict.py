@@ -27,7 +27,7 @@ import torch
 
 from audio import log_mel, read_audio
 from constants import N_FFT, SAMPLE_RATE
-from dataset import assemble_batch, context_windows, crop, pad_waves
+from dataset import Frames, assemble_batch, context_windows, crop, pad_waves
 from ensemble import MEMBERS
 from errors import CorpusError, FlagError, RunFolderError, load_json, one_line_errors
 from finetune import run_tokenizer
@@ -37,7 +37,7 @@ import normalization
 from normalization import FrameNorm, below_floor, speaker_frame_norm, speaker_zscores
 from options import Parser
 from readers import clean_transcript, decode_text, hidden, natural_key, nfc
-from speech_features import encode_clips, load_speech_config, load_speech_model, speech_settings
+from speech_features import LogMel, feature_source
 from text_encoder import tokenize
 from trained_run import check_finished, load_trained_model, run_text_encoder, trained_on_demo
 from utils import atomic_path
@@ -81,19 +81,18 @@ def collect_inputs(args: argparse.Namespace) -> tuple[list[Path], list[str | Non
     return wavs, [None] * len(wavs), bool(args.dialogue)
 
 
-def audio_features(audios: list[np.ndarray], speech_model: str | None, trained_on: dict,
+def audio_features(audios: list[np.ndarray], run_args: argparse.Namespace, trained_on: dict,
                    device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """The run's audio features of the clips, packed like the training cache -> (rows, rows per clip)."""
-    if not speech_model:
-        spectrograms = [log_mel(audio) for audio in audios]
-        return np.concatenate(spectrograms), np.array([len(s) for s in spectrograms])
-    settings = speech_settings(speech_model, load_speech_config(speech_model))
-    if settings["revision"] != trained_on["revision"]:
-        print(f"warning: --speech_model {speech_model} is now revision {settings['revision']}, the run was trained "
-              f"on features of revision {trained_on['revision']}")
-    extractor, encoder = load_speech_model(speech_model, device)
-    pooled = encode_clips(audios, extractor, encoder, device)  # (clips, layers, 2 * dim)
-    return pooled.reshape(-1, pooled.shape[-1]), np.full(len(audios), pooled.shape[1])
+    """The run's audio features of the clips (its feature source: log-mel, or its --speech_model as its cache was
+    made), packed like the training cache -> (rows, rows per clip)."""
+    source = feature_source(run_args.speech_model, run_args.speech_precision, run_args.whisper_input)
+    if run_args.speech_model:
+        revision = source.settings()["revision"]
+        if revision != trained_on["revision"]:
+            print(f"warning: --speech_model {run_args.speech_model} is now revision {revision}, the run was trained "
+                  f"on features of revision {trained_on['revision']}")
+    blocks = source.encode(audios, device)
+    return np.concatenate(blocks), np.array([len(b) for b in blocks])
 
 
 @dataclass
@@ -230,7 +229,7 @@ def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.dev
                                  .flatten(2).flatten(0, 1).cpu().numpy() for k in range(0, len(clips), 8)])
         lengths = np.full(len(kept), config.speech_layers)
     else:
-        frames, lengths = audio_features(audios, run_args.speech_model, checkpoint["features"], device)
+        frames, lengths = audio_features(audios, run_args, checkpoint["features"], device)
     if config.finetune_text:
         tokens = tokenize(run_tokenizer(run_dir), texts)
         live.update(tokens=tokens["input_ids"], token_mask=tokens["attention_mask"])
@@ -240,9 +239,16 @@ def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.dev
         for k in np.flatnonzero(~np.isfinite(functionals).all(1)):
             notes[kept[k]].append(f"functionals ({', '.join(config.functionals)}) not computable for a "
                                   f"{len(audios[k]) / SAMPLE_RATE:.2f}-s clip: the training mean stands in")
+    statistics, speakers = checkpoint.get("statistics"), None if speakers is None else speakers[kept]
     norm, functionals, how = standardization(run_args.feature_norm, frames, offsets, lengths, functionals,
-                                             checkpoint.get("statistics"), max(config.speech_layers, 1),
-                                             None if speakers is None else speakers[kept])
+                                             statistics, max(config.speech_layers, 1), speakers)
+    mel = None
+    if config.fuse_logmel:  # the log-mel CNN's frames beside the speech model's rows, standardised alike
+        blocks = LogMel().encode(audios)
+        mel = Frames(np.concatenate(blocks), np.cumsum([0] + [len(b) for b in blocks[:-1]]),
+                     np.array([len(b) for b in blocks]))
+        mel.norm = standardization(run_args.feature_norm, mel.frames, mel.offsets, mel.lengths, None,
+                                   statistics and {"frames": statistics["mel"]}, 1, speakers)[0]
     if reads_audio:
         for k, note in zip(kept, how):
             if note:
@@ -255,7 +261,8 @@ def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.dev
     embeddings = (run_text_encoder(run_dir, config.text_dim, trust_pickle)(texts)
                   if reads_text and not config.finetune_text else np.zeros((len(kept), config.text_dim), np.float32))
     batch = {**assemble_batch(frames, offsets, lengths, embeddings, windows, norm=norm,
-                              functionals=None if functionals is None else functionals.astype(np.float32)), **live}
+                              functionals=None if functionals is None else functionals.astype(np.float32), mel=mel),
+             **live}
     if "bio" in config.modalities:  # new recordings come without wristband data: absent, as their masks say
         print("note: the run also reads bio-signals; none are given here (masked, as for utterances without them)")
         batch["bio"] = torch.zeros(len(kept), config.bio_dim)

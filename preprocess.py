@@ -34,7 +34,7 @@ from errors import CorpusError, one_line_errors
 from functionals import OPENSMILE_SETS, build_opensmile_cache
 from options import Parser, add_corpus_args
 from readers import FileIndex
-from speech_features import build_speech_cache, load_speech_config
+from speech_features import FeatureSource, LogMel, PooledEncoder, build_speech_cache, feature_source
 from text_encoder import check_text_dim, embedding_paths, fit_tfidf, save_tfidf, text_dim_of, tfidf_embeddings, \
     tfidf_exists, transformer_embeddings
 from utils import cache_folder, fingerprint, progress_bar, read_json, write_array_cache, write_json, write_text
@@ -117,12 +117,12 @@ def cache_lock(folder: Path) -> Iterator[bool]:
 
 
 def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
-               text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0, speech_model: str | None = None,
+               text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0, speech: FeatureSource = LogMel(),
                corpus: str = "auto", cache_dir: str | Path | None = None, bio_alignment: str = "clock",
                functionals: tuple[str, ...] = (), check_facts: Callable[[dict], None] | None = None) -> dict:
     """Run every step that is not up to date; return the summary (corpus, rows per role, classes, repairs, drops)
-    with the seconds taken by the steps that ran (`seconds`). With `speech_model`, also the cache of its pooled
-    layer features (speech_features.py). `corpus` (kemdy19/kemdy20) overrides the detection; `cache_dir` moves
+    with the seconds taken by the steps that ran (`seconds`). With a pooled encoder as the `speech` source, also the
+    cache of its layer features (speech_features.py; log-mel's is made with the tables). `corpus` (kemdy19/kemdy20) overrides the detection; `cache_dir` moves
     every derived file out of the corpus folder (`cache_folder`). A KEMDy corpus with bio-signal folders also gets
     its per-utterance bio features, aligned by `bio_alignment` (biosignals.py), and the openSMILE sets among
     `functionals` are cached (functionals.py). `check_facts` is called with the corpus's facts (classes, text,
@@ -139,8 +139,8 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     npy_path, meta_path, tfidf_base = embedding_paths(out, text_dim)
     wanted_embedding = {"encoder": text_encoder, "sources": sources}
     # Every model id is checked before any heavy work: a bad one fails in seconds, with one line.
-    if speech_model:
-        load_speech_config(speech_model)
+    if isinstance(speech, PooledEncoder):
+        speech.settings()
     embedded = read_json(out / MANIFEST).get("embedding", {}).get(str(text_dim))
     if text_encoder != "tfidf" and embedded != wanted_embedding:
         check_text_dim(text_encoder, text_dim)
@@ -194,10 +194,10 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             seconds["embeddings"] = time.perf_counter() - started
             manifest.setdefault("embedding", {})[str(text_dim)] = wanted_embedding
             write_json(out / MANIFEST, manifest)
-        if speech_model:
+        if isinstance(speech, PooledEncoder):
             paths = corpus_wavs(out, data_dir)
             seg_ids = sorted(paths)
-            seconds["speech"] = build_speech_cache(out, seg_ids, [paths[s] for s in seg_ids], speech_model, sources,
+            seconds["speech"] = build_speech_cache(out, seg_ids, [paths[s] for s in seg_ids], speech, sources,
                                                    load_audio, may_write=may_write)
         for feature_set in (f for f in functionals if f in OPENSMILE_SETS):
             seconds[feature_set] = build_opensmile_cache(out, corpus_wavs(out, data_dir), sources, feature_set,
@@ -318,8 +318,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"demo corpus written to {args.make_demo}; next: python preprocess.py --data_dir {args.make_demo}")
         else:
             text_dim = args.text_dim if args.text_dim is not None else text_dim_of(args.text_encoder)
-            preprocess(args.data_dir, args.text_encoder, text_dim, args.seed, args.speech_model, args.corpus,
-                       args.cache_dir, args.bio_alignment)
+            speech = feature_source(args.speech_model, args.speech_precision, args.whisper_input)
+            preprocess(args.data_dir, args.text_encoder, text_dim, args.seed, speech, args.corpus, args.cache_dir,
+                       args.bio_alignment)
 
 
 if __name__ == "__main__":

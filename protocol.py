@@ -19,6 +19,7 @@ from corpora import detect_corpus, manifest_sessions, session_names
 from errors import FlagError
 from functionals import parse_functionals
 from preprocess import is_demo_corpus, preprocess
+from speech_features import FeatureSource, feature_source
 from text_encoder import text_dim_of
 from utils import cache_folder, split_data_dir
 
@@ -31,7 +32,7 @@ class DataSpec:
     role: str  # whose emotion: "speaker" or "listener"
     text_encoder: str | None  # None: the corpus's default (preprocess.default_text_encoder)
     text_dim: int
-    speech_model: str | None  # a hub id, or a local folder made absolute (usable from any directory)
+    speech: FeatureSource  # the audio's feature source: log-mel, or a --speech_model (a local folder made absolute)
     groups: tuple[tuple[int, ...], ...]  # the session keys of each corpus
     train: tuple[int, ...]
     val: tuple[int, ...]
@@ -42,12 +43,18 @@ class DataSpec:
     bio_alignment: str = "clock"  # --bio_alignment: how KEMDy bio-signals are aligned to the utterances
     feature_norm: str = "training"  # --feature_norm: acoustic inputs standardised per speaker, or with training stats
     functionals: tuple[str, ...] = ()  # --functionals: the utterance functionals a run reads (functionals.py)
+    fuse_logmel: bool = False  # --fuse_logmel: the log-mel frames too, beside a speech model's rows
 
     def corpus(self):
         """The dataset.Corpus of these corpora, caches and settings (preprocessed: `prepare_data`)."""
         from dataset import Corpus
-        return Corpus(self.caches, self.role, self.text_dim, self.speech_model, self.label_map, self.bio_alignment,
-                      self.feature_norm, self.functionals)
+        return Corpus(self.caches, self.role, self.text_dim, self.speech, self.label_map, self.bio_alignment,
+                      self.feature_norm, self.functionals, self.fuse_logmel)
+
+    @property
+    def speech_model(self) -> str | None:
+        """--speech_model, resolved (None: log-mel)."""
+        return self.speech.name
 
     @property
     def caches(self) -> list[Path]:
@@ -203,10 +210,10 @@ def parse_label_map(text: str | None) -> tuple[tuple[str, str], ...]:
 
 def resolve_data(args: argparse.Namespace) -> DataSpec:
     """The DataSpec of the data and split flags (--data_dir, --cache_dir, --corpus, --SorL, --test_split,
-    --val_split, --cv_folds, --text_encoder, --text_dim, --speech_model, --label_map, --bio_alignment,
-    --feature_norm, --functionals). Reads only annotation file names (and, without --text_dim, a transformer
-    --text_encoder's config for its width); a listener run on a corpus without listener labels stops here, before
-    any work."""
+    --val_split, --cv_folds, --text_encoder, --text_dim, --speech_model with --speech_precision and --whisper_input,
+    --label_map, --bio_alignment, --feature_norm, --functionals). Reads only annotation file names (and, without
+    --text_dim, a transformer --text_encoder's config for its width; a hub id's --speech_model its config, for its
+    kind); a listener run on a corpus without listener labels stops here, before any work."""
     folders = split_data_dir(args.data_dir)
     kinds = _corpus_kinds(folders, args.corpus, args.data_dir)
     protocols, names = zip(*(corpus_protocol(kind, folder) for kind, folder in zip(kinds, folders)))
@@ -237,11 +244,12 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
                     cache_dir=Path(args.cache_dir).resolve() if args.cache_dir else None, role=args.SorL,
                     text_encoder=args.text_encoder,
                     text_dim=args.text_dim if args.text_dim is not None else text_dim_of(args.text_encoder),
-                    speech_model=speech_model, groups=groups,
+                    speech=feature_source(speech_model, args.speech_precision, args.whisper_input), groups=groups,
                     train=tuple(k for group in groups for k in group if k not in test and k not in val),
                     val=val, test=test, cv_folds=cv_folds, names=names,
                     label_map=parse_label_map(args.label_map), bio_alignment=args.bio_alignment,
-                    feature_norm=args.feature_norm, functionals=parse_functionals(args.functionals))
+                    feature_norm=args.feature_norm, functionals=parse_functionals(args.functionals),
+                    fuse_logmel=bool(vars(args).get("fuse_logmel")))
 
 
 def prepare_data(spec: DataSpec, check_facts: Callable[[dict], None] | None = None) -> None:
@@ -260,7 +268,7 @@ def prepare_data(spec: DataSpec, check_facts: Callable[[dict], None] | None = No
     bio = check_facts is not None and any(kind in KEMDY and bio_files(folder)
                                           for folder, kind in zip(spec.folders, spec.kinds))
     for folder, kind in zip(spec.folders, spec.kinds):
-        preprocess(folder, spec.text_encoder, spec.text_dim, speech_model=spec.speech_model, corpus=kind,
+        preprocess(folder, spec.text_encoder, spec.text_dim, speech=spec.speech, corpus=kind,
                    cache_dir=spec.cache_dir, bio_alignment=spec.bio_alignment, functionals=spec.functionals,
                    check_facts=None if check_facts is None else lambda facts: check_facts({**facts, "bio": bio}))
         if is_demo_corpus(folder):

@@ -23,7 +23,7 @@ import torch
 
 from audio import feature_settings
 from constants import DEFAULT_TEXT_ENCODER_REAL
-from dataset import Corpus, audio_cache_paths
+from dataset import Corpus
 from errors import CorpusError, RunFolderError, StorageError, load_json
 from finetune import run_backbones
 from model import EmotionModel, ModelConfig
@@ -156,7 +156,7 @@ def corpus_record(spec: DataSpec, text_dim: int) -> dict:
     fingerprint = {}
     for folder, cache in zip(spec.folders, spec.caches):
         files = [cache / f"df_{spec.role}.csv", embedding_paths(cache, text_dim)[0],
-                 audio_cache_paths(cache, spec.speech_model)[1]]
+                 spec.speech.paths(cache)[1]]
         # Several corpora: files are named by their corpus folder too (both have a df_speaker.csv).
         fingerprint.update({(f"{folder.name}/{p.name}" if len(spec.folders) > 1 else p.name): file_sha1(p)
                             for p in files})

@@ -18,6 +18,7 @@ import predict
 from conftest import ROOT
 from main import main
 from preprocess import preprocess
+from speech_features import feature_source
 from readers import decode_text, segment_path
 from test_bad_input import assert_one_line_error, run_cli
 from test_speech import save_tiny
@@ -56,7 +57,7 @@ def tiny(raw_demo, tmp_path_factory):
     shutil.copytree(raw_demo, data_dir)
     for family in ("roberta", "electra"):
         preprocess(data_dir, models[family], TEXT_SIZES[family])
-    preprocess(data_dir, models["bert"], TEXT_SIZES["bert"], speech_model=models["speech"])
+    preprocess(data_dir, models["bert"], TEXT_SIZES["bert"], speech=feature_source(models["speech"]))
     return {"data_dir": data_dir, **models}
 
 

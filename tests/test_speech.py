@@ -17,7 +17,7 @@ from conftest import TEXT_DIM
 from audio import load_audio
 from preprocess import preprocess
 from readers import segment_path
-from speech_features import encode_clips, load_speech_model, speech_cache_paths
+from speech_features import encode_clips, feature_source, load_speech_model
 from test_bad_input import assert_one_line_error, run_cli
 from test_train import TINY
 
@@ -59,12 +59,12 @@ def speech_corpus(raw_demo, tmp_path_factory, tiny_wavlm):
     """The demo corpus preprocessed with tf-idf text and the tiny WavLM's features."""
     data_dir = tmp_path_factory.mktemp("speech") / "KEMDy19"
     shutil.copytree(raw_demo, data_dir)
-    preprocess(data_dir, "tfidf", TEXT_DIM, speech_model=str(tiny_wavlm))
+    preprocess(data_dir, "tfidf", TEXT_DIM, speech=feature_source(str(tiny_wavlm)))
     return data_dir
 
 
 def test_cache_layout_and_values(speech_corpus, tiny_wavlm):
-    npy_path, meta_path = speech_cache_paths(speech_corpus, str(tiny_wavlm))
+    npy_path, meta_path = feature_source(str(tiny_wavlm)).paths(speech_corpus)
     meta = json.loads(meta_path.read_text())
     rows = np.load(npy_path)
     layers = TINY_LAYERS + 1  # the CNN output and every transformer layer
@@ -108,8 +108,8 @@ def test_interrupted_extraction_resumes_without_redoing(raw_demo, tmp_path, tiny
 
     monkeypatch.setattr(speech_features, "encode_clips", interrupted_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
-        preprocess(data_dir, "tfidf", TEXT_DIM, speech_model=name)
-    npy_path, meta_path = speech_cache_paths(data_dir, name)
+        preprocess(data_dir, "tfidf", TEXT_DIM, speech=feature_source(name))
+    npy_path, meta_path = feature_source(name).paths(data_dir)
     progress = json.loads(npy_path.with_name(npy_path.name + ".progress.json").read_text())
     assert progress["done"] == sum(encoded) and not npy_path.exists() and not meta_path.exists()
     total = len(progress["plan"]["ids"])
@@ -117,16 +117,16 @@ def test_interrupted_extraction_resumes_without_redoing(raw_demo, tmp_path, tiny
     first_part, encoded[:] = sum(encoded), []
     monkeypatch.setattr(speech_features, "encode_clips", lambda audios, *rest: encoded.append(len(audios))
                         or original(audios, *rest))
-    preprocess(data_dir, "tfidf", TEXT_DIM, speech_model=name)
+    preprocess(data_dir, "tfidf", TEXT_DIM, speech=feature_source(name))
     assert sum(encoded) == total - first_part  # the done part was not encoded again
     resumed = np.load(npy_path)
     encoded[:] = []
-    preprocess(data_dir, "tfidf", TEXT_DIM, speech_model=name)
+    preprocess(data_dir, "tfidf", TEXT_DIM, speech=feature_source(name))
     assert encoded == []  # up to date: nothing to do
 
     fresh = shutil.copytree(raw_demo, tmp_path / "fresh" / "KEMDy19")
-    preprocess(fresh, "tfidf", TEXT_DIM, speech_model=name)
-    np.testing.assert_array_equal(resumed, np.load(speech_cache_paths(fresh, name)[0]))
+    preprocess(fresh, "tfidf", TEXT_DIM, speech=feature_source(name))
+    np.testing.assert_array_equal(resumed, np.load(feature_source(name).paths(fresh)[0]))
 
 
 def test_train_test_only_predict_and_baseline(speech_corpus, tiny_wavlm, tmp_path):
