@@ -141,6 +141,9 @@ def setup(config: ModelConfig, spec: TrainSpec, corpus: Corpus, train_rows: np.n
         if hasattr(model, "logmel"):
             model.logmel.mel_mean.copy_(torch.from_numpy(statistics["mel"][0][0]))
             model.logmel.mel_std.copy_(torch.from_numpy(statistics["mel"][1][0]))
+        if "audio" in config.modalities and config.speech_layers and config.speech_norm == "feature":
+            model.audio.row_mean.copy_(torch.from_numpy(statistics["frames"][0]))
+            model.audio.row_std.copy_(torch.from_numpy(statistics["frames"][1]))
         if config.functional_dim:
             model.functional_mean.copy_(torch.from_numpy(statistics["functionals"][0]))
             model.functional_std.copy_(torch.from_numpy(statistics["functionals"][1]))

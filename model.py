@@ -119,19 +119,30 @@ class AudioEncoder(nn.Module):
 
 
 class SpeechEncoder(nn.Module):
-    """Pooled layers of a frozen pretrained speech model -> (U, dim), the SUPERB way: every layer is
-    normalised, then a learnable softmax-weighted sum over layers (which layer carries emotion differs
-    between models and is learned, not guessed), dropout and a projection.
+    """Pooled layers of a frozen pretrained speech model -> (U, dim), the SUPERB way: every layer on one scale, then a
+    learnable softmax-weighted sum over layers (which layer carries emotion differs between models and is learned,
+    not guessed), dropout and a projection. `norm` puts the layers on one scale: "feature" standardises every row
+    with the buffers `row_mean`/`row_std` (the training statistics with --feature_norm training; identity for
+    speaker z-scores, which are standard already), "layer" layer-normalises each layer's mean and std vectors per
+    utterance (which also takes out how far the utterance lies from its speaker's mean as a whole).
 
     Input: U utterances' L rows each, packed like log-mel frames (spec (U * L, 2 * D), lengths all L);
     a row is [mean | std] over time of one layer's hidden states.
     """
 
-    def __init__(self, layers: int, speech_dim: int, dim: int, dropout: float = 0.0):
+    def __init__(self, layers: int, speech_dim: int, dim: int, dropout: float = 0.0, norm: str = "feature"):
         super().__init__()
-        self.layers, self.speech_dim = layers, speech_dim
+        self.layers, self.speech_dim, self.norm = layers, speech_dim, norm
+        self.register_buffer("row_mean", torch.zeros(layers, 2 * speech_dim))
+        self.register_buffer("row_std", torch.ones(layers, 2 * speech_dim))
         self.layer_logits = nn.Parameter(torch.zeros(layers))
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * speech_dim, dim))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Runs saved before the row statistics existed layer-normalised their rows: identity buffers.
+        state_dict.setdefault(prefix + "row_mean", torch.zeros_like(self.row_mean))
+        state_dict.setdefault(prefix + "row_std", torch.ones_like(self.row_std))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def layer_weights(self) -> torch.Tensor:
         return torch.softmax(self.layer_logits, dim=0)
@@ -139,10 +150,12 @@ class SpeechEncoder(nn.Module):
     def forward(self, spec: torch.Tensor, lengths: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
         """-> (U + W, dim): the U cached utterances, then the W rows `live` (W, L, 2, D) computed in the step by a
         fine-tuned encoder (WaveformEncoder), if given."""
-        x = spec.view(len(lengths), self.layers, 2, self.speech_dim)
+        x = spec.view(len(lengths), self.layers, 2 * self.speech_dim)
         if live is not None:
-            x = torch.cat([x, live.to(x.dtype)])
-        x = F.layer_norm(x, (self.speech_dim,))  # each layer's mean and std vectors on one scale
+            x = torch.cat([x, live.to(x.dtype).flatten(2)])
+        x = ((x - self.row_mean) / self.row_std).view(len(x), self.layers, 2, self.speech_dim)
+        if self.norm == "layer":  # each layer's mean and std vectors on one scale
+            x = F.layer_norm(x, (self.speech_dim,))
         x = torch.einsum("l,ulsd->usd", self.layer_weights(), x)
         return self.proj(x.flatten(1))
 
@@ -278,6 +291,7 @@ class ModelConfig:
     speech_layers: int = 0  # > 0: a speech model's pooled layers (L rows of width 2 * speech_dim), not log-mel
     speech_dim: int = 0
     fuse_logmel: bool = False  # with speech_layers: the log-mel CNN too, its features beside the speech model's
+    speech_norm: str = "feature"  # the speech layers' scale: as --feature_norm standardised them, or "layer" norm
     classes: tuple[str, ...] = tuple(EMOTIONS)  # the corpus's emotion classes (KEMDy's seven by default)
     modalities: tuple[str, ...] = ("audio", "text")  # what the fusion sees: audio, text, bio (KEMDy wearables)
     bio_dim: int = 0  # bio-signal features per utterance (biosignals.FEATURES), with "bio" in modalities
@@ -307,6 +321,7 @@ class ModelConfig:
                    direct=not args["no_direct"], freq_mask=args.get("freq_mask", 0),
                    time_mask=args.get("time_mask", 0), speech_layers=layers, speech_dim=width,
                    fuse_logmel=bool(layers) and args.get("fuse_logmel", False),
+                   speech_norm=args.get("speech_norm", "layer"),
                    finetune_speech=args.get("finetune_speech", False), finetune_text=args.get("finetune_text", False),
                    finetune_context=args.get("finetune_context", "cache"), text_pool=args.get("text_pool", "cls"),
                    freeze_cnn=not args.get("train_cnn", False), freeze_layers=args.get("freeze_layers", 0),
@@ -328,7 +343,8 @@ class EmotionModel(nn.Module):
             self.token_encoder = TokenEncoder(backbones.text, c.text_pool, c.freeze_layers)
         # Log-mel spectrograms through the CNN, or with speech_layers > 0 a speech model's pooled layers.
         if "audio" in c.modalities:
-            self.audio = (SpeechEncoder(c.speech_layers, c.speech_dim, c.audio_dim, c.dropout) if c.speech_layers
+            self.audio = (SpeechEncoder(c.speech_layers, c.speech_dim, c.audio_dim, c.dropout, c.speech_norm)
+                          if c.speech_layers
                           else AudioEncoder(c.audio_dim, pool=c.audio_pool, freq_mask=c.freq_mask,
                                             time_mask=c.time_mask, dropout=c.dropout))
         if "audio" in c.modalities and c.fuse_logmel:  # the log-mel CNN beside a speech model's layers

@@ -65,6 +65,16 @@ def add_corpus_args(p: argparse.ArgumentParser) -> None:
       help="a Whisper --speech_model's input: clip = each clip at its own length, 30s = padded to 30 s as Whisper "
            "was trained (about ten times the cost of a 3-s clip); its layers are pooled over the clip's frames "
            "either way (default: %(default)s)")
+    a("--asr", default=None, metavar="MODEL",
+      help="transcripts from speech for the utterances without one: a Whisper model for faster-whisper (a folder, "
+           "README: Whisper; or a name it downloads), cached per corpus; the corpus's own transcripts win "
+           "(default: none)")
+    a("--asr_language", default="auto",
+      help="the language --asr transcribes, a code such as ko or en; auto = detected per utterance (default: "
+           "%(default)s)")
+    a("--asr_replace", action="store_true",
+      help="--asr text for every utterance, also where the corpus has a transcript (its files are not changed): what "
+           "ASR text does to a model, and the ASR's word error rate (default: off)")
     a("--text_dim", type=int, default=None,
       help=f"sentence embedding size (default: the --text_encoder's hidden size, from its config; {DEFAULT_TEXT_DIM} "
            "for tfidf and KoBERT)")
@@ -123,6 +133,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     a("--dropout", type=float, default=0.2,
       help="dropout in fusion, recurrent and arousal/valence layers (default: %(default)s)")
     a("--bidirectional", action="store_true", help="bidirectional recurrent backbone (default: off)")
+    a("--speech_norm", choices=["feature", "layer"], default="feature",
+      help="a --speech_model's layers on one scale: feature = as --feature_norm standardised them (speaker z-scores, "
+           "or the training statistics), layer = each layer's vectors layer-normalised per utterance (default: "
+           "%(default)s)")
     a("--fuse_logmel", action="store_true",
       help="with --speech_model: the log-mel CNN too, its features fused beside the speech model's layers at every "
            "window step (default: the speech model's layers in its place)")
@@ -478,7 +492,7 @@ def modality_check(text: str | None) -> Callable[[dict], None]:
 
 # Flags whose default is not what runs did before the flag existed: a run saved without them gets these values
 # (baseline.py's runs, saved with --audio_features, read its default functionals already, as they still do).
-BEFORE_FLAGS = {"feature_norm": "training", "functionals": "none"}
+BEFORE_FLAGS = {"feature_norm": "training", "functionals": "none", "speech_norm": "layer"}
 
 
 def run_arguments(saved: dict, overrides: dict | None = None,

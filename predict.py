@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from asr import Recognizer, parse_asr
 from audio import log_mel, read_audio
 from constants import N_FFT, SAMPLE_RATE
 from dataset import Frames, assemble_batch, context_windows, crop, pad_waves
@@ -39,8 +40,8 @@ from options import Parser
 from readers import clean_transcript, decode_text, hidden, natural_key, nfc
 from speech_features import LogMel, feature_source
 from text_encoder import tokenize
-from trained_run import check_finished, load_trained_model, run_text_encoder, trained_on_demo
-from utils import atomic_path
+from trained_run import check_finished, load_trained_model, run_recognizer, run_text_encoder, trained_on_demo
+from utils import atomic_path, progress_bar
 
 
 OUT_SUFFIXES = (".csv", ".json")  # what --out writes
@@ -131,6 +132,18 @@ def read_inputs(wavs: list[Path], texts: list[str | None]) -> Inputs:
     return inputs
 
 
+def transcribe_missing(inputs: Inputs, recognizer: Recognizer) -> None:
+    """The recordings without a transcript get one from `recognizer` (--asr, or the run's own), noted in their
+    remarks; the others keep theirs."""
+    missing = [i for i, text in enumerate(inputs.texts) if text is None]
+    if not missing:
+        return
+    with recognizer.open() as transcribe:
+        for i in progress_bar(missing, desc="ASR", unit="file"):
+            inputs.texts[i] = transcribe(inputs.audios[i])[0]
+            inputs.remarks[i].append(f"transcript by ASR ({Path(recognizer.model).name})")
+
+
 def run_functionals(names: tuple[str, ...], audios: list[np.ndarray]) -> np.ndarray:
     """(clips, F): the utterance functionals a run reads (functionals.py), computed as its corpus's were."""
     blocks = []
@@ -189,11 +202,12 @@ def standardization(feature_norm: str, frames: np.ndarray, offsets: np.ndarray, 
 
 
 def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.device, trust_pickle: bool,
-                speakers: np.ndarray | None) -> tuple[tuple[str, ...], np.ndarray, np.ndarray | None, list[int],
-                                                      list[str]]:
+                speakers: np.ndarray | None, recognizer: Recognizer | None = None) -> tuple[
+                    tuple[str, ...], np.ndarray, np.ndarray | None, list[int], list[str]]:
     """One run's outputs for the recordings -> (its classes, probabilities (kept, classes), arousal/valence
     (kept, 2) or None, the indices of the recordings it could predict, a note per recording). `speakers`: each
-    recording's speaker (speakers_of), None to standardise every recording with the run's training statistics."""
+    recording's speaker (speakers_of), None to standardise every recording with the run's training statistics; a
+    run that reads text has the recordings without a transcript transcribed by `recognizer`, if given."""
     if not (run_dir / "best.pth").exists():
         raise RunFolderError(f"{run_dir} has no best.pth (not a finished run folder)")
     check_finished(run_dir)
@@ -203,6 +217,8 @@ def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.dev
               "real speech")
     config = model.config
     reads_text, reads_audio = "text" in config.modalities, "audio" in config.modalities
+    if reads_text and recognizer is not None:
+        transcribe_missing(inputs, recognizer)
     notes = [list(r) for r in inputs.remarks]
     kept = list(range(len(inputs.files)))
     if reads_text and not reads_audio:  # a text-only run has nothing to go on without a transcript
@@ -292,16 +308,20 @@ def ensemble_members(folder: Path) -> list[tuple[Path, float]]:
 @torch.inference_mode()
 def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: bool,
             device: torch.device | None = None, trust_pickle: bool = False,
-            normalize_with: str = "files", speaker_pattern: str | None = None) -> pd.DataFrame:
+            normalize_with: str = "files", speaker_pattern: str | None = None,
+            recognizer: Recognizer | None = None) -> pd.DataFrame:
     """One row per readable wav (`texts[i]` None: its same-stem .txt, if any) the run (or the weighted members of
     an ensemble folder) can predict; the others are named and skipped. The `note` column names what the user
     should know of a row (silent, no transcript, the statistics its audio was standardised with and the speaker
-    they took it as: `speaker_pattern`, see speakers_of...)."""
+    they took it as: `speaker_pattern`, see speakers_of...), `transcript` the text it read. Recordings without a
+    transcript are transcribed by `recognizer` (--asr), else by the run's own --asr model where it is still there,
+    when the run reads text."""
     device = device or torch.device("cpu")
     inputs = read_inputs(wavs, texts)
     members = ensemble_members(run_dir)
+    recognizer = recognizer or run_recognizer(members[0][0])
     speakers = speakers_of(inputs.files, speaker_pattern) if normalize_with == "files" else None
-    outputs = [run_outputs(run, inputs, dialogue, device, trust_pickle, speakers) for run, _ in members]
+    outputs = [run_outputs(run, inputs, dialogue, device, trust_pickle, speakers, recognizer) for run, _ in members]
     classes, _, _, kept, notes = outputs[0]
     if any(o[0] != classes or o[3] != kept for o in outputs):
         raise RunFolderError(f"the members of {run_dir} differ in their classes or in what they can predict")
@@ -314,6 +334,7 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
     if outputs[0][2] is not None:
         av = sum(w * o[2] for w, o in zip(weights, outputs))
         table["arousal"], table["valence"] = av[:, 0], av[:, 1]
+    table["transcript"] = [inputs.texts[i] or "" for i in kept]
     table["note"] = [notes[k] for k in range(len(kept))]
     for row in table.itertuples():
         if row.note:
@@ -342,6 +363,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         help="tells the speakers of the files apart: a regular expression searched in each file name, "
                              "its first group (or the match) the speaker, e.g. '^([^_]+)_' for alice_01.wav "
                              "(default: all the files of a call are one speaker)")
+    parser.add_argument("--asr", metavar="MODEL",
+                        help="transcribe the recordings without a transcript with this Whisper model (a faster-whisper "
+                             "folder) for a run that reads text (default: the run's own --asr model, where it is "
+                             "still there; else none)")
+    parser.add_argument("--asr_language", default="auto", help="the language --asr transcribes, e.g. ko or en "
+                                                               "(default: %(default)s: detected)")
     parser.add_argument("--out", help="write the table to a .csv or .json file")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(default: %(default)s)")
     parser.add_argument("--trust_run", action="store_true",
@@ -400,7 +427,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
         check_out(out)
     wavs, texts, dialogue = collect_inputs(args)
     table = predict(Path(args.run), wavs, texts, dialogue, torch.device(args.device), args.trust_run,
-                    args.normalize_with, args.speaker_pattern)
+                    args.normalize_with, args.speaker_pattern, parse_asr(args.asr, args.asr_language, False))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if out is not None:
         with atomic_path(out) as tmp:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from asr import Recognizer, parse_asr, transcribe_table
 from audio import feature_settings, load_audio, log_mel, read_audio
 from biosignals import SIGNALS, build_bio_cache
 from constants import (AUDIO_SUFFIXES, CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
@@ -119,13 +120,15 @@ def cache_lock(folder: Path) -> Iterator[bool]:
 def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None = None,
                text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0, speech: FeatureSource = LogMel(),
                corpus: str = "auto", cache_dir: str | Path | None = None, bio_alignment: str = "clock",
-               functionals: tuple[str, ...] = (), check_facts: Callable[[dict], None] | None = None) -> dict:
+               functionals: tuple[str, ...] = (), check_facts: Callable[[dict], None] | None = None,
+               asr: Recognizer | None = None, asr_replace: bool = False) -> dict:
     """Run every step that is not up to date; return the summary (corpus, rows per role, classes, repairs, drops)
     with the seconds taken by the steps that ran (`seconds`). With a pooled encoder as the `speech` source, also the
     cache of its layer features (speech_features.py; log-mel's is made with the tables). `corpus` (kemdy19/kemdy20) overrides the detection; `cache_dir` moves
     every derived file out of the corpus folder (`cache_folder`). A KEMDy corpus with bio-signal folders also gets
     its per-utterance bio features, aligned by `bio_alignment` (biosignals.py), and the openSMILE sets among
-    `functionals` are cached (functionals.py). `check_facts` is called with the corpus's facts (classes, text,
+    `functionals` are cached (functionals.py). With `asr`, utterances without a transcript (every utterance with
+    `asr_replace`) get one from that model (asr.py), and the sentence embeddings read them. `check_facts` is called with the corpus's facts (classes, text,
     modalities, arousal_valence) once the tables are made, before the embeddings and features: a flag the corpus
     cannot serve is refused before the slow steps. Raises CorpusError (one line) on a corpus it cannot read, and
     when outputs must be rebuilt in a folder that cannot be written."""
@@ -141,6 +144,8 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     # Every model id is checked before any heavy work: a bad one fails in seconds, with one line.
     if isinstance(speech, PooledEncoder):
         speech.settings()
+    if asr is not None:
+        wanted_embedding["asr"] = {**asr.settings(), "replace": asr_replace}
     embedded = read_json(out / MANIFEST).get("embedding", {}).get(str(text_dim))
     if text_encoder != "tfidf" and embedded != wanted_embedding:
         check_text_dim(text_encoder, text_dim)
@@ -177,7 +182,12 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
                         "corpus_dir": str(data_dir.resolve()), "facts": facts}
             write_json(out / MANIFEST, manifest)
         if check_facts is not None:  # the facts as dataset.Corpus reads them: an old manifest's missing ones KEMDy's
-            check_facts({**KEMDY_FACTS, **manifest.get("facts", {})})
+            check_facts({**KEMDY_FACTS, **manifest.get("facts", {}), **({"text": True} if asr else {})})
+        if asr is not None:
+            table = pd.read_csv(out / "annotation.csv", keep_default_na=False) if table is None else table
+            started = time.perf_counter()
+            table, _ = transcribe_table(out, table, corpus_wavs(out, data_dir), asr, asr_replace, load_audio, may_write)
+            seconds["asr"] = time.perf_counter() - started
         if out != data_dir and given_embedding.exists() and not npy_path.exists() and not meta_path.exists():
             may_write("sentence embeddings")
             npy_path.symlink_to(given_embedding.resolve())
@@ -320,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
             text_dim = args.text_dim if args.text_dim is not None else text_dim_of(args.text_encoder)
             speech = feature_source(args.speech_model, args.speech_precision, args.whisper_input)
             preprocess(args.data_dir, args.text_encoder, text_dim, args.seed, speech, args.corpus, args.cache_dir,
-                       args.bio_alignment)
+                       args.bio_alignment, asr=parse_asr(args.asr, args.asr_language, args.asr_replace),
+                       asr_replace=args.asr_replace)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asr import Recognizer, parse_asr
 from biosignals import bio_files
 from constants import CORPUS_CODES, CORPUS_NAMES, DEFAULT_DATA_DIR, KEMDY, PROTOCOLS, Protocol, manifest_protocol
 from corpora import detect_corpus, manifest_sessions, session_names
@@ -44,12 +45,14 @@ class DataSpec:
     feature_norm: str = "training"  # --feature_norm: acoustic inputs standardised per speaker, or with training stats
     functionals: tuple[str, ...] = ()  # --functionals: the utterance functionals a run reads (functionals.py)
     fuse_logmel: bool = False  # --fuse_logmel: the log-mel frames too, beside a speech model's rows
+    asr: Recognizer | None = None  # --asr: transcripts from speech where the corpus has none (asr.py)
+    asr_replace: bool = False  # --asr_replace: ASR transcripts for every utterance
 
     def corpus(self):
         """The dataset.Corpus of these corpora, caches and settings (preprocessed: `prepare_data`)."""
         from dataset import Corpus
         return Corpus(self.caches, self.role, self.text_dim, self.speech, self.label_map, self.bio_alignment,
-                      self.feature_norm, self.functionals, self.fuse_logmel)
+                      self.feature_norm, self.functionals, self.fuse_logmel, self.asr, self.asr_replace)
 
     @property
     def speech_model(self) -> str | None:
@@ -167,10 +170,12 @@ def corpus_protocol(kind: str, folder: Path) -> tuple[Protocol, tuple[str, ...]]
     """The corpus's sessions and splits, and its session names (none for KEMDy: sessions are numbered)."""
     if kind == "csv":
         names = tuple(manifest_sessions(folder))
+        if not names:
+            raise FlagError(f"{folder}/manifest.csv names no usable speaker or session (no row has a wav and a label; "
+                            "python preprocess.py names each row's problem)")
         if len(names) < 2:
-            raise FlagError(f"{folder}/manifest.csv: its speakers form {len(names)} group ({', '.join(names)}) once the "
-                            "speakers of a shared session are kept together; a speaker-independent split needs at "
-                            "least two")
+            raise FlagError(f"{folder}/manifest.csv: its speakers form 1 group ({names[0]}) once the speakers of a "
+                            "shared session are kept together; a speaker-independent split needs at least two")
         return manifest_protocol(len(names)), names
     return PROTOCOLS[kind], tuple(session_names(kind))
 
@@ -249,7 +254,8 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
                     val=val, test=test, cv_folds=cv_folds, names=names,
                     label_map=parse_label_map(args.label_map), bio_alignment=args.bio_alignment,
                     feature_norm=args.feature_norm, functionals=parse_functionals(args.functionals),
-                    fuse_logmel=bool(vars(args).get("fuse_logmel")))
+                    fuse_logmel=bool(vars(args).get("fuse_logmel")),
+                    asr=parse_asr(args.asr, args.asr_language, args.asr_replace), asr_replace=args.asr_replace)
 
 
 def prepare_data(spec: DataSpec, check_facts: Callable[[dict], None] | None = None) -> None:
@@ -270,6 +276,7 @@ def prepare_data(spec: DataSpec, check_facts: Callable[[dict], None] | None = No
     for folder, kind in zip(spec.folders, spec.kinds):
         preprocess(folder, spec.text_encoder, spec.text_dim, speech=spec.speech, corpus=kind,
                    cache_dir=spec.cache_dir, bio_alignment=spec.bio_alignment, functionals=spec.functionals,
+                   asr=spec.asr, asr_replace=spec.asr_replace,
                    check_facts=None if check_facts is None else lambda facts: check_facts({**facts, "bio": bio}))
         if is_demo_corpus(folder):
             print(f"NOTE: {folder} is the synthetic demo corpus, not {CORPUS_NAMES[kind]}.")

@@ -115,7 +115,8 @@ class PooledEncoder(FeatureSource):
         return Path(f"{base}.npy"), Path(f"{base}.json")
 
     def encode(self, audios: list[np.ndarray], device: torch.device | None = None) -> list[np.ndarray]:
-        return list(self.encoder(device or torch.device("cpu"))(audios))
+        """Rounded to float16 as the cache holds them, so that a clip predicted is the clip evaluated."""
+        return list(self.encoder(device or torch.device("cpu"))(audios).astype(np.float16).astype(np.float32))
 
     def encoder(self, device: torch.device) -> Callable[[list[np.ndarray]], np.ndarray]:
         """clips -> (clips, L, 2 * D) float32, the model loaded once (on `device`; int8: on the CPU)."""

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from asr import Recognizer
 from audio import feature_settings
 from constants import DEFAULT_TEXT_ENCODER_REAL
 from dataset import Corpus
@@ -36,6 +37,8 @@ from utils import atomic_path, atomic_torch_save, file_sha1, first_line, plot_co
 
 TFIDF_BASE = "text_encoder"  # text_encoder.npz + text_encoder.json in a run folder
 PICKLED_TFIDF = "text_encoder.joblib"  # the TF-IDF of runs whose folders still held a pickle
+# ModelConfig fields whose default is not what models saved before the field existed were.
+BEFORE_CONFIG = {"speech_norm": "layer"}
 # The arguments an older checkpoint (without "model_config") must hold to rebuild its model.
 OLD_MODEL_ARGS = ("text_dim", "audio_dim", "hidden_size", "num_layers", "bidirectional", "backbone", "no_cat",
                   "dropout", "audio_pool", "no_direct")
@@ -96,8 +99,8 @@ def restore_training(checkpoint: dict, *, model: torch.nn.Module, ema, optimizer
 
 def checkpoint_config(checkpoint: dict, path: Path) -> ModelConfig:
     """The checkpoint's ModelConfig; for a run saved before it existed, the one its arguments describe."""
-    if "model_config" in checkpoint:
-        return ModelConfig(**checkpoint["model_config"])
+    if "model_config" in checkpoint:  # (fields added since it was saved: what its model was)
+        return ModelConfig(**{**BEFORE_CONFIG, **checkpoint["model_config"]})
     missing = [k for k in OLD_MODEL_ARGS if k not in checkpoint["args"]]
     if missing:
         raise RunFolderError(f"{path} lacks the model arguments {missing}; it was saved by an incompatible version")
@@ -166,8 +169,11 @@ def corpus_record(spec: DataSpec, text_dim: int) -> dict:
 
 
 def save_corpus_record(run_dir: Path, corpus: Corpus, spec: DataSpec) -> None:
-    """corpus.json, and the fitted TF-IDF pipeline when the run's text encoder is one."""
+    """corpus.json (with --asr, its settings and the utterances whose transcript is ASR's), and the fitted TF-IDF
+    pipeline when the run's text encoder is one."""
     record = corpus_record(spec, spec.text_dim)
+    if spec.asr is not None:
+        record["asr"] = {**spec.asr.settings(), "replace": spec.asr_replace, "utterances": corpus.asr_ids}
     if corpus.text_pipeline is not None:  # the TF-IDF fitted on several corpora at once
         save_tfidf(corpus.text_pipeline, run_dir / TFIDF_BASE)
     elif record["text_encoder"] == "tfidf":  # the corpus's fitted pipeline travels with the run
@@ -194,6 +200,13 @@ def check_corpus_unchanged(run_dir: Path, spec: DataSpec, allow_change: bool) ->
         raise RunFolderError(f"{message}; its test figures would not be the run's. Pass --allow_corpus_change to "
                              "evaluate on the corpus as it is now")
     print(f"warning: {message}; evaluating on the corpus as it is now (--allow_corpus_change)")
+
+
+def run_recognizer(run_dir: Path) -> Recognizer | None:
+    """The --asr model a run was trained with (corpus.json), where it is a folder that is still there (None
+    otherwise: predict.py then needs --asr to transcribe)."""
+    saved = load_json(run_dir / "corpus.json").get("asr") if (run_dir / "corpus.json").exists() else None
+    return Recognizer(saved["model"], saved["language"]) if saved and Path(saved["model"]).is_dir() else None
 
 
 def trained_on_demo(run_dir: Path) -> bool:

@@ -16,6 +16,7 @@ from main import main
 from model import ModelConfig
 from options import TrainSpec, get_parser, parse_args, read_recipe, run_arguments
 from test_train import TINY
+from trained_run import checkpoint_config
 
 DATA_PATH = {"readers", "corpora", "preprocess", "dataset", "protocol", "biosignals", "speech_features",
              "text_encoder", "audio", "finetune", "trained_run", "engine", "options", "utils"}
@@ -82,6 +83,11 @@ def test_saved_runs_get_the_flags_their_code_had():
     # (saved with --audio_features) read its default functionals already.
     network = run_arguments({"seed": 3})
     assert (network.feature_norm, network.functionals, network.seed) == ("training", "none", 3)
+    # A speech model's layers were layer-normalised per utterance before --speech_norm: its config says so.
+    assert network.speech_norm == "layer" and ModelConfig().speech_norm == "feature"
+    saved = dataclasses.asdict(ModelConfig(speech_layers=3, speech_dim=4))
+    del saved["speech_norm"], saved["fuse_logmel"]
+    assert checkpoint_config({"model_config": saved}, "best.pth").speech_norm == "layer"
     baseline = run_arguments({"audio_features": None})
     assert (baseline.feature_norm, baseline.functionals) == ("training", "egemaps,logmel")
 

@@ -185,7 +185,7 @@ def test_9_messages_name_rows_and_sessions_come_from_kept_rows(tmp_path):
     for k in range(6):  # bare file names whose wavs sit in subfolders
         voice(tmp_path / "bare" / f"s{k % 3}" / f"{k}.wav", 150)
     (tmp_path / "bare" / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    with pytest.raises(FlagError, match="names 0 session"):
+    with pytest.raises(FlagError, match="names no usable speaker or session"):
         resolve_data(get_parser().parse_args(["--data_dir", str(tmp_path / "bare")]))
     with pytest.raises(CorpusError, match=r"no usable manifest corpus recording: no wav: 6 \(0 \(manifest.csv line 2\)"):
         preprocess(tmp_path / "bare", "tfidf", 8)

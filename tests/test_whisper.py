@@ -214,6 +214,7 @@ def test_the_log_mel_cnn_fused_beside_whisper_predicts_as_evaluation_scored(whis
     state = torch.load(run / "best.pth", weights_only=True)
     assert state["model_config"]["fuse_logmel"] and "logmel.mel_mean" in state["model"]
     assert state["model"]["logmel.mel_std"].mean() != 1  # the log-mel bands' training statistics
+    assert state["model"]["audio.row_std"].mean() != 1  # and the Whisper layers' (--speech_norm feature)
     evaluated = pd.read_csv(run / "predictions.csv").set_index("Segment ID")
     seg = evaluated.index[0]
     table = predict.main(["--run", str(run), "--wav", str(segment_path(whisper_corpus, seg, ".wav")),
