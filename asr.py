@@ -11,7 +11,8 @@ no voice-activity filter, each utterance on its own). Transcripts are cached per
 one entry per utterance with the stamp (size, time) of its wav: an unchanged utterance is never transcribed again,
 a new or changed one is, and an interrupted transcription continues where it stopped. A transcript of the corpus
 (KEMDy's .txt, a manifest's text) always wins, unless `replace` (--asr_replace) asks for ASR text everywhere (the
-corpus's own files are never changed).
+corpus's own files are never changed). The corpus's cache remembers the ASR it was preprocessed with: a run that
+names none reads those transcripts (--asr none: the corpus's own alone).
 
 faster-whisper runs in a process of its own (this file, which imports no torch): CTranslate2 and torch loaded in one
 process abort it at exit (free(): invalid pointer; CTranslate2 4.8.5 with torch 2.9.1), and a forked child
@@ -31,14 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from constants import SAMPLE_RATE
+from constants import CT2_WEIGHTS, SAMPLE_RATE
 from errors import CorpusError, FlagError, PretrainedError, load_json
 from readers import clean_transcript
 
 DECODING = {"beam_size": 5, "temperature": 0.0, "condition_on_previous_text": False, "without_timestamps": True,
             "vad_filter": False}
+ASR_OFF = "none"  # --asr none: the corpus's own transcripts alone, whatever ASR it was preprocessed with before
 SAVE_EVERY = 50  # utterances transcribed between two writes of the cache (what an interruption can lose)
-CT2_WEIGHTS = "model.bin"
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,9 @@ def transcribe_corpus(cache: Path, wavs: dict[str, Path], recognizer: Recognizer
 
 
 def parse_asr(model: str | None, language: str, replace: bool) -> Recognizer | None:
-    """--asr, --asr_language and --asr_replace -> the Recognizer (None without --asr); FlagError for a language
-    or --asr_replace without --asr."""
-    if model is None:
+    """--asr, --asr_language and --asr_replace -> the Recognizer (None without --asr, or with --asr none); FlagError
+    for a language or --asr_replace without a model."""
+    if model in (None, ASR_OFF):
         if replace or language != "auto":
             raise FlagError("--asr_replace and --asr_language go with --asr MODEL")
         return None
@@ -173,6 +174,13 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     from torchaudio.functional import edit_distance
     pairs = [(_words(r), _words(h)) for r, h in zip(references, hypotheses)]
     return sum(edit_distance(r, h) for r, h in pairs) / max(1, sum(len(r) for r, _ in pairs))
+
+
+def recorded_asr(manifest: dict) -> tuple[Recognizer, bool] | None:
+    """(the Recognizer, `replace`) of the ASR a corpus's cache was last preprocessed with (its preprocess manifest's
+    "asr" record), None for none: what a run that does not name one reads."""
+    record = manifest.get("asr")
+    return (Recognizer(record["model"], record["language"]), record["replace"]) if record else None
 
 
 def cached_transcripts(cache: Path, recognizer: Recognizer) -> dict[str, str]:

@@ -38,6 +38,7 @@ WAVS = "wavs.json"  # Segment ID -> its wav, relative to the corpus folder
 # What a manifest's rows may name (soundfile reads them all); every such file is in the up-to-date check.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 BIO_ALIGNMENTS = ("clock", "ids")  # how KEMDy bio-signals are aligned to the utterances (biosignals.py)
+CT2_WEIGHTS = "model.bin"  # the weights of a CTranslate2 / faster-whisper model folder
 
 # KEMDy20's single-label utterances per class over the whole corpus (KEMDY20_FORMAT.md): non-actors speak mostly
 # neutrally. The demo generator can draw its emotions with these shares (--class_shares kemdy20).

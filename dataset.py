@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from asr import Recognizer, cached_transcripts, with_transcripts
+from asr import cached_transcripts, recorded_asr, with_transcripts
 from audio import load_audio
 from biosignals import FEATURES as BIO_FEATURES, load_bio
 from constants import (CORPUS_CODES, DEFAULT_TEXT_ENCODER_REAL, KEMDY_FACTS, MANIFEST, MAX_FRAMES, NUM_RATERS,
@@ -112,15 +112,13 @@ class Corpus:
 
     def __init__(self, folders: list[Path] | str | Path, role: str, text_dim: int, speech: FeatureSource = LogMel(),
                  label_map: tuple[tuple[str, str], ...] = (), bio_alignment: str = "clock",
-                 feature_norm: str = "training", functionals: tuple[str, ...] = (), logmel: bool = False,
-                 asr: Recognizer | None = None, asr_replace: bool = False):
+                 feature_norm: str = "training", functionals: tuple[str, ...] = (), logmel: bool = False):
         folders = split_data_dir(folders) if isinstance(folders, (str, Path)) else list(folders)
         if len(folders) > 1:
             self._union([Corpus([folder], role, text_dim, speech, label_map, bio_alignment, functionals=functionals,
-                                logmel=logmel, asr=asr, asr_replace=asr_replace) for folder in folders], text_dim)
+                                logmel=logmel) for folder in folders], text_dim)
         else:
-            self._read(folders[0], role, text_dim, speech, label_map, bio_alignment, functionals, logmel, asr,
-                       asr_replace)
+            self._read(folders[0], role, text_dim, speech, label_map, bio_alignment, functionals, logmel)
         self.feature_norm, self.frame_norm = feature_norm, None
         self.raw_functionals = self.functionals
         if feature_norm == "speaker":
@@ -134,7 +132,7 @@ class Corpus:
 
     def _read(self, folder: Path, role: str, text_dim: int, speech: FeatureSource,
               label_map: tuple[tuple[str, str], ...], bio_alignment: str, functionals: tuple[str, ...],
-              logmel: bool, asr: Recognizer | None, asr_replace: bool) -> None:
+              logmel: bool) -> None:
         self.folders, self.text_pipeline = [folder], None
         manifest = load_json(folder / MANIFEST, CorpusError)
         self.kind, facts = manifest["corpus"], manifest.get("facts", KEMDY_FACTS)
@@ -142,9 +140,11 @@ class Corpus:
         self.split_unit = facts["split_unit"]  # what a session is (corpora.split_units)
         self.modalities = tuple(facts.get("modalities", KEMDY_FACTS["modalities"]))  # the corpus's default
         self.table, self.classes = pd.read_csv(folder / f"df_{role}.csv", keep_default_na=False), facts["classes"]
-        self.asr_ids = []  # the utterances whose transcript is ASR's (--asr)
-        if asr is not None:
-            self.table, self.asr_ids = with_transcripts(self.table, cached_transcripts(folder, asr), asr_replace)
+        # The ASR the cache was preprocessed with (asr.py), and the utterances whose transcript is its.
+        self.asr, self.asr_ids = recorded_asr(manifest), []
+        if self.asr is not None:
+            self.table, self.asr_ids = with_transcripts(self.table, cached_transcripts(folder, self.asr[0]),
+                                                        self.asr[1])
             self.has_text = True
         if label_map:
             self.table, self.classes = apply_label_map(self.table, self.classes, label_map)
@@ -226,6 +226,7 @@ class Corpus:
         self.folders, self.kind = [p.folders[0] for p in parts], "+".join(p.kind for p in parts)
         self.classes, self.has_text, self.has_av = parts[0].classes, parts[0].has_text, parts[0].has_av  # KEMDy's
         self.modalities, self.split_unit = parts[0].modalities, parts[0].split_unit
+        self.asr = next((p.asr for p in parts if p.asr is not None), None)
         self.asr_ids = [seg for p in parts for seg in p.asr_ids]
         self.source = np.concatenate([np.full(len(p.table), k) for k, p in enumerate(parts)])
         self.audio_settings, self.text_encoder = settings[0], encoders.pop()

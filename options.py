@@ -67,8 +67,8 @@ def add_corpus_args(p: argparse.ArgumentParser) -> None:
            "either way (default: %(default)s)")
     a("--asr", default=None, metavar="MODEL",
       help="transcripts from speech for the utterances without one: a Whisper model for faster-whisper (a folder, "
-           "README: Whisper; or a name it downloads), cached per corpus; the corpus's own transcripts win "
-           "(default: none)")
+           "README: Whisper; or a name it downloads), cached per corpus; the corpus's own transcripts win; none = "
+           "the corpus's own alone (default: the ASR the corpus was last preprocessed with, if any)")
     a("--asr_language", default="auto",
       help="the language --asr transcribes, a code such as ko or en; auto = detected per utterance (default: "
            "%(default)s)")

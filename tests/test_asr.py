@@ -12,6 +12,7 @@ import torch
 
 import asr
 import main as main_cli
+import preprocess as preprocess_cli
 import predict
 from errors import PretrainedError
 from preprocess import preprocess
@@ -108,10 +109,12 @@ def test_word_error_rate_by_hand():
 
 def test_a_run_reads_asr_text_records_it_and_predict_transcribes_bare_wavs(tiny_asr, tmp_path):
     root = manifest_corpus(tmp_path / "bare", texts=False)
-    argv = ["--data_dir", str(root), "--save_path", str(tmp_path / "exp"), "--modalities", "audio,text", "--asr",
-            tiny_asr, "--text_dim", "8", "--hidden_size", "8", "--num_layers", "1", "--audio_dim", "8", "--epochs", "1",
+    argv = ["--data_dir", str(root), "--save_path", str(tmp_path / "exp"), "--modalities", "audio,text",
+            "--text_dim", "8", "--hidden_size", "8", "--num_layers", "1", "--audio_dim", "8", "--epochs", "1",
             "--functionals", "logmel", "--ws", "1"]
-    one_line_error_here(main_cli.main, argv[:6] + argv[8:], "--modalities audio,text: the corpus has no transcripts")
+    one_line_error_here(main_cli.main, argv, "--modalities audio,text: the corpus has no transcripts")
+    preprocess_cli.main(["--data_dir", str(root), "--asr", tiny_asr])  # then runs read its transcripts
+    one_line_error_here(main_cli.main, argv + ["--asr", "none"], "the corpus has no transcripts")
     main_cli.main(argv)
     run = next((tmp_path / "exp").iterdir())
     record = json.loads((run / "corpus.json").read_text())["asr"]

@@ -18,6 +18,7 @@ import whisper_encoder
 from audio import load_audio
 from conftest import TEXT_DIM
 from errors import FlagError, PretrainedError
+from options import parse_args
 from preprocess import preprocess
 from readers import segment_path
 from speech_features import Whisper, encode_whisper, feature_source
@@ -222,3 +223,13 @@ def test_the_log_mel_cnn_fused_beside_whisper_predicts_as_evaluation_scored(whis
     classes = list(evaluated.columns[1:8])
     np.testing.assert_allclose(table[classes].to_numpy()[0], evaluated.loc[seg, classes].to_numpy(float), atol=1e-4)
     one_line_error_here(main_cli.main, argv[:4] + ["--fuse_logmel"] + TINY, "--fuse_logmel fuses the log-mel CNN")
+
+
+def test_the_whisper_recipe_names_the_assembled_folder_and_says_how_to_make_it(raw_demo, tmp_path, monkeypatch):
+    args = parse_args(["--recipe", "whisper"])
+    assert (args.speech_model, args.fuse_logmel, args.speech_norm, args.dropout) == ("models/whisper-base", True,
+                                                                                     "feature", 0.4)
+    monkeypatch.chdir(tmp_path)  # no models/whisper-base here
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    one_line_error_here(main_cli.main, ["--recipe", "whisper", "--data_dir", str(raw_demo)],
+                        "cannot load speech model 'models/whisper-base'", "python whisper_encoder.py --assemble DIR")
