@@ -103,11 +103,12 @@ class Corpus:
     read as their union, with session keys 1903 ("19_03") and dialogues prefixed by the corpus, so that no
     session or dialogue of one meets the other's. `frames` holds the audio features of all utterances, one
     after the other, of the feature source `speech` (speech_features.py): log-mel frames, or a pooled encoder's L
-    layer rows of each utterance; `audio_settings` are the source's settings. `functionals` (rows, F) holds the utterance functionals
-    named (functionals.py; None without). With `feature_norm` "speaker", the functionals are z-scores over each
-    speaker's utterances and `frame_norm` holds each speaker's frame statistics (normalization.py), applied as
-    batches are assembled; with "training", both stay raw (the model standardises log-mel bands and functionals
-    with training statistics; a speech model's layer rows are layer-normalised in the model either way).
+    layer rows of each utterance; `audio_settings` are the source's settings; with `logmel` (--fuse_logmel), `mel`
+    holds the log-mel frames too. `functionals` (rows, F) holds the utterance functionals named (functionals.py;
+    None without). With `feature_norm` "speaker", the functionals are z-scores over each speaker's utterances and
+    `frame_norm` (and `mel.norm`) each speaker's frame statistics (normalization.py), applied as batches are
+    assembled; with "training", all stay raw (the model standardises them with training statistics). Transcripts
+    are the corpus's, with those of the ASR the cache was preprocessed with where it has none (`asr`, asr.py).
     """
 
     def __init__(self, folders: list[Path] | str | Path, role: str, text_dim: int, speech: FeatureSource = LogMel(),
@@ -261,7 +262,8 @@ class Corpus:
     def training_statistics(self, rows: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The raw features' mean and std over `rows` (the training utterances): "frames" (R, W) per frame row
         (log-mel: one per band; a speech model's layer rows: one per layer), "mel" (1, mels) for the log-mel frames
-        read beside a speech model's, "functionals" (F,) where the corpus has them. What a recording without other utterances of its speaker is standardised with (predict.py)."""
+        read beside a speech model's, "functionals" (F,) where the corpus has them. What a recording without other
+        utterances of its speaker is standardised with (predict.py)."""
         groups = np.zeros(len(rows), dtype=int)
         norm = FrameNorm.of(self.frames, self.offsets[rows], self.lengths[rows], groups, max(self.speech_shape()[0], 1))
         out = {"frames": (norm.mean[0], norm.std[0])}

@@ -494,7 +494,8 @@ def _finish(t: Training, loaders: dict, run_dir: Path, corpus: Corpus, data: Dat
                        {"model": "neural", "best_epoch": progress.best_epoch, "val": progress.best_val,
                         "sessions": shown, "split_unit": corpus.split_unit, "processes": t.world_size, **calibration,
                         **speech_record(t.model, corpus)})
-    print(f"best epoch {progress.best_epoch} (by {'validation score' if loaders['val'] else 'the last epoch: no validation sessions'})")
+    selected = "validation score" if loaders["val"] else "the last epoch: no validation sessions"
+    print(f"best epoch {progress.best_epoch} (by {selected})")
     print(summary_table(metrics, f"test {shown['test']}"))
     print(f"results: {run_dir / 'results.json'}")
 

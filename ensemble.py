@@ -61,8 +61,9 @@ def corpus_of(run: Path) -> str:
 
 
 def check_members(runs: list[Path], folds: dict[str, list[Path]]) -> None:
-    """RunFolderError for a fold of an ensemble, a run given twice, runs of other corpora (or roles, or label maps), and runs that share no
-    fold (each tested on other sessions: there is nothing to combine); a note where a fold has one member."""
+    """RunFolderError for a fold of an ensemble, a run given twice, runs of other corpora (or roles, or label maps),
+    and runs that share no fold (each tested on other sessions: there is nothing to combine); a note where a fold has
+    one member."""
     seen: dict[Path, Path] = {}
     for run in runs:
         if load_json(run / "results.json").get("model") == "ensemble":

@@ -354,7 +354,8 @@ def recipe_record(args: argparse.Namespace) -> str:
 def check_args(args: argparse.Namespace) -> None:
     """FlagError naming the first flag whose value cannot work, or two flags that conflict (its `flags`: the flags
     at fault, so that a recipe's value is named as the recipe's)."""
-    checks = [(("ws",), args.ws >= 1, "--ws must be at least 1"), (("lam",), 0.0 <= args.lam <= 1.0, "--lam must be in [0, 1]"),
+    checks = [(("ws",), args.ws >= 1, "--ws must be at least 1"),
+              (("lam",), 0.0 <= args.lam <= 1.0, "--lam must be in [0, 1]"),
               (("beta",), 0.0 <= args.beta < 1.0, "--beta must be in [0, 1)"),
               (("focal_gamma",), args.focal_gamma >= 0, "--focal_gamma must be >= 0"),
               (("batch_size",), args.batch_size >= 1, "--batch_size must be >= 1"),
@@ -372,7 +373,8 @@ def check_args(args: argparse.Namespace) -> None:
               (("seed",), args.seed >= 0, "--seed must be >= 0"),
               (("freq_mask", "time_mask"), args.freq_mask >= 0 and args.time_mask >= 0,
                "--freq_mask and --time_mask must be >= 0"),
-              (("plan_only",), not args.plan_only or args.cv or args.seeds, "--plan_only goes with --cv and/or --seeds"),
+              (("plan_only",), not args.plan_only or args.cv or args.seeds,
+               "--plan_only goes with --cv and/or --seeds"),
               (("encoder_lr",), args.encoder_lr > 0, "--encoder_lr must be > 0"),
               (("warmup_steps",), args.warmup_steps >= 0, "--warmup_steps must be >= 0"),
               (("freeze_layers",), args.freeze_layers >= 0, "--freeze_layers must be >= 0"),
@@ -382,7 +384,8 @@ def check_args(args: argparse.Namespace) -> None:
               (("finetune_speech", "speech_model"), not args.finetune_speech or args.speech_model,
                "--finetune_speech needs --speech_model ID_OR_DIR"),
               (("fuse_logmel", "speech_model"), not args.fuse_logmel or args.speech_model,
-               "--fuse_logmel fuses the log-mel CNN beside a --speech_model's layers; without one the CNN is the audio")]
+               "--fuse_logmel fuses the log-mel CNN beside a --speech_model's layers; without one the CNN is the "
+               "audio")]
     for flags, ok, message in checks:
         if not ok:
             raise FlagError(message, flags)

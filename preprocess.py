@@ -124,12 +124,13 @@ def preprocess(data_dir: str | Path = DEFAULT_DATA_DIR, text_encoder: str | None
                asr: Recognizer | None = None, asr_replace: bool = False, asr_off: bool = False) -> dict:
     """Run every step that is not up to date; return the summary (corpus, rows per role, classes, repairs, drops)
     with the seconds taken by the steps that ran (`seconds`). With a pooled encoder as the `speech` source, also the
-    cache of its layer features (speech_features.py; log-mel's is made with the tables). `corpus` (kemdy19/kemdy20) overrides the detection; `cache_dir` moves
-    every derived file out of the corpus folder (`cache_folder`). A KEMDy corpus with bio-signal folders also gets
-    its per-utterance bio features, aligned by `bio_alignment` (biosignals.py), and the openSMILE sets among
-    `functionals` are cached (functionals.py). With `asr`, utterances without a transcript (every utterance with
-    `asr_replace`) get one from that model (asr.py), and the sentence embeddings read them; the cache records it, and
-    without `asr` the ASR it was last preprocessed with is kept (`asr_off`: none, the corpus's own transcripts). `check_facts` is called with the corpus's facts (classes, text,
+    cache of its layer features (speech_features.py; log-mel's is made with the tables). `corpus` (kemdy19/kemdy20)
+    overrides the detection; `cache_dir` moves every derived file out of the corpus folder (`cache_folder`). A KEMDy
+    corpus with bio-signal folders also gets its per-utterance bio features, aligned by `bio_alignment`
+    (biosignals.py), and the openSMILE sets among `functionals` are cached (functionals.py). With `asr`, utterances
+    without a transcript (every utterance with `asr_replace`) get one from that model (asr.py), and the sentence
+    embeddings read them; the cache records it, and without `asr` the ASR it was last preprocessed with is kept
+    (`asr_off`: none, the corpus's own transcripts). `check_facts` is called with the corpus's facts (classes, text,
     modalities, arousal_valence) once the tables are made, before the embeddings and features: a flag the corpus
     cannot serve is refused before the slow steps. Raises CorpusError (one line) on a corpus it cannot read, and
     when outputs must be rebuilt in a folder that cannot be written."""

@@ -37,12 +37,14 @@ def save_tiny_asr(folder):
     end = tokenizer.token_to_id("<|endoftext|>")
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(WhisperConfig(
-        vocab_size=tokenizer.get_vocab_size(), d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, pad_token_id=end, bos_token_id=end,
-        eos_token_id=end, decoder_start_token_id=tokenizer.token_to_id("<|startoftranscript|>")))
-    with torch.no_grad():
-        model.model.decoder.layer_norm.weight.zero_()
-        model.model.decoder.layer_norm.bias.copy_(10 * model.model.decoder.embed_tokens.weight[tokenizer.token_to_id("a")])
+        vocab_size=tokenizer.get_vocab_size(), d_model=16, encoder_layers=2, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        pad_token_id=end, bos_token_id=end, eos_token_id=end,
+        decoder_start_token_id=tokenizer.token_to_id("<|startoftranscript|>")))
+    decoder = model.model.decoder
+    with torch.no_grad():  # a constant last state, pointing at "a": the decoder says "a" whatever it hears
+        decoder.layer_norm.weight.zero_()
+        decoder.layer_norm.bias.copy_(10 * decoder.embed_tokens.weight[tokenizer.token_to_id("a")])
     hf = folder.parent / f"{folder.name}-hf"
     model.save_pretrained(hf)
     WhisperFeatureExtractor().save_pretrained(hf)
@@ -103,7 +105,8 @@ def test_only_utterances_without_a_transcript_are_transcribed_once_and_the_corpu
 
 def test_word_error_rate_by_hand():
     # "the" for "a": one substitution in six words; case and punctuation are not errors.
-    assert asr.word_error_rate(["Kids are talking by the door"], ["kids are talking by a door."]) == pytest.approx(1 / 6)
+    assert asr.word_error_rate(["Kids are talking by the door"], ["kids are talking by a door."]) == pytest.approx(
+        1 / 6)
     assert asr.word_error_rate(["say the word bath", "a b"], ["say the word", "a b c"]) == pytest.approx(2 / 6)
 
 

@@ -22,7 +22,8 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
             assert isinstance(figures[f"finetune_{name}_{figure}"], float) and figures[f"finetune_{name}_{figure}"] > 0
         assert figures[f"finetune_{name}_samples_per_s"] == figures["config"]["finetune_batch"] / \
             figures[f"finetune_{name}_step_s"]
-    for key in [f"whisper_{p}_clip_{t}thread" for p in ("float32", "int8") for t in sorted({1, figures["torch_threads"]})] + [
+    threads = sorted({1, figures["torch_threads"]})
+    for key in [f"whisper_{p}_clip_{t}thread" for p in ("float32", "int8") for t in threads] + [
             f"whisper_float32_30s_{figures['torch_threads']}thread"]:
         assert figures[f"{key}_clips_per_s"] > 0 and figures[f"{key}_real_time"] > 0, key
     # Consistency between figures that are computed from each other:

@@ -139,8 +139,8 @@ def test_4_every_reader_refuses_an_unfinished_run(finished, tmp_path):
     (run / "results.json").unlink()  # stopped by Ctrl-C: best.pth is the best model so far
     wav = tmp_path / "u.wav"
     voice(wav, 180)
-    for cli, argv in ((predict.main, ["--run", str(run), "--wav", str(wav)]), (main_cli.main, ["--test_only", str(run)]),
-                      (ensemble.main, [str(run)])):
+    for cli, argv in ((predict.main, ["--run", str(run), "--wav", str(wav)]),
+                      (main_cli.main, ["--test_only", str(run)]), (ensemble.main, [str(run)])):
         one_line_error_here(cli, argv, str(run))
 
 

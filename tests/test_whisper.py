@@ -163,8 +163,9 @@ def test_train_test_only_predict_and_baseline_on_whisper_layers(whisper_corpus, 
                    "--text_dim", str(TEXT_DIM)])
     features = json.loads(next((tmp_path / "bl").glob("baseline_*/results.json")).read_text())["features"]
     assert features == {"speech": 2 * WIDTH, "text": TEXT_DIM}
-    one_line_error_here(main_cli.main, ["--data_dir", str(whisper_corpus), "--save_path", str(tmp_path), "--speech_model",
-                                        name, "--finetune_speech", "--feature_norm", "training"] + TINY,
+    one_line_error_here(main_cli.main, ["--data_dir", str(whisper_corpus), "--save_path", str(tmp_path),
+                                        "--speech_model", name, "--finetune_speech", "--feature_norm",
+                                        "training"] + TINY,
                         "a Whisper --speech_model is read frozen")
 
 
