@@ -386,4 +386,7 @@ def build_speech_cache(out: Path, seg_ids: list[str], wav_paths: list[Path], sou
     write_text(meta_path, json.dumps({**plan, "offsets": [k * layers for k in range(len(order))],
                                       "lengths": [layers] * len(order), "failed": {}}))
     progress_path.unlink()
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    print(f"speech features ({source.name}): {len(seg_ids) - done} utterances in {seconds:.0f} s "
+          f"({seconds_of_audio / max(seconds, 1e-9):.1f}x real time, {torch.get_num_threads()} threads)")
+    return seconds
