@@ -14,6 +14,7 @@ import torch
 import baseline
 import main as main_cli
 import predict
+import preprocess as preprocess_cli
 import whisper_encoder
 from audio import load_audio
 from conftest import TEXT_DIM
@@ -22,7 +23,7 @@ from options import parse_args
 from preprocess import preprocess
 from readers import segment_path
 from speech_features import Whisper, encode_whisper, feature_source
-from test_bad_input import assert_one_line_error, one_line_error_here, run_cli
+from test_bad_input import one_line_error_here
 from test_train import TINY
 
 LAYERS, WIDTH = 2, 16
@@ -107,7 +108,7 @@ def test_clip_length_30s_padding_and_int8_are_options_of_their_own_caches(tiny):
     assert own.encode([long])[0].shape == (LAYERS + 1, 2 * WIDTH)
 
 
-def test_wrong_folders_are_one_line(tiny, tmp_path):
+def test_wrong_folders_are_one_line(tiny, tmp_path, monkeypatch):
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     (garbage / "model.bin").write_bytes(b"\x00" * 64)
@@ -122,9 +123,9 @@ def test_wrong_folders_are_one_line(tiny, tmp_path):
             feature_source(str(folder)).settings()
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_cli("preprocess.py", ["--data_dir", str(tmp_path / "none"), "--speech_model", str(empty)],
-                     env={"HF_HUB_OFFLINE": "1"})
-    assert_one_line_error(result, f"cannot load speech model '{empty}'")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    one_line_error_here(preprocess_cli.main, ["--data_dir", str(tmp_path / "none"), "--speech_model", str(empty)],
+                        f"cannot load speech model '{empty}'")
 
 
 @pytest.fixture(scope="module")
@@ -169,16 +170,17 @@ def test_train_test_only_predict_and_baseline_on_whisper_layers(whisper_corpus, 
                         "a Whisper --speech_model is read frozen")
 
 
-def test_a_hub_id_loads_from_the_local_hub_cache(tiny, raw_demo, tmp_path):
+def test_a_hub_id_loads_from_the_local_hub_cache(tiny, raw_demo, tmp_path, monkeypatch):
+    from huggingface_hub import constants
     snapshot = tmp_path / "hub" / "models--tiny--whisper" / "snapshots" / "0123abcd"
     shutil.copytree(tiny["hf"], snapshot)
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # where the hub's files are read from
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data_dir = shutil.copytree(raw_demo, tmp_path / "KEMDy19")
-    result = run_cli("preprocess.py", ["--data_dir", str(data_dir), "--text_encoder", "tfidf", "--text_dim",
-                                       str(TEXT_DIM), "--speech_model", "tiny/whisper"],
-                     env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
-    assert result.returncode == 0, result.stderr
+    preprocess_cli.main(["--data_dir", str(data_dir), "--text_encoder", "tfidf", "--text_dim", str(TEXT_DIM),
+                         "--speech_model", "tiny/whisper"])
     meta = json.loads(next((data_dir / "features").glob("speech_whisper_*.json")).read_text())
     assert (meta["settings"]["speech_model"], meta["settings"]["revision"]) == ("tiny/whisper", "0123abcd")
 
