@@ -63,7 +63,7 @@ def add_corpus_args(p: argparse.ArgumentParser) -> None:
            "features within a few percent) (default: %(default)s)")
     a("--whisper_input", choices=["clip", "30s"], default="clip",
       help="a Whisper --speech_model's input: clip = each clip at its own length, 30s = padded to 30 s as Whisper "
-           "was trained (about ten times the cost of a 3-s clip); its layers are pooled over the clip's frames "
+           "was trained (8x the time on RAVDESS's 3.7-s clips); its layers are pooled over the clip's frames "
            "either way (default: %(default)s)")
     a("--asr", default=None, metavar="MODEL",
       help="transcripts from speech for the utterances without one: a Whisper model for faster-whisper (a folder, "
