@@ -113,7 +113,8 @@ def serve(options: dict) -> None:
 def cache_path(cache: Path, recognizer: Recognizer) -> Path:
     """The ASR cache of `recognizer` in a corpus's cache folder."""
     import hashlib
-    identity = str(Path(recognizer.model).resolve()) if Path(recognizer.model).is_dir() else recognizer.model
+    from speech_features import model_identity
+    identity = model_identity(recognizer.model)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(identity).name)[:60]
     digest = hashlib.sha1(f"{identity}|{recognizer.language}".encode()).hexdigest()[:8]
     return Path(cache) / "features" / f"asr_{slug}_{digest}.json"
@@ -160,7 +161,8 @@ def parse_asr(model: str | None, language: str, replace: bool) -> Recognizer | N
         return None
     if language != "auto" and not re.fullmatch(r"[a-z]{2,3}", language):
         raise FlagError(f"--asr_language {language}: a language code such as ko or en, or auto")
-    return Recognizer(model, language)
+    from speech_features import model_identity
+    return Recognizer(model_identity(model), language)
 
 
 def _words(text: str) -> list[str]:

@@ -20,7 +20,7 @@ from corpora import detect_corpus, manifest_sessions, session_names
 from errors import FlagError
 from functionals import parse_functionals
 from preprocess import is_demo_corpus, preprocess
-from speech_features import FeatureSource, feature_source
+from speech_features import FeatureSource, feature_source, model_identity
 from text_encoder import text_dim_of
 from utils import cache_folder, split_data_dir
 
@@ -243,9 +243,7 @@ def resolve_data(args: argparse.Namespace) -> DataSpec:
     if len(set(caches)) < len(caches):
         raise FlagError(f"--data_dir {args.data_dir} with --cache_dir {args.cache_dir}: two corpus folders have the "
                         "same name, so their derived files would share one cache folder; rename one of them")
-    speech_model = args.speech_model
-    if speech_model and Path(speech_model).is_dir():  # a local model folder, usable from anywhere
-        speech_model = str(Path(speech_model).resolve())
+    speech_model = model_identity(args.speech_model) if args.speech_model else None  # usable from anywhere
     return DataSpec(folders=tuple(folder.resolve() for folder in folders), kinds=kinds,
                     cache_dir=Path(args.cache_dir).resolve() if args.cache_dir else None, role=args.SorL,
                     text_encoder=args.text_encoder,

@@ -99,14 +99,14 @@ class PooledEncoder(FeatureSource):
 
     def settings(self) -> dict:
         model_type, layers, dim = self._shape()
-        return {"speech_model": self.name, "revision": model_revision(self.name), "model_type": model_type,
+        return {"speech_model": model_identity(self.name), "revision": model_revision(self.name), "model_type": model_type,
                 "layers": layers, "dim": dim, "pool": "mean,std", "chunk_seconds": self.chunk_seconds,
                 "sample_rate": SAMPLE_RATE, **self.options()}
 
     def paths(self, cache: str | Path) -> tuple[Path, Path]:
         """One cache per model (a hub id, or a folder by its full path) and options: the defaults' keep the names
         of the versions before them."""
-        identity = str(Path(self.name).resolve()) if Path(self.name).is_dir() else self.name
+        identity = model_identity(self.name)
         defaults = type(self)(self.name).options()
         changed = [f"{k}={v}" for k, v in self.options().items() if v != defaults[k]]
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(identity).name)[:60]
@@ -225,6 +225,12 @@ def load_speech_model(name: str, device: torch.device | None = None,
     model = from_pretrained("speech model", name, "--speech_model", lambda local: AutoModel.from_pretrained(
         name, local_files_only=local, **({"dtype": dtype} if dtype is not None else {})))
     return extractor, (model.to(device) if device is not None else model).eval()
+
+
+def model_identity(name: str) -> str:
+    """A pretrained model as caches and runs record it: a local folder by its full path (the folder named through a
+    relative path or a link is the same model, its caches the same), a hub id as given."""
+    return str(Path(name).resolve()) if Path(name).is_dir() else name
 
 
 def model_revision(name: str) -> str:

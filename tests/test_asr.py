@@ -98,10 +98,13 @@ def test_only_utterances_without_a_transcript_are_transcribed_once_and_the_corpu
     assert table.loc["s1/0", "text"] == "my own words 1 0" and table.loc["s1/1", "text"] == "my own words 1 1"
     assert "4 utterances transcribed" in capsys.readouterr().out
     assert snapshot(root) == own  # the corpus's files, untouched
-    # Up to date: nothing transcribed again; a changed wav alone is.
+    # Up to date: nothing transcribed again, the model named through a link or a relative path included; a changed
+    # wav alone is.
+    (tmp_path / "link").symlink_to(tiny_asr)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(asr.Recognizer, "open", lambda *a: pytest.fail("transcribed again"))
-        preprocess(root, "tfidf", 8, cache_dir=tmp_path / "cache", asr=recognizer)
+        for name in (tiny_asr, str(tmp_path / "link"), os.path.relpath(tiny_asr)):
+            preprocess(root, "tfidf", 8, cache_dir=tmp_path / "cache", asr=asr.parse_asr(name, "auto", False))
     os.utime(root / "s2" / "2.wav", ns=(1, 1))
     preprocess(root, "tfidf", 8, cache_dir=tmp_path / "cache", asr=recognizer)
     assert "1 utterances transcribed" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 hub id from a local hub cache. Weights read from either form give the same layers; every layer is cached; runs
 train, test, predict and the baseline reads them; wrong folders are one line; the registry packages assemble."""
 import json
+import os
 import shutil
 import struct
 
@@ -93,6 +94,8 @@ def test_clip_length_30s_padding_and_int8_are_options_of_their_own_caches(tiny):
     assert (own.settings()["input"], padded.settings()["input"], quantised.settings()["precision"]) == (
         "clip", "30s", "int8")
     assert len({own.paths("c")[0], padded.paths("c")[0], quantised.paths("c")[0]}) == 3
+    relative = feature_source(os.path.relpath(tiny["hf"]))  # the same folder, another name: the same cache
+    assert (relative.settings(), relative.paths("c")) == (own.settings(), own.paths("c"))
     audio = [clip()]
     extractor, encoder = whisper_encoder.load_whisper(str(tiny["hf"]))
     seen = []
