@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from errors import FlagError, RunFolderError, load_json
-from options import run_arguments
+from options import check_fitted, modality_check, parse_imbalance, run_arguments
 from protocol import prepare_data, resolve_data
 from trained_run import finished
 from utils import SUMMARY_METRICS, figure, make_run_dir, write_json, write_text
@@ -84,11 +84,15 @@ def _plan(args: argparse.Namespace, name: str) -> tuple[Path, argparse.Namespace
     folds = spec.cv_folds if args.cv else [spec.test]
     runs = [{"name": "_".join(([f"seed{seed}"] if args.seeds else []) + ([f"fold{k}"] if args.cv else [])),
              "seed": seed, "test_split": spec.format(fold)} for seed in seeds for k, fold in enumerate(folds, 1)]
-    prepare_data(spec)  # bad data stops here, before an experiment folder exists, and so does a fold's bad split
+    # Every check of a single run's start, for each run, before an experiment folder exists: flags, then the data.
+    run_specs = [resolve_data(argparse.Namespace(**{**vars(args), "test_split": run["test_split"]})) for run in runs]
+    if hasattr(args, "imbalance"):  # (main.py's flag; baseline.py has none)
+        for run_spec in run_specs:
+            check_fitted(parse_imbalance(args.imbalance), run_spec.val, args.val_split)
+    prepare_data(spec, modality_check(args.modalities))
     labelled = replace(spec, functionals=(), feature_norm="training").corpus()
-    for run in runs:
-        resolve_data(argparse.Namespace(**{**vars(args), "test_split": run["test_split"]})).check_split(
-            labelled.sessions, labelled.first_label)
+    for run_spec in run_specs:
+        run_spec.check_split(labelled.sessions, labelled.first_label)
     folder = make_run_dir(args.save_path, ("cv_" if args.cv else "seeds_") + name)
     write_json(folder / "runs.json", {"args": {**vars(args), **spec.flags(), "plan_only": False}, "runs": runs})
     return folder, args, runs

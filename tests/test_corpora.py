@@ -168,8 +168,11 @@ def test_emodb_speakers_labels_and_no_text(tmp_path, monkeypatch):
     def extraction(*_):
         raise AssertionError("eGeMAPS extracted before --modalities was checked")
     monkeypatch.setattr(preprocess_module, "build_opensmile_cache", extraction)
-    one_line_error_here(main, ["--data_dir", str(emodb), "--modalities", "text", "--functionals", "egemaps"],
-                        "--modalities text: the corpus has no transcripts")
+    for experiment in ([], ["--cv"], ["--seeds", "0,1"]):
+        one_line_error_here(main, ["--data_dir", str(emodb), "--modalities", "text", "--functionals", "egemaps",
+                                   "--save_path", str(tmp_path / "refused")] + experiment,
+                            "--modalities text: the corpus has no transcripts")
+    assert not (tmp_path / "refused").exists()
 
 
 def torch_load_config(run) -> dict:

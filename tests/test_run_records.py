@@ -193,9 +193,9 @@ def test_7_test_only_applies_a_test_split_or_a_corpus_copy_and_refuses_the_rest(
 
 def test_8_fitted_imbalance_without_automatic_validation_is_refused(tmp_path):
     two = manifest(tmp_path / "two", [(s, s, "ab"[k]) for s in "pq" for k in (0, 1)])
-    for fitted in ("crt", "val_bias"):
+    for fitted, experiment in (("crt", []), ("val_bias", []), ("crt", ["--cv"]), ("val_bias", ["--seeds", "0,1"])):
         one_line_error_here(main_cli.main, ["--data_dir", str(two), "--save_path", str(tmp_path / "exp"),
-                                            "--imbalance", fitted] + ONE_EPOCH,
+                                            "--imbalance", fitted] + ONE_EPOCH + experiment,
                             f"--imbalance {fitted} is fitted on the validation sessions; --val_split auto leaves none")
     assert not (tmp_path / "exp").exists()
 
