@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from asr import Recognizer, parse_asr
+from asr import ASR_OFF, Recognizer, parse_asr
 from audio import log_mel, read_audio
 from constants import N_FFT, SAMPLE_RATE
 from dataset import Frames, assemble_batch, context_windows, crop, pad_waves
@@ -203,9 +203,9 @@ def standardization(feature_norm: str, frames: np.ndarray, offsets: np.ndarray, 
 
 def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.device, trust_pickle: bool,
                 speakers: np.ndarray | None, recognizer: Recognizer | None = None) -> tuple[
-                    tuple[str, ...], np.ndarray, np.ndarray | None, list[int], list[str]]:
+                    tuple[str, ...], np.ndarray, np.ndarray | None, list[int], list[list[str]]]:
     """One run's outputs for the recordings -> (its classes, probabilities (kept, classes), arousal/valence
-    (kept, 2) or None, the indices of the recordings it could predict, a note per recording). `speakers`: each
+    (kept, 2) or None, the indices of the recordings it could predict, the notes of each recording). `speakers`: each
     recording's speaker (speakers_of), None to standardise every recording with the run's training statistics; a
     run that reads text has the recordings without a transcript transcribed by `recognizer`, if given."""
     if not (run_dir / "best.pth").exists():
@@ -284,8 +284,7 @@ def run_outputs(run_dir: Path, inputs: Inputs, dialogue: bool, device: torch.dev
         batch["bio"] = torch.zeros(len(kept), config.bio_dim)
     logits, av = model(**{k: v.to(device) for k, v in model_inputs(batch).items()})
     probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-    return (config.classes, probs, av.cpu().numpy() if config.arousal_valence else None, kept,
-            ["; ".join(n) for n in notes])
+    return config.classes, probs, av.cpu().numpy() if config.arousal_valence else None, kept, notes
 
 
 def ensemble_members(folder: Path) -> list[tuple[Path, float]]:
@@ -309,20 +308,20 @@ def ensemble_members(folder: Path) -> list[tuple[Path, float]]:
 def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: bool,
             device: torch.device | None = None, trust_pickle: bool = False,
             normalize_with: str = "files", speaker_pattern: str | None = None,
-            recognizer: Recognizer | None = None) -> pd.DataFrame:
+            recognizer: Recognizer | None = None, asr_off: bool = False) -> pd.DataFrame:
     """One row per readable wav (`texts[i]` None: its same-stem .txt, if any) the run (or the weighted members of
     an ensemble folder) can predict; the others are named and skipped. The `note` column names what the user
     should know of a row (silent, no transcript, the statistics its audio was standardised with and the speaker
     they took it as: `speaker_pattern`, see speakers_of...), `transcript` the text it read. Recordings without a
     transcript are transcribed by `recognizer` (--asr), else by the run's own --asr model where it is still there,
-    when the run reads text."""
+    when the run reads text; `asr_off` (--asr none): by neither."""
     device = device or torch.device("cpu")
     inputs = read_inputs(wavs, texts)
     members = ensemble_members(run_dir)
-    recognizer = recognizer or run_recognizer(members[0][0])
+    recognizer = None if asr_off else recognizer or run_recognizer(members[0][0])
     speakers = speakers_of(inputs.files, speaker_pattern) if normalize_with == "files" else None
     outputs = [run_outputs(run, inputs, dialogue, device, trust_pickle, speakers, recognizer) for run, _ in members]
-    classes, _, _, kept, notes = outputs[0]
+    classes, _, _, kept, _ = outputs[0]
     if any(o[0] != classes or o[3] != kept for o in outputs):
         raise RunFolderError(f"the members of {run_dir} differ in their classes or in what they can predict")
     weights = np.array([w for _, w in members]) / sum(w for _, w in members)
@@ -335,7 +334,7 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
         av = sum(w * o[2] for w, o in zip(weights, outputs))
         table["arousal"], table["valence"] = av[:, 0], av[:, 1]
     table["transcript"] = [inputs.texts[i] or "" for i in kept]
-    table["note"] = [notes[k] for k in range(len(kept))]
+    table["note"] = ["; ".join(dict.fromkeys(note for o in outputs for note in o[4][i])) for i in kept]  # every member's
     for row in table.itertuples():
         if row.note:
             print(f"note: {row.file}: {row.note}")
@@ -365,8 +364,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                              "(default: all the files of a call are one speaker)")
     parser.add_argument("--asr", metavar="MODEL",
                         help="transcribe the recordings without a transcript with this Whisper model (a faster-whisper "
-                             "folder) for a run that reads text (default: the run's own --asr model, where it is "
-                             "still there; else none)")
+                             "folder) for a run that reads text; none = never (the recordings without one are "
+                             "predicted on audio alone) (default: the run's own --asr model, where it is still there; "
+                             "else none)")
     parser.add_argument("--asr_language", default="auto", help="the language --asr transcribes, e.g. ko or en "
                                                                "(default: %(default)s: detected)")
     parser.add_argument("--out", help="write the table to a .csv or .json file")
@@ -392,8 +392,8 @@ def is_predictions_table(path: Path) -> bool:
     try:
         if path.suffix.lower() == ".json":
             records = json.loads(path.read_text(encoding="utf-8"))
-            return isinstance(records, list) and all(isinstance(r, dict) and {"file", "note"} <= r.keys()
-                                                     for r in records)
+            return isinstance(records, list) and bool(records) and all(
+                isinstance(r, dict) and {"file", "note"} <= r.keys() for r in records)
         with open(path, encoding="utf-8", newline="") as f:
             header = next(csv.reader(f), [])
         return header[:1] == ["file"] and header[-1:] == ["note"]
@@ -427,11 +427,12 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
         check_out(out)
     wavs, texts, dialogue = collect_inputs(args)
     table = predict(Path(args.run), wavs, texts, dialogue, torch.device(args.device), args.trust_run,
-                    args.normalize_with, args.speaker_pattern, parse_asr(args.asr, args.asr_language, False))
+                    args.normalize_with, args.speaker_pattern, parse_asr(args.asr, args.asr_language, False),
+                    args.asr == ASR_OFF)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     if out is not None:
         with atomic_path(out) as tmp:
-            if out.suffix == ".json":
+            if out.suffix.lower() == ".json":
                 tmp.write_text(json.dumps(table.to_dict(orient="records"), indent=1, ensure_ascii=False),
                                encoding="utf-8")
             else:

@@ -138,6 +138,8 @@ def test_emodb_trains_on_asr_text_the_run_records_it_and_predict_transcribes_bar
     voice(wavs / "x.wav", 200)
     table = predict.main(["--run", str(run), "--input_dir", str(wavs)])  # the run's own ASR model, still there
     assert table["transcript"].tolist() == [SAID] and "transcript by ASR (tiny-whisper)" in table["note"][0]
+    off = predict.main(["--run", str(run), "--input_dir", str(wavs), "--asr", "none"])  # never transcribes
+    assert off["transcript"].tolist() == [""] and "no transcript (audio alone)" in off["note"][0]
     (wavs / "x.txt").write_text("", encoding="utf-8")  # an empty transcript of the user's: kept, not transcribed
     silent = predict.main(["--run", str(run), "--input_dir", str(wavs)])
     assert silent["transcript"].tolist() == [""]

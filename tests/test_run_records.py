@@ -60,21 +60,26 @@ def test_1_predict_out_never_replaces_what_it_did_not_write(finished, tmp_path):
     wav = (mine / "u0.wav").read_bytes()
     notes = tmp_path / "notes.csv"
     notes.write_text("my,own\n1,2\n")
+    empty = tmp_path / "empty.json"  # a user's JSON list, empty: not a table of predict.py's
+    empty.write_text("[]")
     run = copy_run(finished, tmp_path)
     weights = (run / "best.pth").read_bytes()
     base = ["--run", str(run), "--input_dir", str(mine)]
     for out, message in ((mine / "u0.wav", "name a .csv or .json file for the predictions table, not a .wav file"),
                          (run / "best.pth", "not a .pth file"), (run / "args", "not a name without a suffix"),
                          (run / "predictions.csv", f"lies inside the run folder {run}"),
-                         (notes, "exists and is not a table predict.py wrote")):
+                         (notes, "exists and is not a table predict.py wrote"),
+                         (empty, "exists and is not a table predict.py wrote")):
         one_line_error_here(predict.main, base + ["--out", str(out)], message)
     assert (mine / "u0.wav").read_bytes() == wav and (run / "best.pth").read_bytes() == weights
     assert notes.read_text() == "my,own\n1,2\n" and len(list(run.iterdir())) == len(list(finished.iterdir()))
-    for name in ("out.csv", "out.json"):  # a table it wrote is replaced by the next
+    assert empty.read_text() == "[]"
+    for name in ("out.csv", "out.json", "OUT.JSON"):  # a table it wrote is replaced by the next
         for _ in range(2):
             predict.main(base + ["--out", str(tmp_path / name)])
     assert pd.read_csv(tmp_path / "out.csv")["file"].tolist() == [str(mine / "u0.wav")]
-    assert json.loads((tmp_path / "out.json").read_text())[0]["file"] == str(mine / "u0.wav")
+    for name in ("out.json", "OUT.JSON"):
+        assert json.loads((tmp_path / name).read_text())[0]["file"] == str(mine / "u0.wav")
 
 
 def manifest(root, rows: list[tuple[str, str, str]]):

@@ -172,10 +172,11 @@ def test_8_a_text_only_run_does_not_predict_recordings_without_transcripts(demo_
     run = train(get_parser().parse_args(["--data_dir", str(demo_dir), "--save_path", str(tmp_path),
                                          "--modalities", "text"] + TINY))
     voice(tmp_path / "in" / "a.wav", 150)
-    voice(tmp_path / "in" / "b.wav", 180)
+    sf.write(tmp_path / "in" / "b.wav", np.zeros(16000, np.float32), 16000)
     (tmp_path / "in" / "b.txt").write_text("정말 기뻐요", encoding="utf-8")
     table = predict.main(["--run", str(run), "--input_dir", str(tmp_path / "in")])
     assert [f.split("/")[-1] for f in table["file"]] == ["b.wav"]  # a.wav: skipped and named
+    assert table["note"].tolist() == ["silent (no sample above -60 dBFS)"]  # b's note, not a's
     one_line_error_here(predict.main, ["--run", str(run), "--wav", str(tmp_path / "in" / "a.wav")],
                         "reads text alone and none of the recordings has a transcript")
 
