@@ -123,9 +123,9 @@ def run_experiment(args: argparse.Namespace, name: str, train_run: Callable[[arg
     """Every (seed, fold) of `args` as a run folder in one experiment folder, then the summary.
 
     `train_run(run_args, folder)` trains one run into `folder`, which it makes (utils.open_run_dir);
-    `continue_run(folder)`, if given, continues a run interrupted after a checkpoint. With `args.resume` (an experiment folder)
-    the saved plan is continued (with the `overrides` given, e.g. another --gpu_id): finished runs are
-    kept, and a run stopped before its first checkpoint is renamed `<run>_interrupted_<time>` (never
+    `continue_run(folder)`, if given, continues a run interrupted after a checkpoint. With `args.resume` (an
+    experiment folder) the saved plan is continued (with the `overrides` given, e.g. another --gpu_id): finished
+    runs are kept, and a run stopped before its first checkpoint is renamed `<run>_interrupted_<time>` (never
     deleted) and trained again. Several jobs may continue one plan at once (see `claim_run`); the job
     that finds every run finished writes the summary. `args.plan_only` writes the plan and stops.
     """

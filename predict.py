@@ -334,7 +334,7 @@ def predict(run_dir: Path, wavs: list[Path], texts: list[str | None], dialogue: 
         av = sum(w * o[2] for w, o in zip(weights, outputs))
         table["arousal"], table["valence"] = av[:, 0], av[:, 1]
     table["transcript"] = [inputs.texts[i] or "" for i in kept]
-    table["note"] = ["; ".join(dict.fromkeys(note for o in outputs for note in o[4][i])) for i in kept]  # every member's
+    table["note"] = ["; ".join(dict.fromkeys(note for o in outputs for note in o[4][i])) for i in kept]  # all members'
     for row in table.itertuples():
         if row.note:
             print(f"note: {row.file}: {row.note}")

@@ -81,10 +81,13 @@ class LogMel(FeatureSource):
 class PooledEncoder(FeatureSource):
     """A pretrained encoder whose layers are pooled per clip (see the module's text). Subclasses give its config
     (`_config`, cheap), what of it the settings record (`_shape`: model type, layers, width), the options that
-    decide its features besides the weights (`options`) and a function that encodes clips (`_encoder`)."""
+    decide its features besides the weights (`options`) and a function that encodes clips (`_encoder`). The settings
+    record the options away from their defaults (a cache made before an option existed stays up to date), or all of
+    them where `records_defaults`."""
     name: str
     precision: str = "float32"
     chunk_seconds = CHUNK_SECONDS
+    records_defaults = False
 
     @cached_property
     def config(self):
@@ -99,16 +102,19 @@ class PooledEncoder(FeatureSource):
 
     def settings(self) -> dict:
         model_type, layers, dim = self._shape()
-        return {"speech_model": model_identity(self.name), "revision": model_revision(self.name), "model_type": model_type,
-                "layers": layers, "dim": dim, "pool": "mean,std", "chunk_seconds": self.chunk_seconds,
-                "sample_rate": SAMPLE_RATE, **self.options()}
+        return {"speech_model": model_identity(self.name), "revision": model_revision(self.name),
+                "model_type": model_type, "layers": layers, "dim": dim, "pool": "mean,std",
+                "chunk_seconds": self.chunk_seconds, "sample_rate": SAMPLE_RATE, **(self.options() if self.records_defaults else self._changed_options())}
+
+    def _changed_options(self) -> dict:
+        defaults = type(self)(self.name).options()
+        return {k: v for k, v in self.options().items() if v != defaults[k]}
 
     def paths(self, cache: str | Path) -> tuple[Path, Path]:
         """One cache per model (a hub id, or a folder by its full path) and options: the defaults' keep the names
         of the versions before them."""
         identity = model_identity(self.name)
-        defaults = type(self)(self.name).options()
-        changed = [f"{k}={v}" for k, v in self.options().items() if v != defaults[k]]
+        changed = [f"{k}={v}" for k, v in self._changed_options().items()]
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(identity).name)[:60]
         digest = hashlib.sha1("|".join([identity, *changed]).encode()).hexdigest()[:8]
         base = Path(cache) / "features" / f"speech_{slug}_{digest}"
@@ -167,6 +173,7 @@ class Whisper(PooledEncoder):
     as Whisper was trained (ten times the cost for a 3-s clip), pooling over the clip's own frames either way."""
     window: str = "clip"
     chunk_seconds = WHISPER_SECONDS
+    records_defaults = True  # a Whisper cache says which input and precision made it
 
     def options(self) -> dict:
         return {"precision": self.precision, "input": self.window}

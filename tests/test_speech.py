@@ -69,6 +69,10 @@ def test_cache_layout_and_values(speech_corpus, tiny_wavlm):
     rows = np.load(npy_path)
     layers = TINY_LAYERS + 1  # the CNN output and every transformer layer
     assert meta["settings"]["layers"] == layers and meta["settings"]["model_type"] == "wavlm"
+    # The settings of the caches made before --speech_precision existed: they stay up to date; int8 is recorded.
+    assert set(meta["settings"]) == {"speech_model", "revision", "model_type", "layers", "dim", "pool",
+                                     "chunk_seconds", "sample_rate"}
+    assert feature_source(str(tiny_wavlm), precision="int8").settings()["precision"] == "int8"
     assert rows.shape == (len(meta["ids"]) * layers, 2 * 32) and rows.dtype == np.float16
     assert meta["offsets"][:3] == [0, layers, 2 * layers] and set(meta["lengths"]) == {layers}
     # A cached utterance equals the same clip encoded on its own (what predict.py does), to float16 precision.
