@@ -52,13 +52,17 @@ class Recognizer:
     def settings(self) -> dict:
         """What decides the transcripts: the model and its weights, the language, the decoding settings, the
         faster-whisper version. PretrainedError (one line) for a folder that is no CTranslate2 Whisper model."""
-        from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
         from speech_features import model_revision
+        try:
+            runtime = version("faster-whisper")
+        except PackageNotFoundError:
+            raise PretrainedError("--asr needs faster-whisper: pip install faster-whisper==1.2.1") from None
         if Path(self.model).is_dir() and not (Path(self.model) / CT2_WEIGHTS).is_file():
             raise PretrainedError(f"--asr {self.model} is not a faster-whisper model folder (a CTranslate2 "
                                   "model.bin with its tokenizer.json; README: Whisper)")
         revision = model_revision(self.model) if Path(self.model).is_dir() else "named"
-        return {**asdict(self), "revision": revision, **DECODING, "faster_whisper": version("faster-whisper")}
+        return {**asdict(self), "revision": revision, **DECODING, "faster_whisper": runtime}
 
     @contextmanager
     def open(self, threads: int = 0) -> Iterator[Callable[[np.ndarray], tuple[str, str]]]:
@@ -70,28 +74,38 @@ class Recognizer:
             {**asdict(self), "threads": threads})], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
         def transcribe(audio: np.ndarray) -> tuple[str, str]:
-            pickle.dump(np.asarray(audio, np.float32), worker.stdin)
-            worker.stdin.flush()
             try:
+                pickle.dump(np.asarray(audio, np.float32), worker.stdin)
+                worker.stdin.flush()
                 answer = pickle.load(worker.stdout)
-            except EOFError:
-                answer = ("error", "the process ended")
-            if answer[0] == "error":
-                raise PretrainedError(f"--asr {self.model}: cannot transcribe with it ({answer[1]}); give a "
-                                      "faster-whisper model folder (README: Whisper)")
-            return answer
+            except (OSError, EOFError, pickle.UnpicklingError):
+                raise PretrainedError(f"--asr {self.model}: the ASR process ended (exit code {worker.wait()}) "
+                                      "before answering") from None
+            status, value = answer
+            if status != "ok":
+                advice = "; give a faster-whisper model folder (README: Whisper)" if status == "error" else ""
+                raise PretrainedError(f"--asr {self.model}: cannot transcribe with it ({value}){advice}")
+            return value
         try:
             yield transcribe
         finally:
             if worker.poll() is None:
-                pickle.dump(None, worker.stdin)
-                worker.stdin.close()
+                try:
+                    pickle.dump(None, worker.stdin)
+                    worker.stdin.close()
+                except OSError:  # it ended meanwhile
+                    pass
             worker.wait()
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def serve(options: dict) -> None:
     """The ASR process: faster-whisper's WhisperModel, then clips read from stdin answered on stdout, pickled, until
-    None (an error is answered as ("error", message), then the process ends)."""
+    None: ("ok", (transcript, language)), or ("error", message) for a model that did not load, ("failed", message)
+    for a clip faster-whisper could not transcribe."""
     import faster_whisper
     recognizer = Recognizer(options["model"], options["language"])
     try:
@@ -99,14 +113,17 @@ def serve(options: dict) -> None:
                                             cpu_threads=options["threads"])
         language = None if recognizer.language == "auto" or not model.model.is_multilingual else recognizer.language
     except Exception as error:  # whatever faster-whisper raises, the parent says it in one line
-        model, failure = None, str(error).splitlines()[0] if str(error) else type(error).__name__
+        model, failure = None, _first_line(error)
     while (audio := pickle.load(sys.stdin.buffer)) is not None:
         if model is None:
             pickle.dump(("error", failure), sys.stdout.buffer)
         else:
-            segments, info = model.transcribe(audio, language=language, **DECODING)
-            pickle.dump((clean_transcript(" ".join(s.text.strip() for s in segments)), info.language),
-                        sys.stdout.buffer)
+            try:
+                segments, info = model.transcribe(audio, language=language, **DECODING)
+                answer = "ok", (clean_transcript(" ".join(s.text.strip() for s in segments)), info.language)
+            except Exception as error:  # whatever faster-whisper raises, the parent says it in one line
+                answer = "failed", _first_line(error)
+            pickle.dump(answer, sys.stdout.buffer)
         sys.stdout.buffer.flush()
 
 

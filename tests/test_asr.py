@@ -4,6 +4,8 @@ with the model and decoding settings and never made twice; the corpus's own tran
 changed; runs record which texts came from ASR; predict.py transcribes bare wavs for a run that reads text."""
 import json
 import os
+import signal
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -145,6 +147,16 @@ def test_emodb_trains_on_asr_text_the_run_records_it_and_predict_transcribes_bar
     assert silent["transcript"].tolist() == [""]
     classes = list(table.columns[1:table.columns.get_loc("emotion")])
     assert not np.allclose(table[classes].to_numpy(), silent[classes].to_numpy())  # the text branch read it
+
+
+def test_an_asr_process_that_ends_is_one_line(tiny_asr):
+    with asr.Recognizer(tiny_asr).open() as transcribe:
+        assert transcribe(np.zeros(1600, np.float32)) == (SAID, "en")
+        for task in Path("/proc/self/task").iterdir():  # this process's children: the ASR process
+            for pid in (task / "children").read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+        with pytest.raises(PretrainedError, match="the ASR process ended"):
+            transcribe(np.zeros(1600, np.float32))
 
 
 def test_a_folder_that_is_not_a_whisper_model_is_one_line(tmp_path):
