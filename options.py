@@ -385,7 +385,12 @@ def check_args(args: argparse.Namespace) -> None:
                "--finetune_speech needs --speech_model ID_OR_DIR"),
               (("fuse_logmel", "speech_model"), not args.fuse_logmel or args.speech_model,
                "--fuse_logmel fuses the log-mel CNN beside a --speech_model's layers; without one the CNN is the "
-               "audio")]
+               "audio"),
+              (("speech_precision", "speech_model"), args.speech_precision == "float32" or args.speech_model,
+               "--speech_precision int8 quantises a --speech_model; without one the audio is log-mel spectrograms"),
+              (("whisper_input", "speech_model"), args.whisper_input == "clip" or args.speech_model,
+               "--whisper_input 30s is the input of a Whisper --speech_model; without one the audio is log-mel "
+               "spectrograms")]
     for flags, ok, message in checks:
         if not ok:
             raise FlagError(message, flags)

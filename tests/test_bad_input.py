@@ -245,7 +245,8 @@ def test_ctrl_c_prints_the_resume_command(demo_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flag, value", [("--num_layers", "0"), ("--hidden_size", "0"), ("--dropout", "1.5"),
-                                         ("--num_workers", "-1"), ("--seed", "-1"), ("--text_dim", "0")])
+                                         ("--num_workers", "-1"), ("--seed", "-1"), ("--text_dim", "0"),
+                                         ("--speech_precision", "int8"), ("--whisper_input", "30s")])
 def test_bad_model_flags_are_one_line_and_leave_no_folder(flag, value, tmp_path):
     one_line_error_here(main, [flag, value, "--save_path", str(tmp_path / "exp")], flag)
     assert not (tmp_path / "exp").exists()
