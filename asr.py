@@ -79,6 +79,7 @@ class Recognizer:
                 worker.stdin.flush()
                 answer = pickle.load(worker.stdout)
             except (OSError, EOFError, pickle.UnpicklingError):
+                worker.kill()  # (one that answers garbage is still running; a dead one keeps its exit code)
                 raise PretrainedError(f"--asr {self.model}: the ASR process ended (exit code {worker.wait()}) "
                                       "before answering") from None
             status, value = answer

@@ -87,8 +87,9 @@ def _plan(args: argparse.Namespace, name: str) -> tuple[Path, argparse.Namespace
     # Every check of a single run's start, for each run, before an experiment folder exists: flags, then the data.
     run_specs = [resolve_data(argparse.Namespace(**{**vars(args), "test_split": run["test_split"]})) for run in runs]
     if hasattr(args, "imbalance"):  # (main.py's flag; baseline.py has none)
+        imbalance = parse_imbalance(args.imbalance)
         for run_spec in run_specs:
-            check_fitted(parse_imbalance(args.imbalance), run_spec.val, args.val_split)
+            check_fitted(imbalance, run_spec.val, args.val_split)
     prepare_data(spec, modality_check(args.modalities))
     labelled = replace(spec, functionals=(), feature_norm="training").corpus()
     for run_spec in run_specs:

@@ -102,9 +102,10 @@ class PooledEncoder(FeatureSource):
 
     def settings(self) -> dict:
         model_type, layers, dim = self._shape()
+        options = self.options() if self.records_defaults else self._changed_options()
         return {"speech_model": model_identity(self.name), "revision": model_revision(self.name),
                 "model_type": model_type, "layers": layers, "dim": dim, "pool": "mean,std",
-                "chunk_seconds": self.chunk_seconds, "sample_rate": SAMPLE_RATE, **(self.options() if self.records_defaults else self._changed_options())}
+                "chunk_seconds": self.chunk_seconds, "sample_rate": SAMPLE_RATE, **options}
 
     def _changed_options(self) -> dict:
         defaults = type(self)(self.name).options()
@@ -170,7 +171,7 @@ class SelfSupervised(PooledEncoder):
 class Whisper(PooledEncoder):
     """Whisper's encoder (whisper_encoder.py): its input embeddings and every layer, each clip alone (Whisper masks
     no padding), in pieces of at most 30 s; `window` "clip" gives it the clip's own length, "30s" pads it to 30 s
-    as Whisper was trained (ten times the cost for a 3-s clip), pooling over the clip's own frames either way."""
+    as Whisper was trained (8x the time on RAVDESS's 3.7-s clips), pooling over the clip's own frames either way."""
     window: str = "clip"
     chunk_seconds = WHISPER_SECONDS
     records_defaults = True  # a Whisper cache says which input and precision made it
